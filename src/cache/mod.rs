@@ -1,0 +1,364 @@
+//! On-disk content cache with an LRU size cap.
+//!
+//! The cache knows only keys and bytes. A key is a short string of
+//! `[a-z0-9-]` chosen by the caller (for example `git-<object id>`); the
+//! content lives in `<dir>/objects/<first two chars>/<key>`. Entries are
+//! written to a temp file and renamed into place, so a reader never sees half
+//! a file. An in-memory LRU index (rebuilt from the directory at start, oldest
+//! access first) keeps the total under the cap. Evicting a file only unlinks
+//! it: a reader that already has it open keeps reading it.
+//!
+//! Verifying that the bytes match the key is the caller's job: only it knows
+//! what the key means (an object id, a sha256, an ETag).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lru::LruCache;
+
+/// The content store.
+pub struct Cache {
+    root: PathBuf,
+    cap: u64,
+    index: Mutex<Index>,
+    tmp_counter: AtomicU64,
+}
+
+struct Index {
+    lru: LruCache<String, u64>,
+    total: u64,
+}
+
+/// Figures for status output and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub entries: usize,
+    pub bytes: u64,
+    pub cap: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache key {0:?} is not valid (only a-z, 0-9 and '-' are allowed)")]
+    BadKey(String),
+    #[error("cache directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root` and rebuilds the index
+    /// from what is on disk, evicting down to `cap` if it is over.
+    pub fn open(root: &Path, cap: u64) -> Result<Cache, CacheError> {
+        let objects = root.join("objects");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&objects).map_err(io_err(&objects))?;
+        // Leftover temp files are from a crash mid-write: drop them.
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+
+        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
+        for shard in fs::read_dir(&objects).map_err(io_err(&objects))? {
+            let shard = shard.map_err(io_err(&objects))?;
+            let Ok(entries) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(meta) = e.metadata() else { continue };
+                if !meta.is_file() || valid_key(&name).is_err() {
+                    continue;
+                }
+                let when = meta
+                    .accessed()
+                    .or_else(|_| meta.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                found.push((when, name, meta.len()));
+            }
+        }
+        found.sort();
+        let mut index = Index {
+            lru: LruCache::unbounded(),
+            total: 0,
+        };
+        for (_, key, len) in found {
+            index.total += len;
+            index.lru.put(key, len);
+        }
+        let cache = Cache {
+            root: root.to_owned(),
+            cap,
+            index: Mutex::new(index),
+            tmp_counter: AtomicU64::new(0),
+        };
+        cache.evict(0);
+        Ok(cache)
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        let shard = key.get(key.len().saturating_sub(2)..).unwrap_or("00");
+        self.root.join("objects").join(shard).join(key)
+    }
+
+    /// Opens the entry for reading, marking it recently used.
+    pub fn get(&self, key: &str) -> Option<File> {
+        valid_key(key).ok()?;
+        let path = self.path_of(key);
+        match File::open(&path) {
+            Ok(f) => {
+                let mut idx = self.lock();
+                if idx.lru.get(key).is_none() {
+                    // Written by another process sharing the directory: adopt it.
+                    if let Ok(m) = f.metadata() {
+                        idx.total += m.len();
+                        idx.lru.put(key.to_owned(), m.len());
+                    }
+                }
+                Some(f)
+            }
+            Err(_) => {
+                let mut idx = self.lock();
+                if let Some(len) = idx.lru.pop(key) {
+                    idx.total -= len;
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether an entry exists (does not touch its recency).
+    pub fn contains(&self, key: &str) -> bool {
+        valid_key(key).is_ok() && self.path_of(key).is_file()
+    }
+
+    /// Stores `data` under `key` (atomically) and returns it opened for reading.
+    pub fn insert(&self, key: &str, data: &[u8]) -> Result<File, CacheError> {
+        let mut w = self.writer(key)?;
+        w.write_all(data).map_err(io_err(&w.tmp_path))?;
+        w.commit()
+    }
+
+    /// Starts a streamed insert; nothing is visible until [`CacheWriter::commit`].
+    pub fn writer(&self, key: &str) -> Result<CacheWriter<'_>, CacheError> {
+        valid_key(key)?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{}-{key}", std::process::id(), n));
+        let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
+        Ok(CacheWriter {
+            cache: self,
+            key: key.to_owned(),
+            tmp_path,
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            len: 0,
+        })
+    }
+
+    /// Removes an entry (for example one found corrupt by its reader).
+    pub fn remove(&self, key: &str) {
+        if valid_key(key).is_err() {
+            return;
+        }
+        let _ = fs::remove_file(self.path_of(key));
+        let mut idx = self.lock();
+        if let Some(len) = idx.lru.pop(key) {
+            idx.total -= len;
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let idx = self.lock();
+        CacheStats {
+            entries: idx.lru.len(),
+            bytes: idx.total,
+            cap: self.cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves the index usable: recover it.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts least recently used entries until `incoming` more bytes fit.
+    fn evict(&self, incoming: u64) {
+        let mut victims = Vec::new();
+        {
+            let mut idx = self.lock();
+            while idx.total + incoming > self.cap {
+                match idx.lru.pop_lru() {
+                    Some((k, len)) => {
+                        idx.total -= len;
+                        victims.push(k);
+                    }
+                    None => break,
+                }
+            }
+        }
+        for k in victims {
+            tracing::debug!(key = %k, "cache: evicting");
+            let _ = fs::remove_file(self.path_of(&k));
+        }
+    }
+}
+
+/// A streamed insert in progress. Dropping it without `commit` discards it.
+pub struct CacheWriter<'a> {
+    cache: &'a Cache,
+    key: String,
+    tmp_path: PathBuf,
+    file: Option<io::BufWriter<File>>,
+    len: u64,
+}
+
+impl Write for CacheWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("cache writer already committed"))?;
+        let n = f.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl CacheWriter<'_> {
+    /// Makes the entry visible (rename into place) and returns it opened.
+    pub fn commit(mut self) -> Result<File, CacheError> {
+        let Some(buf) = self.file.take() else {
+            return Err(CacheError::Io {
+                path: self.tmp_path.clone(),
+                source: io::Error::other("already committed"),
+            });
+        };
+        buf.into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io_err(&self.tmp_path))?;
+        self.cache.evict(self.len);
+        let dest = self.cache.path_of(&self.key);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        fs::rename(&self.tmp_path, &dest).map_err(io_err(&dest))?;
+        let file = File::open(&dest).map_err(io_err(&dest))?;
+        let mut idx = self.cache.lock();
+        if let Some(old) = idx.lru.put(self.key.clone(), self.len) {
+            idx.total -= old;
+        }
+        idx.total += self.len;
+        Ok(file)
+    }
+}
+
+impl Drop for CacheWriter<'_> {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+fn valid_key(key: &str) -> Result<(), CacheError> {
+    if key.len() >= 3
+        && key.len() <= 200
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(CacheError::BadKey(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read_all(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn insert_get_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 1 << 20).unwrap();
+        c.insert("git-abc123", b"hello").unwrap();
+        assert_eq!(read_all(c.get("git-abc123").unwrap()), b"hello");
+        assert!(c.get("git-nothere").is_none());
+        drop(c);
+        let c = Cache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(c.stats().entries, 1);
+        assert_eq!(c.stats().bytes, 5);
+        assert_eq!(read_all(c.get("git-abc123").unwrap()), b"hello");
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_keeps_open_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 250).unwrap();
+        c.insert("k-aaa", &[1u8; 100]).unwrap();
+        c.insert("k-bbb", &[2u8; 100]).unwrap();
+        let open_a = c.get("k-aaa").unwrap(); // a is now most recent
+        c.insert("k-ccc", &[3u8; 100]).unwrap(); // evicts b
+        assert!(c.get("k-bbb").is_none());
+        assert!(c.get("k-aaa").is_some());
+        c.insert("k-ddd", &[4u8; 100]).unwrap(); // evicts c (a was touched)
+        assert!(c.get("k-ccc").is_none());
+        c.insert("k-eee", &[5u8; 200]).unwrap(); // evicts a and d
+        assert!(c.get("k-aaa").is_none());
+        // The reader that opened `a` before eviction still reads it whole.
+        assert_eq!(read_all(open_a), vec![1u8; 100]);
+        assert!(c.stats().bytes <= 250);
+    }
+
+    #[test]
+    fn rejects_bad_keys_and_discards_uncommitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 1000).unwrap();
+        assert!(c.insert("../etc/passwd", b"x").is_err());
+        assert!(c.insert("UPPER", b"x").is_err());
+        {
+            let mut w = c.writer("k-partial").unwrap();
+            w.write_all(b"half").unwrap();
+        }
+        assert!(c.get("k-partial").is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cap_is_enforced_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Cache::open(dir.path(), 1000).unwrap();
+            for k in ["k-one", "k-two", "k-three"] {
+                c.insert(k, &[0u8; 300]).unwrap();
+            }
+        }
+        let c = Cache::open(dir.path(), 500).unwrap();
+        assert!(c.stats().bytes <= 500);
+    }
+}

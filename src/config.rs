@@ -1,0 +1,691 @@
+//! The configuration file: serde types, validation and secret loading.
+//!
+//! This is the only module that reads TOML. Everything it hands out is
+//! validated: names are unique and safe, URLs parse, sizes are numbers, and
+//! tokens have been read from wherever the entry said they live. Errors name
+//! the file, the repository and the key, and say what to do.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/repofs/config.toml";
+
+/// A configuration problem, already phrased for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// A secret value (token). Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself: only for building an authentication header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The kinds of remote repository repofs knows how to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Github,
+    GithubEnterprise,
+    Gitlab,
+    GitlabEnterprise,
+    BitbucketServer,
+    Git,
+}
+
+impl Provider {
+    pub const ALL: &'static [(&'static str, Provider)] = &[
+        ("github", Provider::Github),
+        ("github-enterprise", Provider::GithubEnterprise),
+        ("gitlab", Provider::Gitlab),
+        ("gitlab-enterprise", Provider::GitlabEnterprise),
+        ("bitbucket-server", Provider::BitbucketServer),
+        ("git", Provider::Git),
+    ];
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, p)| *p)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("git")
+    }
+}
+
+/// Where a repository's token came from (for messages), and the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub secret: Secret,
+    /// Human description of the origin: `token`, `token_env SOME_VAR`, `token_file /path`.
+    pub origin: String,
+}
+
+/// One validated `[[repository]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub name: String,
+    pub provider: Provider,
+    /// The URL as the user wrote it.
+    pub url: String,
+    /// Branch, tag or full commit id; `None` means the remote HEAD.
+    pub reference: Option<String>,
+    pub token: Option<Token>,
+    /// User name for HTTP Basic auth on plain `git` servers (default: Bearer token).
+    pub username: Option<String>,
+    pub description: String,
+    pub mount_point: PathBuf,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub mount_root: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub allow_other: bool,
+    /// Per-request inactivity timeout for remote servers.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How many times a failed request (connection error, timeout, 5xx) is tried in all.
+    pub max_attempts: u32,
+    pub repositories: Vec<RepoConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    mount_root: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<toml::Value>,
+    allow_other: Option<bool>,
+    request_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    repository: Vec<RawRepo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    name: Option<String>,
+    provider: Option<String>,
+    url: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    username: Option<String>,
+    description: Option<String>,
+    mount_point: Option<PathBuf>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "mount_root",
+    "cache_dir",
+    "cache_size",
+    "allow_other",
+    "request_timeout",
+    "connect_timeout",
+    "max_attempts",
+    "repository",
+];
+const REPO_KEYS: &[&str] = &[
+    "name",
+    "provider",
+    "url",
+    "ref",
+    "token",
+    "token_env",
+    "token_file",
+    "username",
+    "description",
+    "mount_point",
+];
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Self::parse(path, &text, &|var| std::env::var(var).ok())
+    }
+
+    /// Parses and validates config text. `env` looks up environment variables
+    /// (injected so tests do not touch the process environment).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        // First pass: a generic table, so unknown keys can be reported with
+        // the repository they belong to (serde alone cannot say which).
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            err(format!("not valid TOML: {}", e.to_string().trim_end()))
+        })?;
+        check_keys(&table, TOP_KEYS, "at the top level").map_err(&err)?;
+        if let Some(repos) = table.get("repository") {
+            let Some(list) = repos.as_array() else {
+                return Err(err(
+                    "`repository` must be written as [[repository]] tables".into(),
+                ));
+            };
+            for (i, repo) in list.iter().enumerate() {
+                let Some(t) = repo.as_table() else {
+                    return Err(err(format!(
+                        "repository #{} is not a table; write it as [[repository]]",
+                        i + 1
+                    )));
+                };
+                let label = match t.get("name").and_then(|v| v.as_str()) {
+                    Some(n) => format!("in repository '{n}'"),
+                    None => format!("in repository #{}", i + 1),
+                };
+                check_keys(t, REPO_KEYS, &label).map_err(&err)?;
+            }
+        }
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| err(format!("invalid value: {}", e.to_string().trim_end())))?;
+
+        let mount_root = raw.mount_root.ok_or_else(|| {
+            err("missing key `mount_root` (the directory under which repositories appear, e.g. mount_root = \"/mnt/repos\")".into())
+        })?;
+        if !mount_root.is_absolute() {
+            return Err(err(format!(
+                "`mount_root` must be an absolute path, got {:?}",
+                mount_root
+            )));
+        }
+        let cache_dir = raw
+            .cache_dir
+            .unwrap_or_else(|| PathBuf::from("/var/cache/repofs"));
+        let cache_size = match raw.cache_size {
+            None => 20 * 1024 * 1024 * 1024,
+            Some(toml::Value::Integer(n)) if n > 0 => n as u64,
+            Some(toml::Value::String(s)) => parse_size(&s)
+                .map_err(|m| err(format!("key `cache_size`: {m}")))?,
+            Some(other) => {
+                return Err(err(format!(
+                    "key `cache_size`: expected a size such as \"20GiB\", got {other}"
+                )));
+            }
+        };
+        let request_timeout = parse_duration_key(raw.request_timeout.as_deref(), 30)
+            .map_err(|m| err(format!("key `request_timeout`: {m}")))?;
+        let connect_timeout = parse_duration_key(raw.connect_timeout.as_deref(), 10)
+            .map_err(|m| err(format!("key `connect_timeout`: {m}")))?;
+        let max_attempts = raw.max_attempts.unwrap_or(3);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(err(format!(
+                "key `max_attempts`: must be between 1 and 10, got {max_attempts}"
+            )));
+        }
+
+        let mut names = HashSet::new();
+        let mut mount_points = HashSet::new();
+        let mut repositories = Vec::new();
+        for (i, r) in raw.repository.into_iter().enumerate() {
+            let repo = validate_repo(i, r, &mount_root, env).map_err(&err)?;
+            if !names.insert(repo.name.clone()) {
+                return Err(err(format!(
+                    "repository '{}': key `name`: the name is used by more than one repository; names must be unique",
+                    repo.name
+                )));
+            }
+            if !mount_points.insert(repo.mount_point.clone()) {
+                return Err(err(format!(
+                    "repository '{}': key `mount_point`: {} is already used by another repository",
+                    repo.name,
+                    repo.mount_point.display()
+                )));
+            }
+            repositories.push(repo);
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            mount_root,
+            cache_dir,
+            cache_size,
+            allow_other: raw.allow_other.unwrap_or(false),
+            request_timeout,
+            connect_timeout,
+            max_attempts,
+            repositories,
+        })
+    }
+}
+
+fn check_keys(table: &toml::Table, allowed: &[&str], place: &str) -> Result<(), String> {
+    for key in table.keys() {
+        if !allowed.contains(&key.as_str()) {
+            let hint = allowed
+                .iter()
+                .find(|k| similar(k, key))
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown key `{key}` {place}{hint}; allowed keys: {}",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Cheap typo detector: same letters ignoring `-`/`_` and case, or one edit apart.
+fn similar(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let (a, b) = (norm(a), norm(b));
+    if a == b {
+        return true;
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    // Levenshtein distance <= 1.
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 1
+}
+
+fn validate_repo(
+    index: usize,
+    r: RawRepo,
+    mount_root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RepoConfig, String> {
+    let name = r.name.ok_or_else(|| {
+        format!(
+            "repository #{}: missing key `name` (letters, digits, '.', '_' and '-')",
+            index + 1
+        )
+    })?;
+    let ctx = |key: &str, msg: String| format!("repository '{name}': key `{key}`: {msg}");
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(ctx(
+            "name",
+            "must be non-empty and use only letters, digits, '.', '_' and '-' (it becomes a directory name)".into(),
+        ));
+    }
+    let provider_s = r.provider.ok_or_else(|| {
+        ctx(
+            "provider",
+            format!("missing; one of: {}", provider_names()),
+        )
+    })?;
+    let provider = Provider::parse(&provider_s).ok_or_else(|| {
+        if provider_s == "s3" {
+            ctx(
+                "provider",
+                "S3 buckets are not supported by this version of repofs yet".into(),
+            )
+        } else {
+            ctx(
+                "provider",
+                format!("unknown provider '{provider_s}'; one of: {}", provider_names()),
+            )
+        }
+    })?;
+    let url = r.url.ok_or_else(|| {
+        ctx(
+            "url",
+            "missing; give the repository's address as shown in the browser or its HTTPS clone URL".into(),
+        )
+    })?;
+    crate::source::git::url::clone_url(provider, &url).map_err(|m| ctx("url", m))?;
+    if let Some(reference) = &r.reference {
+        if reference.trim().is_empty() || reference.contains(char::is_whitespace) {
+            return Err(ctx(
+                "ref",
+                "must be a branch, tag or commit id without spaces".into(),
+            ));
+        }
+    }
+
+    let sources = [r.token.is_some(), r.token_env.is_some(), r.token_file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if sources > 1 {
+        return Err(ctx(
+            "token",
+            "give only one of `token`, `token_env` and `token_file`".into(),
+        ));
+    }
+    let token = if let Some(t) = r.token {
+        Some(Token {
+            secret: Secret::new(t.trim()),
+            origin: "token".into(),
+        })
+    } else if let Some(var) = r.token_env {
+        let value = env(&var).ok_or_else(|| {
+            ctx(
+                "token_env",
+                format!("environment variable {var} is not set; export it before starting repofs or use token_file"),
+            )
+        })?;
+        Some(Token {
+            secret: Secret::new(value.trim()),
+            origin: format!("token_env {var}"),
+        })
+    } else if let Some(file) = r.token_file {
+        let value = std::fs::read_to_string(&file).map_err(|e| {
+            ctx(
+                "token_file",
+                format!(
+                    "cannot read {}: {e}; check the path and that the repofs user may read it",
+                    file.display()
+                ),
+            )
+        })?;
+        Some(Token {
+            secret: Secret::new(value.trim()),
+            origin: format!("token_file {}", file.display()),
+        })
+    } else {
+        None
+    };
+    if let Some(t) = &token {
+        if t.secret.expose().is_empty() {
+            return Err(ctx(
+                "token",
+                format!("the token from {} is empty", t.origin),
+            ));
+        }
+        if t.secret.expose().contains(['\n', '\r']) {
+            return Err(ctx(
+                "token",
+                format!("the token from {} spans several lines; it must be a single line", t.origin),
+            ));
+        }
+    }
+    let mount_point = match r.mount_point {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => {
+            return Err(ctx(
+                "mount_point",
+                format!("must be an absolute path, got {}", p.display()),
+            ));
+        }
+        None => mount_root.join(&name),
+    };
+    Ok(RepoConfig {
+        name,
+        provider,
+        url,
+        reference: r.reference,
+        token,
+        username: r.username,
+        description: r.description.unwrap_or_default(),
+        mount_point,
+    })
+}
+
+fn provider_names() -> String {
+    Provider::ALL
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses sizes such as `20GiB`, `512 MB`, `1.5G`, `4096`.
+/// Binary units (KiB, MiB, GiB, TiB, and the bare K/M/G/T) are powers of 1024;
+/// KB, MB, GB, TB are powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a size such as \"20GiB\" or \"500MB\", got {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
+            ));
+        }
+    };
+    let bytes = num * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses durations such as `30s`, `500ms`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as \"30s\" or \"5m\", got {s:?}"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_duration_key(s: Option<&str>, default_secs: u64) -> Result<Duration, String> {
+    match s {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(s) => parse_duration(s),
+    }
+}
+
+/// A map from repository name to entry, for quick lookup by commands.
+pub fn by_name(config: &Config) -> BTreeMap<&str, &RepoConfig> {
+    config
+        .repositories
+        .iter()
+        .map(|r| (r.name.as_str(), r))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/repofs/config.toml"), text, &|v| {
+            (v == "GOOD_TOKEN").then(|| "tok123\n".to_string())
+        })
+    }
+
+    const BASE: &str = "mount_root = \"/mnt/repos\"\ncache_dir = \"/tmp/c\"\n";
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(&format!(
+            "{BASE}cache_size = \"2GiB\"\nallow_other = true\n\
+             [[repository]]\nname = \"a\"\nprovider = \"github\"\nurl = \"https://github.com/acme/a\"\nref = \"main\"\ntoken_env = \"GOOD_TOKEN\"\ndescription = \"x\"\n\
+             [[repository]]\nname = \"b.c_d-e\"\nprovider = \"git\"\nurl = \"http://127.0.0.1:1/b.git\"\nmount_point = \"/srv/b\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.cache_size, 2 << 30);
+        assert!(c.allow_other);
+        assert_eq!(c.repositories.len(), 2);
+        let a = &c.repositories[0];
+        assert_eq!(a.mount_point, PathBuf::from("/mnt/repos/a"));
+        assert_eq!(a.token.as_ref().unwrap().secret.expose(), "tok123");
+        assert_eq!(c.repositories[1].mount_point, PathBuf::from("/srv/b"));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_names_repository_and_key() {
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"churn\"\nprovider = \"git\"\nurl = \"http://h/r\"\ntokn = \"x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/etc/repofs/config.toml"), "{e}");
+        assert!(e.contains("repository 'churn'"), "{e}");
+        assert!(e.contains("`tokn`"), "{e}");
+        assert!(e.contains("did you mean `token`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let e = parse(&format!("{BASE}cache_sise = \"1GiB\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`cache_sise`") && e.contains("cache_size"), "{e}");
+    }
+
+    #[test]
+    fn missing_url_and_duplicate_names() {
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("repository 'x'") && e.contains("`url`"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n\
+             [[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/b\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let e = parse(&format!("{BASE}cache_size = \"12 parsecs\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`cache_size`"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"../x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`name`"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"svn\"\nurl = \"http://h/a\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown provider 'svn'"), "{e}");
+        let e = parse("cache_dir = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("mount_root"), "{e}");
+        let e = parse("mount_root = [\n").unwrap_err().to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn token_sources() {
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_file = \"/nonexistent/tok\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`token_file`") && e.contains("/nonexistent/tok"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_env = \"MISSING_VAR\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MISSING_VAR"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken = \"a\"\ntoken_env = \"GOOD_TOKEN\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only one"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "s3cr3t\n").unwrap();
+        let c = parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_file = \"{}\"\n",
+            f.display()
+        ))
+        .unwrap();
+        let t = c.repositories[0].token.as_ref().unwrap();
+        assert_eq!(t.secret.expose(), "s3cr3t");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5 furlongs").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

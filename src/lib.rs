@@ -1,0 +1,15 @@
+//! repofs: mounts remote repositories (git hosts over smart HTTP) as
+//! read-only, lazily fetched directory trees.
+//!
+//! Layers, from the kernel inwards: [`fs`] (the FUSE adapter) reads through
+//! the [`source::Source`] trait; [`source::git`] implements it over git's
+//! protocol v2; [`cache`] stores fetched bytes on disk. [`daemon`] ties them
+//! together for `repofs mount`, [`check`] is `repofs check`, and [`config`]
+//! is the only place that reads the TOML file.
+
+pub mod cache;
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod source;

@@ -1,0 +1,531 @@
+//! Git protocol v2 over smart HTTP: building `ls-refs`, `fetch` and
+//! `object-info` requests, and parsing their answers. Pkt-lines are decoded
+//! with `gix-packetline`; the `packfile` section is demultiplexed from the
+//! sideband (band 1 = pack data, 2 = progress, 3 = fatal error) as it streams.
+
+use gix_hash::ObjectId;
+use gix_packetline::PacketLineRef;
+use gix_packetline::decode::{self, Stream};
+
+/// What the server said it can do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub ls_refs: bool,
+    pub fetch: bool,
+    /// Features listed on the `fetch=` line (`shallow`, `filter`, ...).
+    pub fetch_features: Vec<String>,
+    pub object_info: bool,
+    pub object_format: Option<String>,
+}
+
+impl Capabilities {
+    pub fn supports_filter(&self) -> bool {
+        self.fetch_features.iter().any(|f| f == "filter")
+    }
+    pub fn supports_shallow(&self) -> bool {
+        self.fetch_features.iter().any(|f| f == "shallow")
+    }
+}
+
+/// One ref from `ls-refs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    pub name: String,
+    pub oid: ObjectId,
+    /// For annotated tags: the object the tag points to.
+    pub peeled: Option<ObjectId>,
+    pub symref_target: Option<String>,
+}
+
+impl RemoteRef {
+    /// The commit this ref means (peeled through annotated tags).
+    pub fn target(&self) -> ObjectId {
+        self.peeled.unwrap_or(self.oid)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub String);
+
+fn perr(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError(msg.into())
+}
+
+/// Splits a whole (buffered) response into pkt-lines.
+pub fn packet_lines(mut data: &[u8]) -> Result<Vec<PacketLineRef<'_>>, ProtocolError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        match decode::streaming(data).map_err(|e| perr(format!("malformed pkt-line: {e}")))? {
+            Stream::Complete {
+                line,
+                bytes_consumed,
+            } => {
+                if let PacketLineRef::Data(d) = line {
+                    if let Some(msg) = d.strip_prefix(b"ERR ") {
+                        return Err(perr(format!(
+                            "the server reported an error: {}",
+                            String::from_utf8_lossy(msg).trim_end()
+                        )));
+                    }
+                }
+                out.push(line);
+                data = &data[bytes_consumed..];
+            }
+            Stream::Incomplete { .. } => return Err(perr("the response ended in the middle of a pkt-line")),
+        }
+    }
+    Ok(out)
+}
+
+fn text(line: &PacketLineRef<'_>) -> Option<String> {
+    match line {
+        PacketLineRef::Data(d) => Some(
+            String::from_utf8_lossy(d)
+                .trim_end_matches('\n')
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// Parses the body of `GET info/refs?service=git-upload-pack` sent with
+/// `Git-Protocol: version=2`.
+pub fn parse_capabilities(body: &[u8]) -> Result<Capabilities, ProtocolError> {
+    let lines = packet_lines(body)?;
+    let mut it = lines.iter().peekable();
+    // Some servers prefix the v0-style service announcement and a flush.
+    if let Some(first) = it.peek() {
+        if text(first).is_some_and(|t| t.starts_with("# service=")) {
+            it.next();
+            if matches!(it.peek(), Some(PacketLineRef::Flush)) {
+                it.next();
+            }
+        }
+    }
+    match it.next().and_then(text) {
+        Some(v) if v == "version 2" => {}
+        Some(v)
+            if v.len() > 41
+                && v.as_bytes()[40] == b' '
+                && v[..40].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            return Err(perr(
+                "the server speaks only git protocol v0/v1; repofs needs protocol v2 (git 2.18 or newer on the server, protocol.version not disabled)",
+            ));
+        }
+        other => {
+            return Err(perr(format!(
+                "unexpected capability advertisement (first line {:?}); is this a git smart-HTTP URL?",
+                other.unwrap_or_default()
+            )));
+        }
+    }
+    let mut caps = Capabilities::default();
+    for line in it {
+        let Some(t) = text(line) else { break };
+        let (key, value) = t.split_once('=').unwrap_or((t.as_str(), ""));
+        match key {
+            "ls-refs" => caps.ls_refs = true,
+            "fetch" => {
+                caps.fetch = true;
+                caps.fetch_features = value.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+            }
+            "object-info" => caps.object_info = true,
+            "object-format" => caps.object_format = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    if !caps.ls_refs || !caps.fetch {
+        return Err(perr("the server does not offer the ls-refs and fetch commands"));
+    }
+    if let Some(f) = &caps.object_format {
+        if f != "sha1" {
+            return Err(perr(format!(
+                "the repository uses the {f} object format; repofs supports sha1 repositories"
+            )));
+        }
+    }
+    Ok(caps)
+}
+
+/// Appends one pkt-line holding `s`.
+fn push_line(out: &mut Vec<u8>, s: &str) {
+    let len = s.len() + 4;
+    out.extend_from_slice(format!("{len:04x}").as_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Builds a v2 command request: capability lines, delimiter, arguments, flush.
+pub fn command_request(command: &str, caps: &Capabilities, args: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_line(&mut out, &format!("command={command}\n"));
+    push_line(&mut out, concat!("agent=repofs/", env!("CARGO_PKG_VERSION"), "\n"));
+    if caps.object_format.is_some() {
+        push_line(&mut out, "object-format=sha1\n");
+    }
+    out.extend_from_slice(b"0001");
+    for a in args {
+        push_line(&mut out, &format!("{a}\n"));
+    }
+    out.extend_from_slice(b"0000");
+    out
+}
+
+/// `ls-refs` arguments that find `reference` (or HEAD when `None`).
+pub fn ls_refs_args(reference: Option<&str>) -> Vec<String> {
+    let mut args = vec!["peel".to_string(), "symrefs".to_string()];
+    match reference {
+        None => args.push("ref-prefix HEAD".into()),
+        Some(r) => {
+            args.push(format!("ref-prefix refs/heads/{r}"));
+            args.push(format!("ref-prefix refs/tags/{r}"));
+            if r.starts_with("refs/") || r == "HEAD" {
+                args.push(format!("ref-prefix {r}"));
+            }
+        }
+    }
+    args
+}
+
+/// Parses an `ls-refs` answer.
+pub fn parse_ls_refs(body: &[u8]) -> Result<Vec<RemoteRef>, ProtocolError> {
+    let mut refs = Vec::new();
+    for line in packet_lines(body)? {
+        let Some(t) = text(&line) else { break };
+        let mut parts = t.split(' ');
+        let (Some(oid), Some(name)) = (parts.next(), parts.next()) else {
+            return Err(perr(format!("malformed ls-refs line {t:?}")));
+        };
+        if oid == "unborn" {
+            continue;
+        }
+        let oid = parse_oid(oid)?;
+        let mut r = RemoteRef {
+            name: name.to_string(),
+            oid,
+            peeled: None,
+            symref_target: None,
+        };
+        for attr in parts {
+            if let Some(p) = attr.strip_prefix("peeled:") {
+                r.peeled = Some(parse_oid(p)?);
+            } else if let Some(s) = attr.strip_prefix("symref-target:") {
+                r.symref_target = Some(s.to_string());
+            }
+        }
+        refs.push(r);
+    }
+    Ok(refs)
+}
+
+pub fn parse_oid(hex: &str) -> Result<ObjectId, ProtocolError> {
+    if hex.len() != 40 {
+        return Err(perr(format!("bad object id {hex:?}")));
+    }
+    ObjectId::from_hex(hex.as_bytes()).map_err(|_| perr(format!("bad object id {hex:?}")))
+}
+
+/// Picks the ref the user asked for, in git's order of precedence.
+pub fn select_ref<'a>(refs: &'a [RemoteRef], reference: Option<&str>) -> Option<&'a RemoteRef> {
+    match reference {
+        None => refs.iter().find(|r| r.name == "HEAD"),
+        Some(r) => {
+            let candidates = [
+                r.to_string(),
+                format!("refs/heads/{r}"),
+                format!("refs/tags/{r}"),
+            ];
+            candidates
+                .iter()
+                .find_map(|c| refs.iter().find(|x| &x.name == c))
+        }
+    }
+}
+
+/// Arguments of a `fetch` for `wants`. `tree_only`: commit and trees
+/// (`deepen 1`, `filter blob:none` when `filter` is available).
+pub fn fetch_args(wants: &[ObjectId], deepen: bool, filter: bool) -> Vec<String> {
+    let mut args = vec!["no-progress".to_string(), "ofs-delta".to_string()];
+    if deepen {
+        args.push("deepen 1".into());
+    }
+    if filter {
+        args.push("filter blob:none".into());
+    }
+    for w in wants {
+        args.push(format!("want {w}"));
+    }
+    args.push("done".into());
+    args
+}
+
+/// `object-info` arguments asking for the sizes of `oids`.
+pub fn object_info_args(oids: &[ObjectId]) -> Vec<String> {
+    let mut args = vec!["size".to_string()];
+    args.extend(oids.iter().map(|o| format!("oid {o}")));
+    args
+}
+
+/// Parses an `object-info` answer: `size` header, then `<oid> <size>` lines.
+pub fn parse_object_info(body: &[u8]) -> Result<Vec<(ObjectId, Option<u64>)>, ProtocolError> {
+    let lines = packet_lines(body)?;
+    let mut it = lines.iter();
+    match it.next().and_then(text) {
+        Some(h) if h == "size" => {}
+        other => return Err(perr(format!("unexpected object-info header {other:?}"))),
+    }
+    let mut out = Vec::new();
+    for line in it {
+        let Some(t) = text(line) else { break };
+        let (oid, size) = t
+            .split_once(' ')
+            .ok_or_else(|| perr(format!("malformed object-info line {t:?}")))?;
+        // Servers answer an unknown object with an empty size.
+        out.push((parse_oid(oid)?, size.trim().parse().ok()));
+    }
+    Ok(out)
+}
+
+/// Incremental parser for a `fetch` response: skips the sections before
+/// `packfile`, then hands pack bytes (band 1) to the sink as they arrive.
+pub struct FetchResponseParser {
+    buf: Vec<u8>,
+    state: State,
+    pub shallow: Vec<ObjectId>,
+    pub progress: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Sections,
+    Pack,
+    Done,
+}
+
+impl Default for FetchResponseParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FetchResponseParser {
+    pub fn new() -> Self {
+        FetchResponseParser {
+            buf: Vec::new(),
+            state: State::Sections,
+            shallow: Vec::new(),
+            progress: Vec::new(),
+        }
+    }
+
+    /// Feeds response bytes; pack data goes to `sink`.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        self.buf.extend_from_slice(chunk);
+        let mut pos = 0;
+        while pos < self.buf.len() && self.state != State::Done {
+            let (line, used) = match decode::streaming(&self.buf[pos..])
+                .map_err(|e| perr(format!("malformed pkt-line in fetch response: {e}")))?
+            {
+                Stream::Complete {
+                    line,
+                    bytes_consumed,
+                } => (line, bytes_consumed),
+                Stream::Incomplete { .. } => break,
+            };
+            match (self.state, line) {
+                (State::Sections, PacketLineRef::Data(d)) => {
+                    let t = String::from_utf8_lossy(d);
+                    let t = t.trim_end_matches('\n');
+                    if let Some(msg) = t.strip_prefix("ERR ") {
+                        return Err(perr(format!("the server reported an error: {msg}")));
+                    } else if t == "packfile" {
+                        self.state = State::Pack;
+                    } else if let Some(oid) = t.strip_prefix("shallow ") {
+                        self.shallow.push(parse_oid(oid)?);
+                    }
+                    // Other section headers and lines (acknowledgments,
+                    // wanted-refs, unshallow) are not needed here.
+                }
+                (State::Sections, PacketLineRef::Flush) => {
+                    return Err(perr("the fetch response has no packfile section"));
+                }
+                (State::Sections, _) => {}
+                (State::Pack, PacketLineRef::Data(d)) => match d.split_first() {
+                    Some((1, data)) => sink(data)?,
+                    Some((2, msg)) => self
+                        .progress
+                        .push(String::from_utf8_lossy(msg).trim().to_string()),
+                    Some((3, msg)) => {
+                        return Err(perr(format!(
+                            "the server aborted the fetch: {}",
+                            String::from_utf8_lossy(msg).trim()
+                        )));
+                    }
+                    _ => return Err(perr("unknown sideband channel in the pack stream")),
+                },
+                (State::Pack, PacketLineRef::Flush | PacketLineRef::ResponseEnd) => {
+                    self.state = State::Done;
+                }
+                (State::Pack, PacketLineRef::Delimiter) => {}
+                (State::Done, _) => {}
+            }
+            pos += used;
+        }
+        self.buf.drain(..pos);
+        Ok(())
+    }
+
+    /// Checks that the response ended properly.
+    pub fn finish(&self) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Done if self.buf.is_empty() => Ok(()),
+            State::Done => Err(perr("trailing bytes after the fetch response")),
+            _ => Err(perr(
+                "the fetch response ended early (connection closed before the pack was complete)",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(s: &[u8]) -> Vec<u8> {
+        let mut v = format!("{:04x}", s.len() + 4).into_bytes();
+        v.extend_from_slice(s);
+        v
+    }
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+
+    #[test]
+    fn capabilities_v2_with_and_without_service_line() {
+        let mut body = Vec::new();
+        for l in [
+            "version 2\n",
+            "agent=git/2.47\n",
+            "ls-refs=unborn\n",
+            "fetch=shallow wait-for-done filter\n",
+            "object-info\n",
+            "object-format=sha1\n",
+        ] {
+            body.extend(pkt(l.as_bytes()));
+        }
+        body.extend_from_slice(b"0000");
+        let c = parse_capabilities(&body).unwrap();
+        assert!(c.supports_filter() && c.supports_shallow() && c.object_info);
+        let mut prefixed = pkt(b"# service=git-upload-pack\n");
+        prefixed.extend_from_slice(b"0000");
+        prefixed.extend(body);
+        assert_eq!(parse_capabilities(&prefixed).unwrap(), c);
+    }
+
+    #[test]
+    fn capabilities_rejects_v0_and_garbage() {
+        let mut v0 = pkt(b"# service=git-upload-pack\n");
+        v0.extend_from_slice(b"0000");
+        v0.extend(pkt(format!("{A} HEAD\0multi_ack\n").as_bytes()));
+        v0.extend_from_slice(b"0000");
+        let e = parse_capabilities(&v0).unwrap_err().to_string();
+        assert!(e.contains("protocol v2"), "{e}");
+        assert!(parse_capabilities(b"<html>hello</html>").is_err());
+        assert!(parse_capabilities(b"00").is_err());
+        assert!(parse_capabilities(b"").is_err());
+    }
+
+    #[test]
+    fn ls_refs_parse_and_select() {
+        let mut body = Vec::new();
+        body.extend(pkt(format!("{A} HEAD symref-target:refs/heads/main\n").as_bytes()));
+        body.extend(pkt(format!("{A} refs/heads/main\n").as_bytes()));
+        body.extend(pkt(format!("{B} refs/tags/v1 peeled:{A}\n").as_bytes()));
+        body.extend(pkt(b"unborn refs/heads/empty\n"));
+        body.extend_from_slice(b"0000");
+        let refs = parse_ls_refs(&body).unwrap();
+        assert_eq!(refs.len(), 3);
+        assert_eq!(select_ref(&refs, None).unwrap().target().to_string(), A);
+        assert_eq!(select_ref(&refs, Some("main")).unwrap().name, "refs/heads/main");
+        let tag = select_ref(&refs, Some("v1")).unwrap();
+        assert_eq!(tag.target().to_string(), A);
+        assert!(select_ref(&refs, Some("nope")).is_none());
+        assert!(parse_ls_refs(&pkt(b"zz HEAD\n")).is_err());
+        assert!(parse_ls_refs(&pkt(b"ERR access denied\n")).unwrap_err().0.contains("access denied"));
+    }
+
+    #[test]
+    fn request_encoding() {
+        let caps = Capabilities {
+            object_format: Some("sha1".into()),
+            ..Default::default()
+        };
+        let r = command_request("ls-refs", &caps, &["peel".into()]);
+        let s = String::from_utf8(r).unwrap();
+        assert!(s.starts_with("0014command=ls-refs\n"));
+        assert!(s.contains("0017object-format=sha1\n0001"));
+        assert!(s.ends_with("0009peel\n0000"));
+    }
+
+    #[test]
+    fn fetch_response_split_at_every_byte() {
+        let mut body = Vec::new();
+        body.extend(pkt(b"shallow-info\n"));
+        body.extend(pkt(format!("shallow {A}\n").as_bytes()));
+        body.extend_from_slice(b"0001");
+        body.extend(pkt(b"packfile\n"));
+        body.extend(pkt(b"\x02counting objects\n"));
+        body.extend(pkt(b"\x01PACK-part-1"));
+        body.extend(pkt(b"\x01-part-2"));
+        body.extend_from_slice(b"0000");
+        for split in 1..body.len() {
+            let mut p = FetchResponseParser::new();
+            let mut got = Vec::new();
+            let mut sink = |d: &[u8]| {
+                got.extend_from_slice(d);
+                Ok(())
+            };
+            p.feed(&body[..split], &mut sink).unwrap();
+            p.feed(&body[split..], &mut sink).unwrap();
+            p.finish().unwrap();
+            assert_eq!(got, b"PACK-part-1-part-2");
+            assert_eq!(p.shallow.len(), 1);
+        }
+    }
+
+    #[test]
+    fn fetch_response_errors() {
+        let mut p = FetchResponseParser::new();
+        let mut sink = |_: &[u8]| Ok(());
+        let mut body = pkt(b"packfile\n");
+        body.extend(pkt(b"\x03upload-pack: not our ref\n"));
+        assert!(p.feed(&body, &mut sink).unwrap_err().0.contains("not our ref"));
+
+        let mut p = FetchResponseParser::new();
+        p.feed(&pkt(b"packfile\n"), &mut sink).unwrap();
+        assert!(p.finish().unwrap_err().0.contains("ended early"));
+
+        let mut p = FetchResponseParser::new();
+        assert!(p.feed(b"zzzz", &mut sink).is_err());
+
+        let mut p = FetchResponseParser::new();
+        assert!(p.feed(b"0000", &mut sink).is_err());
+    }
+
+    #[test]
+    fn object_info_parse() {
+        let mut body = pkt(b"size\n");
+        body.extend(pkt(format!("{A} 1234\n").as_bytes()));
+        body.extend(pkt(format!("{B} \n").as_bytes()));
+        body.extend_from_slice(b"0000");
+        let v = parse_object_info(&body).unwrap();
+        assert_eq!(v[0].1, Some(1234));
+        assert_eq!(v[1].1, None);
+        assert!(parse_object_info(&pkt(b"nonsense\n")).is_err());
+    }
+}

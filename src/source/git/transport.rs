@@ -1,0 +1,381 @@
+//! HTTP transport to one git server: the auth header per host kind, timeouts,
+//! bounded retries, request/byte counters, and errors that say what went
+//! wrong (never with the token in them).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use crate::config::{Provider, RepoConfig};
+
+/// A failed exchange with the server, classified for users and for errno.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to {url}: {cause}; check the url and that the server is reachable")]
+    Connect { url: String, cause: String },
+    #[error("no answer from {url} within {secs}s (timed out); the server is slow or hanging")]
+    Timeout { url: String, secs: u64 },
+    #[error("{url}: {message}")]
+    Auth {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "repository not found at {url} (HTTP 404): check the url{hint}"
+    )]
+    NotFound { url: String, hint: &'static str },
+    #[error("{url}: the server answered HTTP {status}{detail}")]
+    Http {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("local I/O error: {0}")]
+    Local(String),
+}
+
+impl RemoteError {
+    /// Whether trying again may help (network trouble, 5xx, 429).
+    pub fn retryable(&self) -> bool {
+        match self {
+            RemoteError::Connect { .. } | RemoteError::Timeout { .. } => true,
+            RemoteError::Http { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    pub fn into_source_error(self) -> crate::source::SourceError {
+        use crate::source::SourceError;
+        match self {
+            RemoteError::Auth { .. } | RemoteError::NotFound { .. } => {
+                SourceError::Denied(self.to_string())
+            }
+            RemoteError::Protocol(_) => SourceError::Corrupt(self.to_string()),
+            _ => SourceError::Unavailable(self.to_string()),
+        }
+    }
+}
+
+/// Counters of what this transport did (for status output and tests).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+/// The HTTP side of one repository.
+pub struct Transport {
+    pub clone_url: String,
+    client: reqwest::Client,
+    auth: Option<HeaderValue>,
+    has_token: bool,
+    provider: Provider,
+    max_attempts: u32,
+    timeout: Duration,
+    pub counters: Arc<Counters>,
+}
+
+impl Transport {
+    pub fn new(
+        repo: &RepoConfig,
+        connect_timeout: Duration,
+        timeout: Duration,
+        max_attempts: u32,
+    ) -> Result<Transport, String> {
+        let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
+        let auth = match &repo.token {
+            None => None,
+            Some(t) => {
+                let secret = t.secret.expose();
+                let value = match (repo.provider, &repo.username) {
+                    (Provider::Github | Provider::GithubEnterprise, _) => {
+                        basic("x-access-token", secret)
+                    }
+                    (Provider::Gitlab | Provider::GitlabEnterprise, _) => basic("oauth2", secret),
+                    (Provider::BitbucketServer, _) => format!("Bearer {secret}"),
+                    (Provider::Git, Some(user)) => basic(user, secret),
+                    (Provider::Git, None) => format!("Bearer {secret}"),
+                };
+                let mut v = HeaderValue::from_str(&value).map_err(|_| {
+                    format!(
+                        "the token from {} contains characters that cannot be sent in an HTTP header",
+                        t.origin
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(concat!("git/2.0 (repofs/", env!("CARGO_PKG_VERSION"), ")")),
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(connect_timeout)
+            .read_timeout(timeout)
+            // Credentials are attached per request and reqwest drops them on
+            // redirects to another host; cap redirects all the same.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Transport {
+            clone_url,
+            client,
+            auth,
+            has_token: repo.token.is_some(),
+            provider: repo.provider,
+            max_attempts,
+            timeout,
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, url)
+            .header("Git-Protocol", "version=2");
+        if let Some(auth) = &self.auth {
+            rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        rb
+    }
+
+    /// GET `info/refs?service=git-upload-pack`: the v2 capability advertisement.
+    pub async fn get_info_refs(&self) -> Result<Vec<u8>, RemoteError> {
+        let url = format!("{}/info/refs?service=git-upload-pack", self.clone_url);
+        self.retry(|| async {
+            let resp = self.send(self.request(reqwest::Method::GET, &url), &url).await?;
+            self.read_all(resp, &url).await
+        })
+        .await
+    }
+
+    /// POST to `git-upload-pack`; `consume` reads the successful response
+    /// (it runs again on a retry, so it must start from scratch each time).
+    pub async fn upload_pack<T, F, Fut>(&self, body: Vec<u8>, consume: F) -> Result<T, RemoteError>
+    where
+        F: Fn(reqwest::Response, String) -> Fut,
+        Fut: Future<Output = Result<T, RemoteError>>,
+    {
+        let url = format!("{}/git-upload-pack", self.clone_url);
+        self.retry(|| async {
+            let rb = self
+                .request(reqwest::Method::POST, &url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-git-upload-pack-request",
+                )
+                .header(reqwest::header::ACCEPT, "application/x-git-upload-pack-result")
+                .body(body.clone());
+            let resp = self.send(rb, &url).await?;
+            consume(resp, url.clone()).await
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, RemoteError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        Err(self.status_error(status.as_u16(), url, resp).await)
+    }
+
+    async fn status_error(&self, status: u16, url: &str, resp: reqwest::Response) -> RemoteError {
+        let url = url.to_string();
+        match status {
+            401 => RemoteError::Auth {
+                url,
+                status,
+                message: if self.has_token {
+                    "the server rejected the token (HTTP 401): it is wrong, expired or revoked; replace it".into()
+                } else {
+                    "the repository needs authentication (HTTP 401): add token, token_env or token_file to its entry".into()
+                },
+            },
+            403 => RemoteError::Auth {
+                url,
+                status,
+                message: if self.has_token {
+                    format!(
+                        "the token lacks access to this repository (HTTP 403){}",
+                        self.scope_hint()
+                    )
+                } else {
+                    "access denied (HTTP 403): the repository is private; add a token".into()
+                },
+            },
+            404 => RemoteError::NotFound {
+                url,
+                hint: if self.has_token {
+                    ", and that the token can see the repository (private repositories answer 404 to tokens without access)"
+                } else {
+                    "; a private repository answers 404 without a token: add one"
+                },
+            },
+            _ => {
+                // A short, printable excerpt of the body helps with proxies' error pages.
+                let text = resp.text().await.unwrap_or_default();
+                let excerpt: String = text
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(160)
+                    .collect();
+                let detail = if excerpt.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", excerpt.trim())
+                };
+                RemoteError::Http {
+                    url,
+                    status,
+                    detail,
+                }
+            }
+        }
+    }
+
+    fn scope_hint(&self) -> &'static str {
+        match self.provider {
+            Provider::Github | Provider::GithubEnterprise => {
+                "; give it read access to Contents (fine-grained) or the `repo` scope (classic)"
+            }
+            Provider::Gitlab | Provider::GitlabEnterprise => {
+                "; it needs the `read_repository` scope and at least Reporter role"
+            }
+            Provider::BitbucketServer => "; it needs the project/repository read permission",
+            Provider::Git => "",
+        }
+    }
+
+    fn classify(&self, e: reqwest::Error, url: &str) -> RemoteError {
+        let url = url.to_string();
+        if e.is_timeout() {
+            return RemoteError::Timeout {
+                url,
+                secs: self.timeout.as_secs(),
+            };
+        }
+        // Walk the source chain for the root cause, without the URL (no secrets
+        // are in URLs: credentials are only ever sent as headers).
+        let mut cause = e.to_string();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            cause = s.to_string();
+            src = s.source();
+        }
+        if e.is_connect() || e.is_request() {
+            RemoteError::Connect { url, cause }
+        } else {
+            RemoteError::Connect {
+                url,
+                cause: format!("transfer failed: {cause}"),
+            }
+        }
+    }
+
+    pub async fn read_all(&self, resp: reqwest::Response, url: &str) -> Result<Vec<u8>, RemoteError> {
+        let bytes = resp.bytes().await.map_err(|e| self.classify(e, url))?;
+        self.counters
+            .bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes.to_vec())
+    }
+
+    /// Reads the next chunk of a streamed body (counted), `None` at the end.
+    pub async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+        url: &str,
+    ) -> Result<Option<bytes::Bytes>, RemoteError> {
+        let chunk = resp.chunk().await.map_err(|e| self.classify(e, url))?;
+        if let Some(c) = &chunk {
+            self.counters
+                .bytes_received
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        Ok(chunk)
+    }
+
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, RemoteError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, RemoteError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retryable() && attempt < self.max_attempts => {
+                    let delay = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+                    tracing::warn!(attempt, error = %e, "request failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn basic(user: &str, secret: &str) -> String {
+    use base64_engine::encode;
+    format!("Basic {}", encode(format!("{user}:{secret}").as_bytes()))
+}
+
+/// Minimal standard base64 (RFC 4648, with padding) for the Basic header.
+mod base64_engine {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(encode(i.as_bytes()), o);
+        }
+    }
+}

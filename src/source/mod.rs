@@ -1,0 +1,84 @@
+//! What a mounted tree is made of: the `Source` trait the FUSE adapter reads
+//! through, and the entry types it returns. A source knows nothing of FUSE:
+//! it names entries, lists directories and reads byte ranges, and reports
+//! failures as [`SourceError`], which carries the errno to give the caller.
+
+pub mod git;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// An opaque, source-defined identity for a node (for git: the object id).
+pub type NodeKey = Arc<[u8]>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File { size: u64, executable: bool },
+    Symlink { size: u64 },
+}
+
+/// A node: its identity, kind and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub key: NodeKey,
+    pub kind: NodeKind,
+    pub mtime: SystemTime,
+}
+
+/// One named child of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: OsString,
+    pub node: Node,
+}
+
+/// Why an operation failed. Every variant says what failed in words a user
+/// can act on; `errno` is what the filesystem call returns.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("invalid data from the server: {0}")]
+    Corrupt(String),
+}
+
+impl SourceError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            SourceError::NotFound(_) => libc::ENOENT,
+            SourceError::Denied(_) => libc::EACCES,
+            SourceError::Unavailable(_) | SourceError::Corrupt(_) => libc::EIO,
+        }
+    }
+}
+
+/// An opened file: reads byte ranges. Cheap to call repeatedly.
+pub trait FileReader: Send + Sync {
+    /// Reads up to `size` bytes at `offset`; fewer only at end of file.
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError>;
+}
+
+/// A read-only tree. Calls block; the FUSE adapter calls them from its
+/// worker threads. Implementations must bound every call in time.
+pub trait Source: Send + Sync {
+    /// The repository name (for logs).
+    fn name(&self) -> &str;
+    /// The root directory.
+    fn root(&self) -> Result<Node, SourceError>;
+    /// The children of a directory, with exact sizes.
+    fn list(&self, dir: &Node) -> Result<Arc<Vec<Entry>>, SourceError>;
+    /// Opens a file for reading.
+    fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError>;
+    /// The target of a symlink.
+    fn readlink(&self, link: &Node) -> Result<Vec<u8>, SourceError>;
+    /// How long the kernel may cache names and attributes.
+    fn attr_ttl(&self) -> Duration;
+    /// Whether file contents never change for a given node (lets the kernel keep its page cache).
+    fn immutable(&self) -> bool;
+}
