@@ -200,7 +200,7 @@ impl Config {
         if let Some(repos) = table.get("repository") {
             let Some(list) = repos.as_array() else {
                 return Err(err(
-                    "`repository` must be written as [[repository]] tables".into(),
+                    "`repository` must be written as [[repository]] tables".into()
                 ));
             };
             for (i, repo) in list.iter().enumerate() {
@@ -235,8 +235,9 @@ impl Config {
         let cache_size = match raw.cache_size {
             None => 20 * 1024 * 1024 * 1024,
             Some(toml::Value::Integer(n)) if n > 0 => n as u64,
-            Some(toml::Value::String(s)) => parse_size(&s)
-                .map_err(|m| err(format!("key `cache_size`: {m}")))?,
+            Some(toml::Value::String(s)) => {
+                parse_size(&s).map_err(|m| err(format!("key `cache_size`: {m}")))?
+            }
             Some(other) => {
                 return Err(err(format!(
                     "key `cache_size`: expected a size such as \"20GiB\", got {other}"
@@ -354,12 +355,9 @@ fn validate_repo(
             "must be non-empty and use only letters, digits, '.', '_' and '-' (it becomes a directory name)".into(),
         ));
     }
-    let provider_s = r.provider.ok_or_else(|| {
-        ctx(
-            "provider",
-            format!("missing; one of: {}", provider_names()),
-        )
-    })?;
+    let provider_s = r
+        .provider
+        .ok_or_else(|| ctx("provider", format!("missing; one of: {}", provider_names())))?;
     let provider = Provider::parse(&provider_s).ok_or_else(|| {
         if provider_s == "s3" {
             ctx(
@@ -369,14 +367,18 @@ fn validate_repo(
         } else {
             ctx(
                 "provider",
-                format!("unknown provider '{provider_s}'; one of: {}", provider_names()),
+                format!(
+                    "unknown provider '{provider_s}'; one of: {}",
+                    provider_names()
+                ),
             )
         }
     })?;
     let url = r.url.ok_or_else(|| {
         ctx(
             "url",
-            "missing; give the repository's address as shown in the browser or its HTTPS clone URL".into(),
+            "missing; give the repository's address as shown in the browser or its HTTPS clone URL"
+                .into(),
         )
     })?;
     crate::source::git::url::clone_url(provider, &url).map_err(|m| ctx("url", m))?;
@@ -389,10 +391,14 @@ fn validate_repo(
         }
     }
 
-    let sources = [r.token.is_some(), r.token_env.is_some(), r.token_file.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let sources = [
+        r.token.is_some(),
+        r.token_env.is_some(),
+        r.token_file.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if sources > 1 {
         return Err(ctx(
             "token",
@@ -442,7 +448,10 @@ fn validate_repo(
         if t.secret.expose().contains(['\n', '\r']) {
             return Err(ctx(
                 "token",
-                format!("the token from {} spans several lines; it must be a single line", t.origin),
+                format!(
+                    "the token from {} spans several lines; it must be a single line",
+                    t.origin
+                ),
             ));
         }
     }
@@ -524,7 +533,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+            ));
+        }
     };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be greater than zero"));
@@ -596,7 +609,10 @@ mod tests {
         let e = parse(&format!("{BASE}cache_sise = \"1GiB\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`cache_sise`") && e.contains("cache_size"), "{e}");
+        assert!(
+            e.contains("`cache_sise`") && e.contains("cache_size"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -647,7 +663,10 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`token_file`") && e.contains("/nonexistent/tok"), "{e}");
+        assert!(
+            e.contains("`token_file`") && e.contains("/nonexistent/tok"),
+            "{e}"
+        );
         let e = parse(&format!(
             "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_env = \"MISSING_VAR\"\n"
         ))

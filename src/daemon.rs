@@ -118,7 +118,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for m in &mounted {
         match unmount(&m.mount_point) {
             Ok(()) => tracing::info!(repo = %m.name, "unmounted"),
-            Err(e) => tracing::error!(repo = %m.name, mount_point = %m.mount_point.display(), "cannot unmount: {e}"),
+            Err(e) => {
+                tracing::error!(repo = %m.name, mount_point = %m.mount_point.display(), "cannot unmount: {e}")
+            }
         }
     }
     // The sessions end when the process exits and the kernel drops the
@@ -172,5 +174,7 @@ pub fn unmount(path: &Path) -> Result<(), String> {
             ));
         }
     }
-    Err(format!("umount failed: {direct}; and fusermount3 is not installed"))
+    Err(format!(
+        "umount failed: {direct}; and fusermount3 is not installed"
+    ))
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use repofs::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "repofs", version, about = "Mount remote repositories as read-only directory trees")]
+#[command(
+    name = "repofs",
+    version,
+    about = "Mount remote repositories as read-only directory trees"
+)]
 struct Cli {
     /// Path of the configuration file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -52,7 +57,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { names } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("repofs: cannot start: {e}");

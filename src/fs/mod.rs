@@ -117,7 +117,12 @@ impl RepoFs {
 
     /// The node behind an inode (resolving the root on first use).
     fn node(&self, ino: u64) -> Result<Node, SourceError> {
-        if let Some(n) = self.read_table().inodes.get(&ino).and_then(|i| i.node.clone()) {
+        if let Some(n) = self
+            .read_table()
+            .inodes
+            .get(&ino)
+            .and_then(|i| i.node.clone())
+        {
             return Ok(n);
         }
         if ino != ROOT {
@@ -199,7 +204,11 @@ impl fuser::Filesystem for RepoFs {
         match result {
             Ok(Some(entry)) => {
                 let ino = self.inode_for(parent, name, &entry.node);
-                reply.entry(&self.ttl(), &self.attr(ino, Some(&entry.node)), Generation(0));
+                reply.entry(
+                    &self.ttl(),
+                    &self.attr(ino, Some(&entry.node)),
+                    Generation(0),
+                );
             }
             Ok(None) => reply.error(Errno::ENOENT),
             Err(e) => reply.error(self.fail("lookup", parent, Some(name), &e)),
@@ -283,6 +292,17 @@ impl fuser::Filesystem for RepoFs {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(self.fail("read", ino.0, None, &e)),
         }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
     }
 
     fn release(
@@ -373,7 +393,14 @@ impl fuser::Filesystem for RepoFs {
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::from_i32(libc::ENODATA));
     }
 

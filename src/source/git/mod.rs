@@ -120,7 +120,11 @@ impl Remote {
                 Err(RemoteError::Protocol(format!(
                     "ref '{r}' does not exist in {} (no such branch, tag or commit id); branches include: {}",
                     self.transport.clone_url,
-                    if branches.is_empty() { "(none)".to_string() } else { branches.join(", ") }
+                    if branches.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        branches.join(", ")
+                    }
                 )))
             }
             None => Err(RemoteError::Protocol(format!(
@@ -129,7 +133,6 @@ impl Remote {
             ))),
         }
     }
-
 }
 
 /// A mounted git repository.
@@ -186,8 +189,16 @@ impl GitSource {
     /// Requests made and bytes received so far.
     pub fn counters(&self) -> (u64, u64) {
         (
-            self.remote.transport.counters.requests.load(Ordering::Relaxed),
-            self.remote.transport.counters.bytes_received.load(Ordering::Relaxed),
+            self.remote
+                .transport
+                .counters
+                .requests
+                .load(Ordering::Relaxed),
+            self.remote
+                .transport
+                .counters
+                .bytes_received
+                .load(Ordering::Relaxed),
         )
     }
 
@@ -210,7 +221,10 @@ impl GitSource {
     fn remember_commit(&self, commit: ObjectId) {
         let text = format!("{}\n{commit}\n", self.state_line());
         let tmp = self.state_path().with_extension("tmp");
-        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, self.state_path())).is_err() {
+        if std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, self.state_path()))
+            .is_err()
+        {
             tracing::warn!(repo = %self.repo.name, "cannot record the resolved commit in {}", self.state_dir.display());
         }
     }
@@ -306,7 +320,11 @@ impl GitSource {
             let oid = ObjectId::try_from(&rest[..20]).ok()?;
             let len = u32::from_be_bytes(rest[20..24].try_into().ok()?) as usize;
             let body = rest.get(24..24 + len)?;
-            let kind = if &oid == commit { gix_object::Kind::Commit } else { gix_object::Kind::Tree };
+            let kind = if &oid == commit {
+                gix_object::Kind::Commit
+            } else {
+                gix_object::Kind::Tree
+            };
             // Verify: a corrupt cache file is dropped and fetched again.
             match gix_object::compute_hash(gix_hash::Kind::Sha1, kind, body) {
                 Ok(h) if h == oid => {}
@@ -322,8 +340,15 @@ impl GitSource {
         map.contains_key(commit).then_some(map)
     }
 
-    async fn fetch_trees(&self, commit: ObjectId) -> Result<HashMap<ObjectId, Vec<u8>>, SourceError> {
-        let caps = self.remote.capabilities().await.map_err(RemoteError::into_source_error)?;
+    async fn fetch_trees(
+        &self,
+        commit: ObjectId,
+    ) -> Result<HashMap<ObjectId, Vec<u8>>, SourceError> {
+        let caps = self
+            .remote
+            .capabilities()
+            .await
+            .map_err(RemoteError::into_source_error)?;
         let filter = caps.supports_filter();
         if !filter && !self.filter_warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(repo = %self.repo.name, "the server does not support `filter`: falling back to a shallow fetch that downloads every file of the commit once");
@@ -331,21 +356,26 @@ impl GitSource {
         let mut trees = HashMap::new();
         let cache = &self.cache;
         let mut verified = Vec::new();
-        self.fetch_pack(&[commit], caps.supports_shallow(), filter, &mut |oid, kind, data| {
-            match kind {
-                gix_object::Kind::Tree | gix_object::Kind::Commit => {
-                    trees.insert(oid, data.to_vec());
+        self.fetch_pack(
+            &[commit],
+            caps.supports_shallow(),
+            filter,
+            &mut |oid, kind, data| {
+                match kind {
+                    gix_object::Kind::Tree | gix_object::Kind::Commit => {
+                        trees.insert(oid, data.to_vec());
+                    }
+                    gix_object::Kind::Blob => {
+                        cache
+                            .insert(&blob_key(&oid), data)
+                            .map_err(|e| pack::PackError(e.to_string()))?;
+                        verified.push(oid);
+                    }
+                    gix_object::Kind::Tag => {}
                 }
-                gix_object::Kind::Blob => {
-                    cache
-                        .insert(&blob_key(&oid), data)
-                        .map_err(|e| pack::PackError(e.to_string()))?;
-                    verified.push(oid);
-                }
-                gix_object::Kind::Tag => {}
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
         lock(&self.verified).extend(verified);
         let mut out = Vec::new();
@@ -366,26 +396,38 @@ impl GitSource {
         wants: &[ObjectId],
         deepen: bool,
         filter: bool,
-        each: &mut (dyn FnMut(ObjectId, gix_object::Kind, &[u8]) -> Result<(), pack::PackError> + Send),
+        each: &mut (
+                 dyn FnMut(ObjectId, gix_object::Kind, &[u8]) -> Result<(), pack::PackError> + Send
+             ),
     ) -> Result<usize, SourceError> {
-        let caps = self.remote.capabilities().await.map_err(RemoteError::into_source_error)?;
-        let body = protocol::command_request("fetch", &caps, &protocol::fetch_args(wants, deepen, filter));
+        let caps = self
+            .remote
+            .capabilities()
+            .await
+            .map_err(RemoteError::into_source_error)?;
+        let body =
+            protocol::command_request("fetch", &caps, &protocol::fetch_args(wants, deepen, filter));
         let n = self.scratch_counter.fetch_add(1, Ordering::Relaxed);
-        let pack_path = self
-            .scratch_dir
-            .join(format!("{}-{}-{n}.pack", std::process::id(), self.repo.name));
+        let pack_path = self.scratch_dir.join(format!(
+            "{}-{}-{n}.pack",
+            std::process::id(),
+            self.repo.name
+        ));
         let result = async {
-            self.remote.transport
+            self.remote
+                .transport
                 .upload_pack(body, |mut resp, url| {
                     let pack_path = pack_path.clone();
                     async move {
-                        let mut file = std::io::BufWriter::new(
-                            std::fs::File::create(&pack_path)
-                                .map_err(|e| RemoteError::Local(format!("{}: {e}", pack_path.display())))?,
-                        );
+                        let mut file =
+                            std::io::BufWriter::new(std::fs::File::create(&pack_path).map_err(
+                                |e| RemoteError::Local(format!("{}: {e}", pack_path.display())),
+                            )?);
                         let mut parser = FetchResponseParser::new();
                         let mut write_err = None;
-                        while let Some(chunk) = self.remote.transport.next_chunk(&mut resp, &url).await? {
+                        while let Some(chunk) =
+                            self.remote.transport.next_chunk(&mut resp, &url).await?
+                        {
                             parser
                                 .feed(&chunk, &mut |d| {
                                     if let Err(e) = file.write_all(d) {
@@ -401,7 +443,8 @@ impl GitSource {
                         parser
                             .finish()
                             .map_err(|e| RemoteError::Protocol(format!("{url}: {e}")))?;
-                        file.flush().map_err(|e| RemoteError::Local(e.to_string()))?;
+                        file.flush()
+                            .map_err(|e| RemoteError::Local(e.to_string()))?;
                         Ok(())
                     }
                 })
@@ -518,7 +561,11 @@ impl GitSource {
                 continue;
             }
             // Blobs already cached tell their own size.
-            match self.cache.get(&blob_key(oid)).and_then(|f| f.metadata().ok()) {
+            match self
+                .cache
+                .get(&blob_key(oid))
+                .and_then(|f| f.metadata().ok())
+            {
                 Some(m) => {
                     sizes.insert(*oid, m.len());
                 }
@@ -531,7 +578,11 @@ impl GitSource {
             }
             return Ok(sizes);
         }
-        let caps = self.remote.capabilities().await.map_err(RemoteError::into_source_error)?;
+        let caps = self
+            .remote
+            .capabilities()
+            .await
+            .map_err(RemoteError::into_source_error)?;
         if caps.object_info {
             for batch in unknown.chunks(BATCH) {
                 let body = self
@@ -539,8 +590,8 @@ impl GitSource {
                     .command("object-info", protocol::object_info_args(batch))
                     .await
                     .map_err(RemoteError::into_source_error)?;
-                for (oid, size) in protocol::parse_object_info(&body)
-                    .map_err(|e| SourceError::Corrupt(e.0))?
+                for (oid, size) in
+                    protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))?
                 {
                     if let Some(s) = size {
                         sizes.insert(oid, s);
@@ -548,7 +599,10 @@ impl GitSource {
                 }
             }
         }
-        let still: Vec<ObjectId> = unknown.into_iter().filter(|o| !sizes.contains_key(o)).collect();
+        let still: Vec<ObjectId> = unknown
+            .into_iter()
+            .filter(|o| !sizes.contains_key(o))
+            .collect();
         if !still.is_empty() {
             // No object-info: the only exact way is the blobs themselves, in one batch.
             self.ensure_blobs(&still).await?;
@@ -558,7 +612,9 @@ impl GitSource {
                     .get(&blob_key(&oid))
                     .and_then(|f| f.metadata().ok())
                     .map(|m| m.len())
-                    .ok_or_else(|| SourceError::Unavailable(format!("blob {oid} vanished from the cache")))?;
+                    .ok_or_else(|| {
+                        SourceError::Unavailable(format!("blob {oid} vanished from the cache"))
+                    })?;
                 sizes.insert(oid, len);
             }
         }
@@ -583,10 +639,9 @@ impl GitSource {
             return Ok(e.clone());
         }
         let snap = self.snapshot().await?;
-        let data = snap
-            .trees
-            .get(&tree)
-            .ok_or_else(|| SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit")))?;
+        let data = snap.trees.get(&tree).ok_or_else(|| {
+            SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
+        })?;
         let mut raw = Vec::new();
         let mut seen = HashSet::new();
         for item in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1) {
@@ -604,7 +659,12 @@ impl GitSource {
         }
         let blobs: Vec<ObjectId> = raw
             .iter()
-            .filter(|(_, k, _)| matches!(k, EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link))
+            .filter(|(_, k, _)| {
+                matches!(
+                    k,
+                    EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link
+                )
+            })
             .map(|(_, _, o)| *o)
             .collect::<HashSet<_>>()
             .into_iter()
@@ -623,16 +683,26 @@ impl GitSource {
                 EntryKind::Link => (oid.as_bytes().into(), NodeKind::Symlink { size: size()? }),
                 EntryKind::Blob => (
                     oid.as_bytes().into(),
-                    NodeKind::File { size: size()?, executable: false },
+                    NodeKind::File {
+                        size: size()?,
+                        executable: false,
+                    },
                 ),
                 EntryKind::BlobExecutable => (
                     oid.as_bytes().into(),
-                    NodeKind::File { size: size()?, executable: true },
+                    NodeKind::File {
+                        size: size()?,
+                        executable: true,
+                    },
                 ),
             };
             entries.push(Entry {
                 name: OsString::from_vec(name),
-                node: Node { key, kind, mtime: snap.mtime },
+                node: Node {
+                    key,
+                    kind,
+                    mtime: snap.mtime,
+                },
             });
         }
         let entries = Arc::new(entries);
@@ -640,7 +710,10 @@ impl GitSource {
         Ok(entries)
     }
 
-    fn block_on<T>(&self, fut: impl std::future::Future<Output = Result<T, SourceError>>) -> Result<T, SourceError> {
+    fn block_on<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
         self.rt.block_on(async {
             match tokio::time::timeout(CALL_LIMIT, fut).await {
                 Ok(r) => r,
@@ -712,7 +785,10 @@ impl FileReader for BlobReader {
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
-            match self.file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -780,7 +856,13 @@ mod tests {
         for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b", &[b'x'; 256][..]] {
             assert!(!safe_name(bad), "{bad:?}");
         }
-        for good in [&b"a"[..], b"...", b".git", b"with space", "ünïcødé".as_bytes()] {
+        for good in [
+            &b"a"[..],
+            b"...",
+            b".git",
+            b"with space",
+            "ünïcødé".as_bytes(),
+        ] {
             assert!(safe_name(good), "{good:?}");
         }
     }
@@ -790,7 +872,10 @@ mod tests {
         let c = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1600000000 +0200\ncommitter C <c@d> 1700000000 -0100\n\nmsg\ncommitter fake 1 +0000\n";
         let (t, m) = parse_commit(c).unwrap();
         assert_eq!(t.to_string(), "4b825dc642cb6eb9a060e54bf8d69288fbee4904");
-        assert_eq!(m, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(
+            m,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
         assert!(parse_commit(b"no tree here\n").is_none());
     }
 }

@@ -54,7 +54,9 @@ pub fn for_each_object(
             let (data, _) = bundle
                 .find(oid, &mut buf, &mut inflate, &mut cache)
                 .map_err(|e| PackError(format!("object {oid}: {e:?}")))?
-                .ok_or_else(|| PackError(format!("object {oid} is in the index but not the pack")))?;
+                .ok_or_else(|| {
+                    PackError(format!("object {oid} is in the index but not the pack"))
+                })?;
             each(*oid, data.kind, data.data)?;
         }
         Ok(ids.len())
@@ -86,6 +88,9 @@ mod tests {
             assert!(r.is_err(), "{bytes:?}");
         }
         std::fs::write(&p, b"").unwrap();
-        assert_eq!(for_each_object(&p, dir.path(), &mut |_, _, _| Ok(())).unwrap(), 0);
+        assert_eq!(
+            for_each_object(&p, dir.path(), &mut |_, _, _| Ok(())).unwrap(),
+            0
+        );
     }
 }

@@ -72,7 +72,9 @@ pub fn packet_lines(mut data: &[u8]) -> Result<Vec<PacketLineRef<'_>>, ProtocolE
                 out.push(line);
                 data = &data[bytes_consumed..];
             }
-            Stream::Incomplete { .. } => return Err(perr("the response ended in the middle of a pkt-line")),
+            Stream::Incomplete { .. } => {
+                return Err(perr("the response ended in the middle of a pkt-line"));
+            }
         }
     }
     Ok(out)
@@ -129,7 +131,11 @@ pub fn parse_capabilities(body: &[u8]) -> Result<Capabilities, ProtocolError> {
             "ls-refs" => caps.ls_refs = true,
             "fetch" => {
                 caps.fetch = true;
-                caps.fetch_features = value.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+                caps.fetch_features = value
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
             }
             "object-info" => caps.object_info = true,
             "object-format" => caps.object_format = Some(value.to_string()),
@@ -137,7 +143,9 @@ pub fn parse_capabilities(body: &[u8]) -> Result<Capabilities, ProtocolError> {
         }
     }
     if !caps.ls_refs || !caps.fetch {
-        return Err(perr("the server does not offer the ls-refs and fetch commands"));
+        return Err(perr(
+            "the server does not offer the ls-refs and fetch commands",
+        ));
     }
     if let Some(f) = &caps.object_format {
         if f != "sha1" {
@@ -160,7 +168,10 @@ fn push_line(out: &mut Vec<u8>, s: &str) {
 pub fn command_request(command: &str, caps: &Capabilities, args: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     push_line(&mut out, &format!("command={command}\n"));
-    push_line(&mut out, concat!("agent=repofs/", env!("CARGO_PKG_VERSION"), "\n"));
+    push_line(
+        &mut out,
+        concat!("agent=repofs/", env!("CARGO_PKG_VERSION"), "\n"),
+    );
     if caps.object_format.is_some() {
         push_line(&mut out, "object-format=sha1\n");
     }
@@ -443,7 +454,9 @@ mod tests {
     #[test]
     fn ls_refs_parse_and_select() {
         let mut body = Vec::new();
-        body.extend(pkt(format!("{A} HEAD symref-target:refs/heads/main\n").as_bytes()));
+        body.extend(pkt(
+            format!("{A} HEAD symref-target:refs/heads/main\n").as_bytes()
+        ));
         body.extend(pkt(format!("{A} refs/heads/main\n").as_bytes()));
         body.extend(pkt(format!("{B} refs/tags/v1 peeled:{A}\n").as_bytes()));
         body.extend(pkt(b"unborn refs/heads/empty\n"));
@@ -451,12 +464,20 @@ mod tests {
         let refs = parse_ls_refs(&body).unwrap();
         assert_eq!(refs.len(), 3);
         assert_eq!(select_ref(&refs, None).unwrap().target().to_string(), A);
-        assert_eq!(select_ref(&refs, Some("main")).unwrap().name, "refs/heads/main");
+        assert_eq!(
+            select_ref(&refs, Some("main")).unwrap().name,
+            "refs/heads/main"
+        );
         let tag = select_ref(&refs, Some("v1")).unwrap();
         assert_eq!(tag.target().to_string(), A);
         assert!(select_ref(&refs, Some("nope")).is_none());
         assert!(parse_ls_refs(&pkt(b"zz HEAD\n")).is_err());
-        assert!(parse_ls_refs(&pkt(b"ERR access denied\n")).unwrap_err().0.contains("access denied"));
+        assert!(
+            parse_ls_refs(&pkt(b"ERR access denied\n"))
+                .unwrap_err()
+                .0
+                .contains("access denied")
+        );
     }
 
     #[test]
@@ -504,7 +525,12 @@ mod tests {
         let mut sink = |_: &[u8]| Ok(());
         let mut body = pkt(b"packfile\n");
         body.extend(pkt(b"\x03upload-pack: not our ref\n"));
-        assert!(p.feed(&body, &mut sink).unwrap_err().0.contains("not our ref"));
+        assert!(
+            p.feed(&body, &mut sink)
+                .unwrap_err()
+                .0
+                .contains("not our ref")
+        );
 
         let mut p = FetchResponseParser::new();
         p.feed(&pkt(b"packfile\n"), &mut sink).unwrap();

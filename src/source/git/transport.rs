@@ -24,9 +24,7 @@ pub enum RemoteError {
         status: u16,
         message: String,
     },
-    #[error(
-        "repository not found at {url} (HTTP 404): check the url{hint}"
-    )]
+    #[error("repository not found at {url} (HTTP 404): check the url{hint}")]
     NotFound { url: String, hint: &'static str },
     #[error("{url}: the server answered HTTP {status}{detail}")]
     Http {
@@ -153,7 +151,9 @@ impl Transport {
     pub async fn get_info_refs(&self) -> Result<Vec<u8>, RemoteError> {
         let url = format!("{}/info/refs?service=git-upload-pack", self.clone_url);
         self.retry(|| async {
-            let resp = self.send(self.request(reqwest::Method::GET, &url), &url).await?;
+            let resp = self
+                .send(self.request(reqwest::Method::GET, &url), &url)
+                .await?;
             self.read_all(resp, &url).await
         })
         .await
@@ -174,7 +174,10 @@ impl Transport {
                     reqwest::header::CONTENT_TYPE,
                     "application/x-git-upload-pack-request",
                 )
-                .header(reqwest::header::ACCEPT, "application/x-git-upload-pack-result")
+                .header(
+                    reqwest::header::ACCEPT,
+                    "application/x-git-upload-pack-result",
+                )
                 .body(body.clone());
             let resp = self.send(rb, &url).await?;
             consume(resp, url.clone()).await
@@ -231,11 +234,7 @@ impl Transport {
             _ => {
                 // A short, printable excerpt of the body helps with proxies' error pages.
                 let text = resp.text().await.unwrap_or_default();
-                let excerpt: String = text
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(160)
-                    .collect();
+                let excerpt: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
                 let detail = if excerpt.trim().is_empty() {
                     String::new()
                 } else {
@@ -289,7 +288,11 @@ impl Transport {
         }
     }
 
-    pub async fn read_all(&self, resp: reqwest::Response, url: &str) -> Result<Vec<u8>, RemoteError> {
+    pub async fn read_all(
+        &self,
+        resp: reqwest::Response,
+        url: &str,
+    ) -> Result<Vec<u8>, RemoteError> {
         let bytes = resp.bytes().await.map_err(|e| self.classify(e, url))?;
         self.counters
             .bytes_received
@@ -340,8 +343,7 @@ fn basic(user: &str, secret: &str) -> String {
 
 /// Minimal standard base64 (RFC 4648, with padding) for the Basic header.
 mod base64_engine {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn encode(input: &[u8]) -> String {
         let mut out = String::with_capacity(input.len().div_ceil(3) * 4);

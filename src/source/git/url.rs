@@ -123,7 +123,10 @@ fn to_http_url(provider: Provider, input: &str) -> Result<String, String> {
     }
     if let Some((user_host, path)) = input.split_once(':') {
         if !user_host.contains('/') && user_host.contains('@') {
-            let host = user_host.split_once('@').map(|(_, h)| h).unwrap_or(user_host);
+            let host = user_host
+                .split_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or(user_host);
             return ssh_to_https(provider, input, host, path);
         }
     }
@@ -195,7 +198,11 @@ mod tests {
     #[test]
     fn gitlab_forms() {
         assert_eq!(
-            clone_url(Gitlab, "https://gitlab.com/group/sub/project/-/tree/main/src").unwrap(),
+            clone_url(
+                Gitlab,
+                "https://gitlab.com/group/sub/project/-/tree/main/src"
+            )
+            .unwrap(),
             "https://gitlab.com/group/sub/project.git"
         );
         assert_eq!(

@@ -1,0 +1,382 @@
+//! Test harness: a real git smart-HTTP server on loopback, repositories
+//! built with the git CLI, and the real `repofs` daemon mounting them with
+//! FUSE. Missing prerequisites (FUSE, git, python3) fail the test loudly.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn require_prerequisites() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount for real (install fuse3, load the fuse module)"
+    );
+    for (bin, pkg) in [
+        ("git", "git"),
+        ("python3", "python3"),
+        ("fusermount3", "fuse3"),
+    ] {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{bin} is not installed (Debian package {pkg}); .ci/run installs it"
+        );
+    }
+}
+
+/// Runs git in `dir` with a fixed identity and dates; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_AUTHOR_DATE", "1700000000 +0000")
+        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository made from a work tree: returns (work tree, commit id). The
+/// bare copy is published as `<server root>/<name>.git`.
+pub fn publish_repo(server_root: &Path, work: &Path, name: &str) -> String {
+    git(work, &["add", "-A"]);
+    publish_committed(server_root, work, name)
+}
+
+/// Publishes what is committed in `work` (nothing is staged first).
+pub fn publish_committed(server_root: &Path, work: &Path, name: &str) -> String {
+    git(
+        work,
+        &["commit", "-q", "-m", "test commit", "--allow-empty"],
+    );
+    let commit = git(work, &["rev-parse", "HEAD"]);
+    let bare = server_root.join(format!("{name}.git"));
+    if bare.exists() {
+        std::fs::remove_dir_all(&bare).unwrap();
+    }
+    git(
+        server_root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    commit
+}
+
+pub fn new_worktree(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    dir.to_path_buf()
+}
+
+/// The loopback git server (tests/support/git_http_server.py).
+pub struct GitServer {
+    child: Child,
+    pub port: u16,
+    pub root: PathBuf,
+}
+
+impl GitServer {
+    pub fn start(root: &Path, extra: &[&str]) -> GitServer {
+        Self::start_on(root, 0, extra)
+    }
+
+    pub fn start_on(root: &Path, port: u16, extra: &[&str]) -> GitServer {
+        std::fs::create_dir_all(root).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/git_http_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("--root")
+            .arg(root)
+            .arg("--port")
+            .arg(port.to_string())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the git server (python3)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("git server did not start: {line:?}"));
+        GitServer {
+            child,
+            port,
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}.git", self.port)
+    }
+
+    fn http(&self, method: &str, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// (requests, response bytes) served for `<name>.git` since the last reset.
+    pub fn stats(&self, name: &str) -> (u64, u64) {
+        let body = self.http("GET", "/_stats");
+        let key = format!("\"{name}.git\": {{\"requests\": ");
+        let Some(i) = body.find(&key) else {
+            return (0, 0);
+        };
+        let rest = &body[i + key.len()..];
+        let req: u64 = rest.split(',').next().unwrap().trim().parse().unwrap();
+        let bytes: u64 = rest
+            .split("\"bytes\": ")
+            .nth(1)
+            .unwrap()
+            .split('}')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (req, bytes)
+    }
+
+    pub fn reset_stats(&self) {
+        self.http("POST", "/_stats");
+    }
+
+    pub fn set_fault(&self, mode: &str) {
+        self.http("GET", &format!("/_fault?mode={mode}"));
+    }
+
+    pub fn set_tokens(&self, pairs: &[(&str, &str)]) {
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(r, t)| format!("\"{r}.git\": \"{t}\""))
+            .collect();
+        std::fs::write(
+            self.root.join("_auth.json"),
+            format!("{{{}}}", body.join(", ")),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn repofs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_repofs")
+}
+
+/// One repository entry for a generated config.
+pub struct RepoEntry {
+    pub name: String,
+    pub url: String,
+    pub extra: String,
+}
+
+pub fn write_config(
+    dir: &Path,
+    mount_root: &Path,
+    cache: &Path,
+    repos: &[RepoEntry],
+    top: &str,
+) -> PathBuf {
+    let mut s = format!(
+        "mount_root = \"{}\"\ncache_dir = \"{}\"\ncache_size = \"2GiB\"\nrequest_timeout = \"3s\"\nconnect_timeout = \"2s\"\nmax_attempts = 2\n{top}\n",
+        mount_root.display(),
+        cache.display()
+    );
+    for r in repos {
+        s.push_str(&format!(
+            "[[repository]]\nname = \"{}\"\nprovider = \"git\"\nurl = \"{}\"\n{}\n",
+            r.name, r.url, r.extra
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+/// A running `repofs mount`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, mounts: &[PathBuf], log: &Path) -> Daemon {
+        let logf = std::fs::File::create(log).unwrap();
+        let child = Command::new(repofs_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("mount")
+            .env("REPOFS_LOG", "info,repofs=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start repofs");
+        let mut d = Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+            mounts: mounts.to_vec(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !mounts.iter().all(|m| is_mounted(m)) {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("repofs exited early ({status}):\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mounts did not appear:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits: the daemon must exit 0 and leave nothing mounted.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "repofs exited with {status}:\n{}",
+                    self.log_text()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "repofs did not exit on SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for m in &self.mounts {
+            assert!(
+                !is_mounted(m),
+                "{} is still mounted after SIGTERM",
+                m.display()
+            );
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for m in &self.mounts {
+            if is_mounted(m) {
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(m)
+                    .status();
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so contents are incompressible.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs a shell command with a time limit; returns (exit code, stdout, stderr).
+pub fn sh(cmd: &str, limit: Duration) -> (i32, String, String) {
+    let mut child = Command::new("timeout")
+        .arg("--kill-after=5")
+        .arg(format!("{}", limit.as_secs()))
+        .arg("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
