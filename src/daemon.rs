@@ -47,7 +47,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let span = tracing::info_span!("repo", repo = %repo.name);
         let _enter = span.enter();
         let source = match GitSource::new(repo, &config, cache.clone(), rt.handle().clone()) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!("not mounted: {e}");
                 continue;

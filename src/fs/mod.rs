@@ -329,6 +329,7 @@ impl fuser::Filesystem for RepoFs {
         }
         match self.node(ino.0) {
             Ok(n) if n.kind == NodeKind::Dir => {
+                self.source.prefetch(&n);
                 let flags = if self.source.immutable() {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {

@@ -77,6 +77,9 @@ pub trait Source: Send + Sync {
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError>;
     /// The target of a symlink.
     fn readlink(&self, link: &Node) -> Result<Vec<u8>, SourceError>;
+    /// A hint that the directory is being listed (`ls`, `find`, `grep -r`):
+    /// a source may start fetching its small files in the background.
+    fn prefetch(&self, _dir: &Node) {}
     /// How long the kernel may cache names and attributes.
     fn attr_ttl(&self) -> Duration;
     /// Whether file contents never change for a given node (lets the kernel keep its page cache).

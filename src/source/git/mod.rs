@@ -36,6 +36,10 @@ use transport::{RemoteError, Transport};
 
 /// How many object ids go into one `fetch` or `object-info` request.
 const BATCH: usize = 1000;
+/// Listing a directory prefetches its files up to this size...
+const PREFETCH_FILE_MAX: u64 = 256 * 1024;
+/// ...and at most this many bytes per directory, in one request.
+const PREFETCH_DIR_MAX: u64 = 16 * 1024 * 1024;
 /// How long a failed ref resolution is remembered before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Upper bound for one blocking filesystem call, whatever the server does.
@@ -137,6 +141,8 @@ impl Remote {
 
 /// A mounted git repository.
 pub struct GitSource {
+    /// A handle on itself, for background work (prefetch).
+    me: std::sync::Weak<GitSource>,
     repo: RepoConfig,
     remote: Remote,
     cache: Arc<Cache>,
@@ -150,6 +156,7 @@ pub struct GitSource {
     verified: Mutex<HashSet<ObjectId>>,
     filter_warned: AtomicBool,
     scratch_counter: AtomicU64,
+    prefetched: Mutex<HashSet<ObjectId>>,
 }
 
 /// Marker key for submodule directories (always empty).
@@ -161,7 +168,7 @@ impl GitSource {
         config: &Config,
         cache: Arc<Cache>,
         rt: tokio::runtime::Handle,
-    ) -> Result<GitSource, String> {
+    ) -> Result<Arc<GitSource>, String> {
         let remote = Remote::new(repo, config)?;
         let state_dir = config.cache_dir.join("state");
         let scratch_dir = config.cache_dir.join("scratch");
@@ -169,7 +176,8 @@ impl GitSource {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
-        Ok(GitSource {
+        Ok(Arc::new_cyclic(|me| GitSource {
+            me: me.clone(),
             repo: repo.clone(),
             remote,
             cache,
@@ -183,7 +191,8 @@ impl GitSource {
             verified: Mutex::new(HashSet::new()),
             filter_warned: AtomicBool::new(false),
             scratch_counter: AtomicU64::new(0),
-        })
+            prefetched: Mutex::new(HashSet::new()),
+        }))
     }
 
     /// Requests made and bytes received so far.
@@ -710,6 +719,32 @@ impl GitSource {
         Ok(entries)
     }
 
+    /// Fetches the small, not yet cached files of `tree` in one request.
+    async fn prefetch_tree(&self, tree: ObjectId) -> Result<usize, SourceError> {
+        let entries = self.list_tree(tree).await?;
+        let mut budget = PREFETCH_DIR_MAX;
+        let mut wants = Vec::new();
+        for e in entries.iter() {
+            if let NodeKind::File { size, .. } = e.node.kind {
+                if size == 0 || size > PREFETCH_FILE_MAX || size > budget {
+                    continue;
+                }
+                let Ok(oid) = ObjectId::try_from(&e.node.key[..]) else {
+                    continue;
+                };
+                if !self.cache.contains(&blob_key(&oid)) {
+                    budget -= size;
+                    wants.push(oid);
+                }
+            }
+        }
+        wants.sort();
+        wants.dedup();
+        wants.truncate(BATCH);
+        self.ensure_blobs(&wants).await?;
+        Ok(wants.len())
+    }
+
     fn block_on<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, SourceError>>,
@@ -835,6 +870,25 @@ impl Source for GitSource {
         f.read_to_end(&mut target)
             .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
         Ok(target)
+    }
+
+    fn prefetch(&self, dir: &Node) {
+        let Ok(tree) = node_oid(dir) else { return };
+        if !lock(&self.prefetched).insert(tree) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.rt.spawn(async move {
+            match me.prefetch_tree(tree).await {
+                Ok(n) if n > 0 => tracing::debug!(repo = %me.repo.name, %tree, files = n, "prefetched small files"),
+                Ok(_) => {}
+                Err(e) => {
+                    // Reads will fetch (and report) on their own.
+                    tracing::debug!(repo = %me.repo.name, %tree, "prefetch failed: {e}");
+                    lock(&me.prefetched).remove(&tree);
+                }
+            }
+        });
     }
 
     fn attr_ttl(&self) -> Duration {
