@@ -693,6 +693,34 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/example.toml");
+        // Token files do not exist here: swap them for inline tokens.
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("token_file") {
+                    "token = \"t\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(Path::new("example.toml"), &text, &|v| {
+            (v == "GHE_TOKEN").then(|| "t".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.repositories.len(), 6);
+        for (name, _) in Provider::ALL {
+            assert!(
+                c.repositories.iter().any(|r| r.provider.as_str() == *name),
+                "example lacks provider {name}"
+            );
+        }
+    }
+
+    #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);

@@ -623,3 +623,71 @@ fn missing_ref_and_bad_config_are_reported() {
     );
     assert!(!is_mounted(&f.mnt.join("x")));
 }
+
+#[test]
+fn hostile_tree_entries_are_skipped_with_a_warning() {
+    let f = fixture();
+    let server_root = f.dir.join("srv");
+    let bare = server_root.join("hostile.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let blob_path = f.dir.join("blob");
+    std::fs::write(&blob_path, "payload\n").unwrap();
+    let blob = git(&bare, &["hash-object", "-w", blob_path.to_str().unwrap()]);
+    let raw_blob: Vec<u8> = (0..20)
+        .map(|i| u8::from_str_radix(&blob[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    // A tree no honest git would write: ".", "..", a name with a slash, a duplicate.
+    let mut tree = Vec::new();
+    for name in [&b"."[..], b"..", b"a/b", b"dup", b"dup", b"ok.txt"] {
+        tree.extend_from_slice(b"100644 ");
+        tree.extend_from_slice(name);
+        tree.push(0);
+        tree.extend_from_slice(&raw_blob);
+    }
+    let tree_path = f.dir.join("tree");
+    std::fs::write(&tree_path, tree).unwrap();
+    let tree_id = git(
+        &bare,
+        &[
+            "hash-object",
+            "-w",
+            "-t",
+            "tree",
+            "--literally",
+            tree_path.to_str().unwrap(),
+        ],
+    );
+    let commit = git(&bare, &["commit-tree", &tree_id, "-m", "hostile"]);
+    git(&bare, &["update-ref", "refs/heads/main", &commit]);
+
+    let server = GitServer::start(&server_root, &[]);
+    let config = write_config(
+        &f.dir,
+        &f.mnt,
+        &f.cache,
+        &[entry("hostile", server.url("hostile"), "")],
+        "",
+    );
+    let m = f.mnt.join("hostile");
+    let mut d = Daemon::start(&config, &[m.clone()], &f.dir.join("daemon.log"));
+    let mut names: Vec<String> = std::fs::read_dir(&m)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dup", "ok.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(m.join("ok.txt")).unwrap(),
+        "payload\n"
+    );
+    // ".." still means the parent directory, never a tree entry.
+    assert_eq!(
+        std::fs::canonicalize(m.join("..")).unwrap(),
+        std::fs::canonicalize(&f.mnt).unwrap()
+    );
+    let log = d.log_text();
+    assert!(log.contains("cannot be a file name"), "{log}");
+    assert!(log.contains("duplicate tree entry"), "{log}");
+    d.stop();
+}
