@@ -14,17 +14,18 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-/// The content store.
+/// The content store. Cloning it is cheap and shares the index.
+#[derive(Clone)]
 pub struct Cache {
     root: PathBuf,
     cap: u64,
-    index: Mutex<Index>,
-    tmp_counter: AtomicU64,
+    index: Arc<Mutex<Index>>,
+    tmp_counter: Arc<AtomicU64>,
 }
 
 struct Index {
@@ -99,8 +100,8 @@ impl Cache {
         let cache = Cache {
             root: root.to_owned(),
             cap,
-            index: Mutex::new(index),
-            tmp_counter: AtomicU64::new(0),
+            index: Arc::new(Mutex::new(index)),
+            tmp_counter: Arc::new(AtomicU64::new(0)),
         };
         cache.evict(0);
         Ok(cache)
@@ -150,7 +151,7 @@ impl Cache {
     }
 
     /// Starts a streamed insert; nothing is visible until [`CacheWriter::commit`].
-    pub fn writer(&self, key: &str) -> Result<CacheWriter<'_>, CacheError> {
+    pub fn writer(&self, key: &str) -> Result<CacheWriter, CacheError> {
         valid_key(key)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp_path = self
@@ -159,7 +160,7 @@ impl Cache {
             .join(format!("{}-{}-{key}", std::process::id(), n));
         let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
         Ok(CacheWriter {
-            cache: self,
+            cache: self.clone(),
             key: key.to_owned(),
             tmp_path,
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
@@ -216,15 +217,15 @@ impl Cache {
 }
 
 /// A streamed insert in progress. Dropping it without `commit` discards it.
-pub struct CacheWriter<'a> {
-    cache: &'a Cache,
+pub struct CacheWriter {
+    cache: Cache,
     key: String,
     tmp_path: PathBuf,
     file: Option<io::BufWriter<File>>,
     len: u64,
 }
 
-impl Write for CacheWriter<'_> {
+impl Write for CacheWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let f = self
             .file
@@ -242,7 +243,27 @@ impl Write for CacheWriter<'_> {
     }
 }
 
-impl CacheWriter<'_> {
+impl CacheWriter {
+    /// The temp file being written: it may be opened for reading while it
+    /// grows (for streaming readers); it is renamed into place on commit.
+    pub fn path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// Discards what was written so far and starts again.
+    pub fn rewind(&mut self) -> io::Result<()> {
+        use std::io::Seek;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("cache writer already committed"))?;
+        f.flush()?;
+        f.get_mut().set_len(0)?;
+        f.get_mut().seek(io::SeekFrom::Start(0))?;
+        self.len = 0;
+        Ok(())
+    }
+
     /// Makes the entry visible (rename into place) and returns it opened.
     pub fn commit(mut self) -> Result<File, CacheError> {
         let Some(buf) = self.file.take() else {
@@ -270,7 +291,7 @@ impl CacheWriter<'_> {
     }
 }
 
-impl Drop for CacheWriter<'_> {
+impl Drop for CacheWriter {
     fn drop(&mut self) {
         if self.file.is_some() {
             let _ = fs::remove_file(&self.tmp_path);

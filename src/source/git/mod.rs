@@ -10,6 +10,7 @@
 //! `<cache_dir>/state/`, so a restart with the server down still serves what
 //! was read before.
 
+pub mod lfs;
 pub mod pack;
 pub mod protocol;
 pub mod transport;
@@ -51,11 +52,12 @@ struct Snapshot {
     root_tree: ObjectId,
     mtime: SystemTime,
     trees: HashMap<ObjectId, Vec<u8>>,
+    lfs: Arc<lfs::Lfs>,
 }
 
 /// The protocol side of one repository: capabilities, commands, ref resolution.
 pub struct Remote {
-    pub transport: Transport,
+    pub transport: Arc<Transport>,
     reference: Option<String>,
     caps: Mutex<Option<Capabilities>>,
 }
@@ -63,12 +65,12 @@ pub struct Remote {
 impl Remote {
     pub fn new(repo: &RepoConfig, config: &Config) -> Result<Remote, String> {
         Ok(Remote {
-            transport: Transport::new(
+            transport: Arc::new(Transport::new(
                 repo,
                 config.connect_timeout,
                 config.request_timeout,
                 config.max_attempts,
-            )?,
+            )?),
             reference: repo.reference.clone(),
             caps: Mutex::new(None),
         })
@@ -157,6 +159,8 @@ pub struct GitSource {
     filter_warned: AtomicBool,
     scratch_counter: AtomicU64,
     prefetched: Mutex<HashSet<ObjectId>>,
+    /// How long a reader waits on a download that makes no progress.
+    stall_limit: Duration,
 }
 
 /// Marker key for submodule directories (always empty).
@@ -192,6 +196,7 @@ impl GitSource {
             filter_warned: AtomicBool::new(false),
             scratch_counter: AtomicU64::new(0),
             prefetched: Mutex::new(HashSet::new()),
+            stall_limit: config.request_timeout * config.max_attempts + Duration::from_secs(5),
         }))
     }
 
@@ -306,13 +311,45 @@ impl GitSource {
                 "the server did not send the root tree {root_tree} of commit {commit}"
             )));
         }
-        tracing::info!(repo = %self.repo.name, %commit, trees = trees.len() - 1, "repository ready");
+        let lfs = Arc::new(lfs::Lfs::new(
+            self.lfs_endpoint(&trees, &root_tree).await,
+            self.repo.provider,
+            &self.repo.name,
+            self.stall_limit,
+        ));
+        tracing::info!(repo = %self.repo.name, %commit, trees = trees.len() - 1, lfs = %lfs.endpoint, "repository ready");
         Ok(Snapshot {
             commit,
             root_tree,
             mtime,
             trees,
+            lfs,
         })
+    }
+
+    /// The LFS endpoint, honouring a committed `.lfsconfig` in the root tree.
+    async fn lfs_endpoint(&self, trees: &HashMap<ObjectId, Vec<u8>>, root: &ObjectId) -> String {
+        let clone_url = &self.remote.transport.clone_url;
+        let lfsconfig = trees.get(root).and_then(|data| {
+            gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
+                .filter_map(Result::ok)
+                .find(|e| e.filename == ".lfsconfig" && e.mode.is_blob())
+                .map(|e| e.oid.to_owned())
+        });
+        let Some(oid) = lfsconfig else {
+            return lfs::endpoint(clone_url, None);
+        };
+        match self.blob_file(oid).await {
+            Ok(mut f) => {
+                let mut data = Vec::new();
+                let _ = f.read_to_end(&mut data);
+                lfs::endpoint(clone_url, Some(&data))
+            }
+            Err(e) => {
+                tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
+                lfs::endpoint(clone_url, None)
+            }
+        }
     }
 
     /// Reads `trees-<commit>`: records of (20-byte id, u32 length, data).
@@ -679,6 +716,7 @@ impl GitSource {
             .into_iter()
             .collect();
         let sizes = self.blob_sizes(&tree, &blobs).await?;
+        let pointers = self.lfs_pointers(&raw, &sizes).await?;
         let mut entries = Vec::with_capacity(raw.len());
         for (name, kind, oid) in raw {
             let size = || {
@@ -687,6 +725,16 @@ impl GitSource {
                 })
             };
             let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
+                EntryKind::Blob | EntryKind::BlobExecutable if pointers.contains_key(&oid) => {
+                    let p = &pointers[&oid];
+                    (
+                        p.key().into(),
+                        NodeKind::File {
+                            size: p.size,
+                            executable: kind == EntryKind::BlobExecutable,
+                        },
+                    )
+                }
                 EntryKind::Tree => (oid.as_bytes().into(), NodeKind::Dir),
                 EntryKind::Commit => (SUBMODULE_KEY.into(), NodeKind::Dir),
                 EntryKind::Link => (oid.as_bytes().into(), NodeKind::Symlink { size: size()? }),
@@ -717,6 +765,54 @@ impl GitSource {
         let entries = Arc::new(entries);
         lock(&self.dirs).insert(tree, entries.clone());
         Ok(entries)
+    }
+
+    /// Which regular files of a directory are LFS pointers: blobs whose size
+    /// is in the pointer range are fetched (one batch) and parsed.
+    async fn lfs_pointers(
+        &self,
+        raw: &[(Vec<u8>, EntryKind, ObjectId)],
+        sizes: &HashMap<ObjectId, u64>,
+    ) -> Result<HashMap<ObjectId, lfs::Pointer>, SourceError> {
+        let candidates: Vec<ObjectId> = raw
+            .iter()
+            .filter(|(_, k, _)| matches!(k, EntryKind::Blob | EntryKind::BlobExecutable))
+            .map(|(_, _, o)| *o)
+            .filter(|o| {
+                sizes
+                    .get(o)
+                    .is_some_and(|s| (lfs::MIN_POINTER_SIZE..lfs::MAX_POINTER_SIZE).contains(s))
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut out = HashMap::new();
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        self.ensure_blobs(&candidates).await?;
+        for oid in candidates {
+            let Some(mut f) = self.cache.get(&blob_key(&oid)) else {
+                continue;
+            };
+            let mut data = Vec::new();
+            if f.read_to_end(&mut data).is_ok() {
+                if let Some(p) = lfs::parse_pointer(&data) {
+                    out.insert(oid, p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
+        let snap = self.block_on(self.snapshot())?;
+        snap.lfs.open(
+            self.remote.transport.clone(),
+            self.cache.clone(),
+            &self.rt,
+            p,
+        )
     }
 
     /// Fetches the small, not yet cached files of `tree` in one request.
@@ -858,6 +954,9 @@ impl Source for GitSource {
     }
 
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError> {
+        if let Some(p) = lfs::Pointer::from_key(&file.key) {
+            return self.open_lfs(&p);
+        }
         let oid = node_oid(file)?;
         let f = self.block_on(self.blob_file(oid))?;
         Ok(Arc::new(BlobReader { file: f }))

@@ -71,6 +71,9 @@ pub struct Counters {
 pub struct Transport {
     pub clone_url: String,
     client: reqwest::Client,
+    /// For LFS download hrefs, which may be on another host: this client
+    /// never carries the repository's credentials.
+    bare_client: reqwest::Client,
     auth: Option<HeaderValue>,
     has_token: bool,
     provider: Provider,
@@ -115,6 +118,13 @@ impl Transport {
             reqwest::header::USER_AGENT,
             HeaderValue::from_static(concat!("git/2.0 (repofs/", env!("CARGO_PKG_VERSION"), ")")),
         );
+        let bare_client = reqwest::Client::builder()
+            .default_headers(headers.clone())
+            .connect_timeout(connect_timeout)
+            .read_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(connect_timeout)
@@ -127,6 +137,7 @@ impl Transport {
         Ok(Transport {
             clone_url,
             client,
+            bare_client,
             auth,
             has_token: repo.token.is_some(),
             provider: repo.provider,
@@ -183,6 +194,52 @@ impl Transport {
             consume(resp, url.clone()).await
         })
         .await
+    }
+
+    /// POSTs a Git LFS batch request (with the repository's credentials).
+    pub async fn lfs_batch(&self, url: &str, body: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        self.retry(|| async {
+            let mut rb = self
+                .client
+                .post(url)
+                .header(reqwest::header::ACCEPT, "application/vnd.git-lfs+json")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/vnd.git-lfs+json",
+                )
+                .body(body.clone());
+            if let Some(auth) = &self.auth {
+                rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
+            }
+            let resp = self.send(rb, url).await?;
+            self.read_all(resp, url).await
+        })
+        .await
+    }
+
+    /// GETs an LFS download href with exactly `headers` (from the batch
+    /// response) and never the repository's credentials. `range_start`
+    /// resumes a partial download. Not retried here: the caller knows
+    /// whether the href is still valid.
+    pub async fn lfs_download(
+        &self,
+        href: &str,
+        headers: &[(String, String)],
+        range_start: u64,
+    ) -> Result<reqwest::Response, RemoteError> {
+        let shown = redact_query(href);
+        let mut rb = self.bare_client.get(href);
+        for (k, v) in headers {
+            let mut value = HeaderValue::from_str(v).map_err(|_| {
+                RemoteError::Protocol(format!("the LFS server sent an invalid header {k:?}"))
+            })?;
+            value.set_sensitive(true);
+            rb = rb.header(k.as_str(), value);
+        }
+        if range_start > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={range_start}-"));
+        }
+        self.send(rb, &shown).await
     }
 
     async fn send(
@@ -264,6 +321,7 @@ impl Transport {
 
     fn classify(&self, e: reqwest::Error, url: &str) -> RemoteError {
         let url = url.to_string();
+        let e = e.without_url();
         if e.is_timeout() {
             return RemoteError::Timeout {
                 url,
@@ -333,6 +391,15 @@ impl Transport {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Drops the query string of a URL for messages: presigned URLs carry
+/// signatures there.
+pub fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
     }
 }
 
