@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what repofs and its tests need on a fresh Debian machine:
-# FUSE (fusermount3, /dev/fuse userspace), git (its http-backend serves the
-# test repositories), python3 (runs the test git server), and small tools.
+# FUSE (fusermount3), git (its http-backend serves the test repositories),
+# git-lfs (pushes LFS objects in tests), python3 with the test servers'
+# packages (tests/support/requirements.txt), and small tools.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  fuse3 git python3 curl diffutils coreutils procps ca-certificates >/dev/null
+  fuse3 git git-lfs python3 python3-pip curl diffutils coreutils procps ca-certificates >/dev/null
+# The test LFS server (giftless) and its dependencies.
+req="$(dirname "$0")/../tests/support/requirements.txt"
+python3 -m pip install --quiet --disable-pip-version-check -r "$req" 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages -r "$req"
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: install it with rustup" >&2; exit 1; }
 echo "dependencies installed"

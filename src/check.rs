@@ -39,15 +39,40 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
         Ok(commit) => {
             let mut notes = Vec::new();
             if !caps.supports_filter() {
-                notes.push("server lacks `filter`: the first mount downloads every file once");
+                notes.push(
+                    "server lacks `filter`: the first mount downloads every file once".to_string(),
+                );
             }
             if !caps.object_info {
-                notes.push("server lacks `object-info`: listing a directory downloads its files to learn sizes");
+                notes.push("server lacks `object-info`: listing a directory downloads its files to learn sizes".to_string());
             }
             let auth = match &repo.token {
                 Some(t) => format!("authenticated with {}", t.origin),
                 None => "anonymous".to_string(),
             };
+            // Fetch the trees too (into a scratch cache): proves fetch works
+            // and finds a committed .lfsconfig.
+            let lfs_endpoint = match fetch_lfs_endpoint(repo, config).await {
+                Ok(e) => e,
+                Err(e) => {
+                    return line(
+                        false,
+                        format!("the ref resolves to {commit}, but fetching it failed: {e}"),
+                    );
+                }
+            };
+            match probe_lfs(&remote, &lfs_endpoint, repo.token.is_some()).await {
+                LfsProbe::Ok => notes.push("LFS endpoint accepts the credentials".to_string()),
+                LfsProbe::Absent(why) => notes.push(format!(
+                    "no LFS at {lfs_endpoint} ({why}); fine unless the repository uses LFS"
+                )),
+                LfsProbe::Denied(why) => {
+                    return line(
+                        false,
+                        format!("the LFS endpoint {lfs_endpoint} refused the credentials: {why}"),
+                    );
+                }
+            }
             let mut msg = format!(
                 "{} -> {commit} ({}, {auth})",
                 repo.reference.as_deref().unwrap_or("HEAD"),
@@ -55,11 +80,72 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
             );
             for n in notes {
                 msg.push_str("; note: ");
-                msg.push_str(n);
+                msg.push_str(&n);
             }
             line(true, msg)
         }
         Err(e) => line(false, e.to_string()),
+    }
+}
+
+/// Loads the commit's trees into a throw-away cache and returns the LFS
+/// endpoint (honouring `.lfsconfig`).
+async fn fetch_lfs_endpoint(repo: &RepoConfig, config: &Config) -> Result<String, String> {
+    let scratch =
+        std::env::temp_dir().join(format!("repofs-check-{}-{}", std::process::id(), repo.name));
+    let mut cfg = config.clone();
+    cfg.cache_dir = scratch.clone();
+    let result = async {
+        let cache = std::sync::Arc::new(
+            crate::cache::Cache::open(&scratch.join("content"), u64::MAX)
+                .map_err(|e| e.to_string())?,
+        );
+        let source = crate::source::git::GitSource::new(
+            repo,
+            &cfg,
+            cache,
+            tokio::runtime::Handle::current(),
+        )?;
+        source.lfs_endpoint().await.map_err(|e| e.to_string())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+enum LfsProbe {
+    Ok,
+    Absent(String),
+    Denied(String),
+}
+
+/// Asks the LFS batch API about an object that does not exist: any answer
+/// but 401/403 shows the endpoint works with these credentials.
+async fn probe_lfs(remote: &Remote, endpoint: &str, repo_has_token: bool) -> LfsProbe {
+    let body = serde_json::json!({
+        "operation": "download",
+        "transfers": ["basic"],
+        "objects": [{"oid": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 0}],
+    });
+    let url = format!("{endpoint}/objects/batch");
+    match remote
+        .transport
+        .lfs_probe(&url, body.to_string().into_bytes())
+        .await
+    {
+        Ok((200..=299, _)) => LfsProbe::Ok,
+        // An LFS server that does not know the (made-up) object may answer 404 in JSON.
+        Ok((404, ctype)) if ctype.contains("git-lfs") || ctype.contains("json") => LfsProbe::Ok,
+        Ok((status @ (401 | 403), _)) => LfsProbe::Denied(format!(
+            "HTTP {status}: {}",
+            if repo_has_token {
+                "the token is rejected or lacks LFS access"
+            } else {
+                "credentials are needed"
+            }
+        )),
+        Ok((status, _)) => LfsProbe::Absent(format!("HTTP {status}")),
+        Err(e) => LfsProbe::Absent(e.to_string()),
     }
 }
 

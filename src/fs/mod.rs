@@ -41,6 +41,9 @@ pub struct RepoFs {
     source: Arc<dyn Source>,
     table: RwLock<Table>,
     handles: Mutex<HashMap<u64, Arc<dyn FileReader>>>,
+    /// Inodes whose pages in the kernel may hold unverified bytes (opened
+    /// with a non-cacheable reader): their next open drops the page cache.
+    unverified: Mutex<std::collections::HashSet<u64>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -66,6 +69,7 @@ impl RepoFs {
             source,
             table: RwLock::new(table),
             handles: Mutex::new(HashMap::new()),
+            unverified: Mutex::new(std::collections::HashSet::new()),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
@@ -251,12 +255,22 @@ impl fuser::Filesystem for RepoFs {
         }
         match self.source.open(&node) {
             Ok(reader) => {
+                let keep = {
+                    let mut unverified = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
+                    if reader.cacheable() {
+                        // Keep the kernel's pages unless they may be unverified.
+                        !unverified.remove(&ino.0)
+                    } else {
+                        unverified.insert(ino.0);
+                        false
+                    }
+                };
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.handles
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(fh, reader);
-                let flags = if self.source.immutable() {
+                let flags = if self.source.immutable() && keep {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()

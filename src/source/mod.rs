@@ -62,6 +62,12 @@ impl SourceError {
 pub trait FileReader: Send + Sync {
     /// Reads up to `size` bytes at `offset`; fewer only at end of file.
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError>;
+    /// Whether what this reader returns is final (verified): only then may
+    /// the kernel keep the pages across opens. A reader that serves bytes
+    /// while they arrive (before a checksum) says false.
+    fn cacheable(&self) -> bool {
+        true
+    }
 }
 
 /// A read-only tree. Calls block; the FUSE adapter calls them from its

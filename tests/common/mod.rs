@@ -94,6 +94,87 @@ pub fn new_worktree(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Starts `tests/support/<script>` and reads the `PORT <n>` line it prints.
+fn start_python(script: &str, args: &[String]) -> (Child, u16) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script} with python3: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{script} did not start (is tests/support/requirements.txt installed?): {line:?}"
+            )
+        });
+    (child, port)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The loopback LFS server (tests/support/lfs_server.py, giftless inside).
+pub struct LfsServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl LfsServer {
+    pub fn start(storage: &Path) -> LfsServer {
+        std::fs::create_dir_all(storage).unwrap();
+        let (child, port) = start_python(
+            "lfs_server.py",
+            &["--storage".into(), storage.display().to_string()],
+        );
+        LfsServer { child, port }
+    }
+
+    /// The LFS API URL of repository `name` (what git-lfs pushes to).
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/test/{name}", self.port)
+    }
+
+    /// JSON: {"downloads": [{"path", "headers", "expired"}...], "batches": n}
+    pub fn seen(&self) -> String {
+        http_request(self.port, "GET", "/_seen")
+    }
+
+    pub fn control(&self, query: &str) {
+        http_request(self.port, "GET", &format!("/_control?{query}"));
+    }
+}
+
+impl Drop for LfsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The loopback git server (tests/support/git_http_server.py).
 pub struct GitServer {
     child: Child,
@@ -108,27 +189,14 @@ impl GitServer {
 
     pub fn start_on(root: &Path, port: u16, extra: &[&str]) -> GitServer {
         std::fs::create_dir_all(root).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/git_http_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--root")
-            .arg(root)
-            .arg("--port")
-            .arg(port.to_string())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the git server (python3)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("git server did not start: {line:?}"));
+        let mut args = vec![
+            "--root".to_string(),
+            root.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, port) = start_python("git_http_server.py", &args);
         GitServer {
             child,
             port,

@@ -10,6 +10,10 @@ protocol v2, on 127.0.0.1 at a port chosen by the OS, printed on stdout as
 - counters: GET /_stats gives {"name.git": {"requests": n, "bytes": n}} of
   response body bytes sent; POST /_stats/reset zeroes them;
 - fault injection: GET /_fault?mode=ok|500|hang;
+- LFS: with --lfs-upstream URL, POST <name>.git/info/lfs/objects/batch is
+  checked against the same tokens and forwarded to URL/test/<name>/objects/batch
+  (a real LFS server, whose download hrefs point at its own host:port);
+  /_fault?mode=lfs401|lfs403|lfs404 makes those batch requests fail;
 - --no-filter: serve with uploadpack.allowFilter=false (the fallback path);
 - --no-object-info: hide the object-info capability.
 """
@@ -22,6 +26,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -103,6 +109,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "hang":
             time.sleep(3600)
             return
+        if "/info/lfs/" in self.path and repo is not None:
+            return self.lfs(repo, body, fault)
         if repo is None or not os.path.isdir(os.path.join(self.server.root, repo)):
             return self.send_body(404, b"Repository not found")
         if not self.authorized(repo):
@@ -165,6 +173,35 @@ class Handler(BaseHTTPRequestHandler):
             s["bytes"] += len(payload)
         self.send_body(status, payload, ctype, headers)
 
+    def lfs(self, repo, body, fault):
+        if not os.path.isdir(os.path.join(self.server.root, repo)):
+            return self.send_body(404, b'{"message":"Repository not found"}', "application/vnd.git-lfs+json")
+        if not self.authorized(repo):
+            return self.send_body(401, b'{"message":"Credentials needed"}', "application/vnd.git-lfs+json",
+                                  {"LFS-Authenticate": 'Basic realm="git"'})
+        codes = {"lfs401": 401, "lfs403": 403, "lfs404": 404}
+        if fault in codes:
+            msg = b'{"message":"injected LFS failure"}'
+            return self.send_body(codes[fault], msg, "application/vnd.git-lfs+json")
+        if not self.server.lfs_upstream or not self.path.endswith("/objects/batch"):
+            return self.send_body(404, b'{"message":"no LFS here"}', "application/vnd.git-lfs+json")
+        name = repo[: -len(".git")]
+        url = "%s/test/%s/objects/batch" % (self.server.lfs_upstream, name)
+        req = urllib.request.Request(url, data=body, method="POST", headers={
+            "Content-Type": "application/vnd.git-lfs+json",
+            "Accept": "application/vnd.git-lfs+json",
+        })
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status, payload = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, payload = e.code, e.read()
+        with LOCK:
+            s = STATE["stats"].setdefault(repo, {"requests": 0, "bytes": 0})
+            s["requests"] += 1
+            s["bytes"] += len(payload)
+        return self.send_body(status, payload, "application/vnd.git-lfs+json")
+
     do_GET = handle_git
     do_POST = handle_git
 
@@ -191,12 +228,14 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--no-filter", action="store_true")
     ap.add_argument("--no-object-info", action="store_true")
+    ap.add_argument("--lfs-upstream", default="")
     a = ap.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     srv.root = os.path.abspath(a.root)
     srv.no_filter = a.no_filter
     srv.no_object_info = a.no_object_info
+    srv.lfs_upstream = a.lfs_upstream.rstrip("/")
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 

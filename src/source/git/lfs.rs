@@ -26,6 +26,8 @@ use crate::source::{FileReader, SourceError};
 
 /// Largest blob that can be a pointer (git-lfs's own limit).
 pub const MAX_POINTER_SIZE: u64 = 1024;
+/// Most objects asked for in one batch request.
+const BATCH_MAX: usize = 100;
 /// Smallest possible pointer: version line, oid line, `size 0`.
 pub const MIN_POINTER_SIZE: u64 = 120;
 
@@ -179,6 +181,9 @@ pub struct Lfs {
     repo: String,
     actions: Mutex<HashMap<String, Action>>,
     downloads: Mutex<HashMap<String, Arc<Download>>>,
+    /// The LFS objects listed together in a directory, by object: the first
+    /// download in a directory asks the batch API for all of them at once.
+    groups: Mutex<HashMap<String, Arc<Vec<Pointer>>>>,
     /// Cached objects whose sha256 was checked by this process.
     verified: Mutex<std::collections::HashSet<String>>,
     /// How long a reader waits for bytes that do not arrive.
@@ -194,6 +199,7 @@ impl Lfs {
             actions: Mutex::new(HashMap::new()),
             downloads: Mutex::new(HashMap::new()),
             verified: Mutex::new(std::collections::HashSet::new()),
+            groups: Mutex::new(HashMap::new()),
             stall_limit,
         }
     }
@@ -324,14 +330,38 @@ impl Lfs {
         Ok(())
     }
 
-    /// A valid (unexpired) action for `p`, asking the batch API if needed.
+    /// Records that `pointers` were listed together (one directory).
+    pub fn note_directory(&self, pointers: Vec<Pointer>) {
+        if pointers.len() < 2 {
+            return;
+        }
+        let group = Arc::new(pointers);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for p in group.iter() {
+            groups.insert(p.oid.clone(), group.clone());
+        }
+    }
+
+    fn has_valid_action(&self, oid: &str) -> bool {
+        self.actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(oid)
+            .is_some_and(|a| {
+                a.expires
+                    .is_none_or(|e| e > Instant::now() + Duration::from_secs(5))
+            })
+    }
+
+    /// A valid (unexpired) action for `p`, asking the batch API if needed
+    /// (together with the other uncached objects of its directory).
     async fn action(
         &self,
         transport: &Transport,
+        cache: &Cache,
         p: &Pointer,
-        renew: bool,
     ) -> Result<Action, SourceError> {
-        if !renew {
+        {
             let cached = self
                 .actions
                 .lock()
@@ -348,7 +378,22 @@ impl Lfs {
                 tracing::debug!(repo = %self.repo, oid = %p.oid, "LFS href expired; asking for a new one");
             }
         }
-        self.batch(transport, std::slice::from_ref(p)).await?;
+        let mut objects = vec![p.clone()];
+        let group = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p.oid)
+            .cloned();
+        for q in group.iter().flat_map(|g| g.iter()) {
+            if objects.len() >= BATCH_MAX {
+                break;
+            }
+            if q.oid != p.oid && !self.has_valid_action(&q.oid) && !cache.contains(&q.cache_key()) {
+                objects.push(q.clone());
+            }
+        }
+        self.batch(transport, &objects).await?;
         self.actions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -419,7 +464,7 @@ impl Lfs {
         let me = self.clone();
         let p = p.clone();
         rt.spawn(async move {
-            let state = match me.fetch_into(&transport, w, &p, &tx).await {
+            let state = match me.fetch_into(&transport, &cache, w, &p, &tx).await {
                 Ok(()) => State::Done,
                 Err(e) => {
                     tracing::error!(repo = %me.repo, oid = %p.oid, "LFS download failed: {e}");
@@ -440,6 +485,7 @@ impl Lfs {
     async fn fetch_into(
         &self,
         transport: &Transport,
+        cache: &Cache,
         mut w: crate::cache::CacheWriter,
         p: &Pointer,
         tx: &watch::Sender<State>,
@@ -450,7 +496,7 @@ impl Lfs {
         let mut attempts = 0;
         'outer: loop {
             attempts += 1;
-            let action = self.action(transport, p, false).await?;
+            let action = self.action(transport, cache, p).await?;
             let mut resp = match transport
                 .lfs_download(&action.href, &action.headers, written)
                 .await
@@ -589,6 +635,10 @@ fn pread(file: &std::fs::File, offset: u64, size: u32) -> Result<Vec<u8>, Source
 }
 
 impl FileReader for LfsReader {
+    fn cacheable(&self) -> bool {
+        matches!(self, LfsReader::Cached(_))
+    }
+
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         match self {
             LfsReader::Cached(f) => pread(f, offset, size),

@@ -276,6 +276,11 @@ impl GitSource {
         }
     }
 
+    /// The LFS endpoint of the mounted commit (loads it if needed).
+    pub async fn lfs_endpoint(&self) -> Result<String, SourceError> {
+        self.snapshot().await.map(|s| s.lfs.endpoint.clone())
+    }
+
     /// Starts loading in the background (so the first `ls` is fast and
     /// problems are logged at start-up).
     pub async fn preload(&self) -> Result<ObjectId, SourceError> {
@@ -312,7 +317,7 @@ impl GitSource {
             )));
         }
         let lfs = Arc::new(lfs::Lfs::new(
-            self.lfs_endpoint(&trees, &root_tree).await,
+            self.find_lfs_endpoint(&trees, &root_tree).await,
             self.repo.provider,
             &self.repo.name,
             self.stall_limit,
@@ -328,7 +333,11 @@ impl GitSource {
     }
 
     /// The LFS endpoint, honouring a committed `.lfsconfig` in the root tree.
-    async fn lfs_endpoint(&self, trees: &HashMap<ObjectId, Vec<u8>>, root: &ObjectId) -> String {
+    async fn find_lfs_endpoint(
+        &self,
+        trees: &HashMap<ObjectId, Vec<u8>>,
+        root: &ObjectId,
+    ) -> String {
         let clone_url = &self.remote.transport.clone_url;
         let lfsconfig = trees.get(root).and_then(|data| {
             gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
@@ -717,6 +726,8 @@ impl GitSource {
             .collect();
         let sizes = self.blob_sizes(&tree, &blobs).await?;
         let pointers = self.lfs_pointers(&raw, &sizes).await?;
+        snap.lfs
+            .note_directory(pointers.values().cloned().collect());
         let mut entries = Vec::with_capacity(raw.len());
         for (name, kind, oid) in raw {
             let size = || {

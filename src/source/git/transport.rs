@@ -217,6 +217,32 @@ impl Transport {
         .await
     }
 
+    /// POSTs an LFS batch request and returns the status and content type
+    /// whatever they are (for `repofs check`'s probe).
+    pub async fn lfs_probe(&self, url: &str, body: Vec<u8>) -> Result<(u16, String), RemoteError> {
+        let mut rb = self
+            .client
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/vnd.git-lfs+json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/vnd.git-lfs+json",
+            )
+            .body(body);
+        if let Some(auth) = &self.auth {
+            rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let ctype = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ok((resp.status().as_u16(), ctype))
+    }
+
     /// GETs an LFS download href with exactly `headers` (from the batch
     /// response) and never the repository's credentials. `range_start`
     /// resumes a partial download. Not retried here: the caller knows
