@@ -93,6 +93,18 @@ fn same(path: &std::path::Path, expect: &[u8]) {
     );
 }
 
+/// The error reading `path` gives (panics, briefly, if it reads).
+fn read_err(path: &std::path::Path) -> std::io::Error {
+    match std::fs::read(path) {
+        Ok(d) => panic!(
+            "{}: read {} bytes, expected an error",
+            path.display(),
+            d.len()
+        ),
+        Err(e) => e,
+    }
+}
+
 fn downloads(seen: &str) -> usize {
     seen.matches("\"path\":").count()
 }
@@ -287,7 +299,7 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
         ("lfs404", libc::EIO, "no LFS server"),
     ] {
         s.git.set_fault(mode);
-        let e = std::fs::read(m.join("a/f0.bin")).unwrap_err();
+        let e = read_err(&m.join("a/f0.bin"));
         assert_eq!(e.raw_os_error(), Some(errno), "{mode}: {e}");
         let log = d.log_text();
         assert!(
@@ -299,7 +311,7 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
 
     // A corrupt download: EIO, "sha256 mismatch" in the log, nothing cached.
     s.lfs.control("corrupt=1");
-    let e = std::fs::read(m.join("a/f0.bin")).unwrap_err();
+    let e = read_err(&m.join("a/f0.bin"));
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert!(d.log_text().contains("sha256 mismatch"), "{}", d.log_text());
     s.lfs.control("corrupt=0");

@@ -655,7 +655,10 @@ impl FileReader for LfsReader {
                         let ready = match &*rx.borrow_and_update() {
                             State::Done => Ok(true),
                             State::Failed(e) => Err(e.clone()),
-                            State::Progress(n) => Ok(*n >= need),
+                            // The end of the object is only served once the
+                            // whole object is verified: a corrupt download
+                            // ends in EIO, never in a clean EOF.
+                            State::Progress(n) => Ok(*n >= need && need < *total),
                         };
                         if ready? {
                             return Ok(());
