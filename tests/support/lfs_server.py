@@ -130,24 +130,28 @@ class Middleware:
             corrupt, rate = STATE["corrupt"], STATE["rate"]
         if expired:
             return respond(start_response, "403 Forbidden", b'{"message":"expired href"}')
+        if not corrupt:
+            # Stream through (a 300 MB object must not be buffered first).
+            body = self.app(environ, start_response)
+            return throttled(body, rate) if rate else body
         status, headers, body = buffered(self.app, environ)
-        if corrupt and body:
+        if body:
             body = bytearray(body)
             body[len(body) // 2] ^= 0xFF
             body = bytes(body)
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
-        if not rate:
-            return [body]
-        return throttled(body, rate)
+        return [body]
 
 
-def throttled(body, rate):
-    chunk = max(1, rate // 20)
-    for i in range(0, len(body), chunk):
-        yield body[i : i + chunk]
-        time.sleep(0.05)
+def throttled(chunks, rate):
+    """Re-chunks a response body to at most `rate` bytes per second."""
+    step = max(1, rate // 20)
+    for chunk in chunks:
+        for i in range(0, len(chunk), step):
+            yield chunk[i : i + step]
+            time.sleep(0.05)
 
 
 def main():
