@@ -146,12 +146,14 @@ class Middleware:
 
 
 def throttled(chunks, rate):
-    """Re-chunks a response body to at most `rate` bytes per second."""
-    step = max(1, rate // 20)
+    """Passes a response body through at no more than `rate` bytes per second."""
+    start, sent = time.monotonic(), 0
     for chunk in chunks:
-        for i in range(0, len(chunk), step):
-            yield chunk[i : i + step]
-            time.sleep(0.05)
+        yield chunk
+        sent += len(chunk)
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def main():
