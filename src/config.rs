@@ -177,7 +177,30 @@ impl Config {
             path: path.to_owned(),
             message: format!("cannot read the config file: {e}"),
         })?;
-        Self::parse(path, &text, &|var| std::env::var(var).ok())
+        let config = Self::parse(path, &text, &|var| std::env::var(var).ok())?;
+        // A file holding a secret must not be readable by everyone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        let inline: Vec<&str> = config
+            .repositories
+            .iter()
+            .filter(|r| r.token.as_ref().is_some_and(|t| t.origin == "token"))
+            .map(|r| r.name.as_str())
+            .collect();
+        if mode & 0o004 != 0 && !inline.is_empty() {
+            return Err(ConfigError {
+                path: path.to_owned(),
+                message: format!(
+                    "the file holds a token (repository {}) and is readable by every user (mode {:o}); run `chmod 600 {}` (or 640 with a dedicated group), or move the token to token_file",
+                    inline.join(", "),
+                    mode & 0o777,
+                    path.display()
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text. `env` looks up environment variables

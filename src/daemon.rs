@@ -1,27 +1,40 @@
 //! `repofs mount`: the mount lifecycle. Opens the cache, builds a source per
-//! repository, cleans up stale mount points, mounts each one, and on
-//! SIGTERM/SIGINT unmounts everything (lazily, so open files do not block
-//! shutdown) and exits 0. A repository that fails to mount is logged and
-//! skipped; the others stay up.
+//! repository, cleans up stale mount points, mounts each one, tells systemd
+//! (`READY=1`, `STATUS=`), and then serves signals: SIGHUP reloads the
+//! config (mounting new repositories, unmounting removed ones, remounting
+//! changed ones, leaving the rest alone), SIGTERM/SIGINT unmount everything
+//! lazily (open files do not block shutdown) and exit 0. A repository that
+//! fails to mount is logged and skipped; the others stay up. The state of
+//! every repository is written to `<cache_dir>/state/status.json` for
+//! `repofs status`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{Config, RepoConfig};
 use crate::fs::RepoFs;
 use crate::source::Source;
 use crate::source::git::GitSource;
 
-/// One live mount.
-struct Mounted {
-    name: String,
-    mount_point: PathBuf,
-    _session: fuser::BackgroundSession,
+/// One configured repository: mounted, or failed with a reason.
+struct Repo {
+    config: RepoConfig,
+    state: RepoState,
+}
+
+enum RepoState {
+    Mounted {
+        source: Arc<GitSource>,
+        _session: fuser::BackgroundSession,
+    },
+    Failed(String),
 }
 
 /// Runs the daemon until a termination signal. Returns an error only when
-/// nothing could be mounted at all.
+/// nothing could be mounted at all at start.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -42,104 +55,336 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         "cache opened"
     );
 
-    let mut mounted = Vec::new();
+    let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
     for repo in &config.repositories {
-        let span = tracing::info_span!("repo", repo = %repo.name);
-        let _enter = span.enter();
-        let source = match GitSource::new(repo, &config, cache.clone(), rt.handle().clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("not mounted: {e}");
-                continue;
-            }
-        };
-        if let Err(e) = prepare_mount_point(&repo.mount_point) {
-            tracing::error!(mount_point = %repo.mount_point.display(), "not mounted: {e}");
-            continue;
-        }
-        let mut options = fuser::Config::default();
-        options.mount_options = vec![
-            fuser::MountOption::RO,
-            fuser::MountOption::NoDev,
-            fuser::MountOption::NoSuid,
-            fuser::MountOption::DefaultPermissions,
-            fuser::MountOption::FSName(format!("repofs:{}", repo.name)),
-            fuser::MountOption::Subtype("repofs".into()),
-        ];
-        options.acl = if config.allow_other {
-            fuser::SessionACL::All
-        } else {
-            fuser::SessionACL::Owner
-        };
-        options.n_threads = Some(16);
-        options.clone_fd = true;
-        let fs = RepoFs::new(source.clone() as Arc<dyn Source>);
-        match fuser::spawn_mount(fs, &repo.mount_point, &options) {
-            Ok(session) => {
-                tracing::info!(mount_point = %repo.mount_point.display(), url = %source.clone_url(), "mounted");
-                let preload = source.clone();
-                rt.spawn(async move {
-                    // Errors are logged by the source and retried on access.
-                    let _ = preload.preload().await;
-                });
-                mounted.push(Mounted {
-                    name: repo.name.clone(),
-                    mount_point: repo.mount_point.clone(),
-                    _session: session,
-                });
-            }
-            Err(e) => {
-                let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                    " (is FUSE installed? the fuse3 package provides fusermount3 and /dev/fuse)"
-                } else if config.allow_other {
-                    " (allow_other needs `user_allow_other` in /etc/fuse.conf when not running as root)"
-                } else {
-                    ""
-                };
-                tracing::error!(mount_point = %repo.mount_point.display(), "cannot mount: {e}{hint}");
-            }
-        }
+        let state = mount_repo(repo, &config, &cache, rt.handle());
+        repos.insert(
+            repo.name.clone(),
+            Repo {
+                config: repo.clone(),
+                state,
+            },
+        );
     }
-    if mounted.is_empty() && !config.repositories.is_empty() {
+    if !config.repositories.is_empty()
+        && repos
+            .values()
+            .all(|r| matches!(r.state, RepoState::Failed(_)))
+    {
         anyhow::bail!("no repository could be mounted (see the errors above)");
     }
-    tracing::info!(count = mounted.len(), "repofs is running");
+    let mut config = config;
+    notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
+    tracing::info!("repofs is running: {}", summary(&repos));
+    write_status(&config, &cache, &repos);
 
     let signal = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        Ok::<_, std::io::Error>(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        })
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = hup.recv() => {
+                    notify("RELOADING=1");
+                    reload(&mut config, &mut repos, &cache, rt.handle());
+                    notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
+                    write_status(&config, &cache, &repos);
+                }
+                _ = tick.tick() => write_status(&config, &cache, &repos),
+            }
+        }
     })?;
     tracing::info!("{signal} received: unmounting");
-    for m in &mounted {
-        match unmount(&m.mount_point) {
-            Ok(()) => tracing::info!(repo = %m.name, "unmounted"),
-            Err(e) => {
-                tracing::error!(repo = %m.name, mount_point = %m.mount_point.display(), "cannot unmount: {e}")
+    notify("STOPPING=1");
+    for (name, r) in &repos {
+        if matches!(r.state, RepoState::Mounted { .. }) {
+            match unmount(&r.config.mount_point) {
+                Ok(()) => tracing::info!(repo = %name, "unmounted"),
+                Err(e) => {
+                    tracing::error!(repo = %name, mount_point = %r.config.mount_point.display(), "cannot unmount: {e}")
+                }
             }
         }
     }
+    let _ = std::fs::remove_file(status_path(&config));
     // The sessions end when the process exits and the kernel drops the
     // connections; with lazy unmounts, open files see EIO instead of a hang.
-    std::mem::forget(mounted);
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::mem::forget(repos);
+    rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Builds the source and mounts one repository; failures are logged and
+/// returned as the state.
+fn mount_repo(
+    repo: &RepoConfig,
+    config: &Config,
+    cache: &Arc<Cache>,
+    rt: &tokio::runtime::Handle,
+) -> RepoState {
+    let span = tracing::info_span!("repo", repo = %repo.name);
+    let _enter = span.enter();
+    let fail = |msg: String| {
+        tracing::error!("not mounted: {msg}");
+        RepoState::Failed(msg)
+    };
+    let source = match GitSource::new(repo, config, cache.clone(), rt.clone()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = prepare_mount_point(&repo.mount_point) {
+        return fail(e);
+    }
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::FSName(format!("repofs:{}", repo.name)),
+        fuser::MountOption::Subtype("repofs".into()),
+    ];
+    options.acl = if config.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    options.n_threads = Some(16);
+    options.clone_fd = true;
+    let fs = RepoFs::new(source.clone() as Arc<dyn Source>);
+    match fuser::spawn_mount(fs, &repo.mount_point, &options) {
+        Ok(session) => {
+            tracing::info!(mount_point = %repo.mount_point.display(), url = %source.clone_url(), "mounted");
+            let preload = source.clone();
+            rt.spawn(async move {
+                // Errors are logged by the source and retried on access.
+                let _ = preload.preload().await;
+            });
+            RepoState::Mounted {
+                source,
+                _session: session,
+            }
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (is FUSE installed? the fuse3 package provides fusermount3 and /dev/fuse)"
+            } else if config.allow_other {
+                " (allow_other needs `user_allow_other` in /etc/fuse.conf when not running as root)"
+            } else {
+                ""
+            };
+            fail(format!(
+                "cannot mount at {}: {e}{hint}",
+                repo.mount_point.display()
+            ))
+        }
+    }
+}
+
+/// SIGHUP: validates the new config as a whole, then applies the difference.
+fn reload(
+    config: &mut Config,
+    repos: &mut BTreeMap<String, Repo>,
+    cache: &Arc<Cache>,
+    rt: &tokio::runtime::Handle,
+) {
+    let new = match Config::load(&config.path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload rejected, nothing changed: {e}");
+            return;
+        }
+    };
+    for (key, old, now) in [
+        (
+            "cache_dir",
+            config.cache_dir.display().to_string(),
+            new.cache_dir.display().to_string(),
+        ),
+        (
+            "cache_size",
+            config.cache_size.to_string(),
+            new.cache_size.to_string(),
+        ),
+    ] {
+        if old != now {
+            tracing::warn!("`{key}` changed: it takes effect at the next restart");
+        }
+    }
+    let wanted: BTreeMap<&str, &RepoConfig> = new
+        .repositories
+        .iter()
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    let timing_changed = config.request_timeout != new.request_timeout
+        || config.connect_timeout != new.connect_timeout
+        || config.max_attempts != new.max_attempts
+        || config.allow_other != new.allow_other;
+    let (mut added, mut removed, mut changed) = (0, 0, 0);
+    let names: Vec<String> = repos.keys().cloned().collect();
+    for name in names {
+        let keep = match wanted.get(name.as_str()) {
+            Some(r) => **r == repos[&name].config && !timing_changed,
+            None => false,
+        };
+        if keep {
+            continue;
+        }
+        if let Some(old) = repos.remove(&name) {
+            if matches!(old.state, RepoState::Mounted { .. }) {
+                if let Err(e) = unmount(&old.config.mount_point) {
+                    tracing::error!(repo = %name, "cannot unmount: {e}");
+                }
+            }
+            // Keep a lazily unmounted session alive for its open files.
+            std::mem::forget(old);
+            if wanted.contains_key(name.as_str()) {
+                changed += 1;
+            } else {
+                removed += 1;
+                tracing::info!(repo = %name, "removed from the config: unmounted");
+            }
+        }
+    }
+    for r in &new.repositories {
+        if !repos.contains_key(&r.name) {
+            let state = mount_repo(r, &new, cache, rt);
+            repos.insert(
+                r.name.clone(),
+                Repo {
+                    config: r.clone(),
+                    state,
+                },
+            );
+            added += 1;
+        }
+    }
+    added -= changed.min(added);
+    *config = new;
+    tracing::info!(
+        added,
+        removed,
+        changed,
+        "config reloaded: {}",
+        summary(repos)
+    );
+}
+
+fn summary(repos: &BTreeMap<String, Repo>) -> String {
+    let mounted = repos
+        .values()
+        .filter(|r| matches!(r.state, RepoState::Mounted { .. }))
+        .count();
+    let failed: Vec<&str> = repos
+        .iter()
+        .filter(|(_, r)| matches!(r.state, RepoState::Failed(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if failed.is_empty() {
+        format!("{mounted} repositories mounted")
+    } else {
+        format!(
+            "{mounted} repositories mounted, {} failed: {}",
+            failed.len(),
+            failed.join(", ")
+        )
+    }
+}
+
+/// Sends a message to systemd's notification socket, when there is one.
+pub fn notify(message: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
+    } else {
+        sock.send_to(message.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Where the daemon publishes its state for `repofs status`.
+pub fn status_path(config: &Config) -> PathBuf {
+    config.cache_dir.join("state").join("status.json")
+}
+
+fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let list: Vec<serde_json::Value> = repos
+        .iter()
+        .map(|(name, r)| match &r.state {
+            RepoState::Mounted { source, .. } => {
+                let (requests, bytes) = source.counters();
+                serde_json::json!({
+                    "name": name,
+                    "state": "mounted",
+                    "mount_point": r.config.mount_point,
+                    "ref": r.config.reference.as_deref().unwrap_or("HEAD"),
+                    "commit": source.current_commit().map(|c| c.to_string()),
+                    "requests": requests,
+                    "bytes_received": bytes,
+                })
+            }
+            RepoState::Failed(why) => serde_json::json!({
+                "name": name,
+                "state": "failed",
+                "mount_point": r.config.mount_point,
+                "reason": why,
+            }),
+        })
+        .collect();
+    let stats = cache.stats();
+    let doc = serde_json::json!({
+        "pid": std::process::id(),
+        "updated": now,
+        "cache": {"bytes": stats.bytes, "entries": stats.entries, "cap": stats.cap},
+        "repositories": list,
+    });
+    let path = status_path(config);
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+        .and_then(|_| std::fs::write(&tmp, doc.to_string()))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
 }
 
 /// Creates the mount point, recovering one left behind by a crashed daemon
 /// ("Transport endpoint is not connected").
 fn prepare_mount_point(path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
+    // A dead FUSE mount can still answer `stat` from the kernel's attribute
+    // cache; listing it is what reveals ENOTCONN.
+    let probe = std::fs::metadata(path).and_then(|m| {
+        if m.is_dir() {
+            std::fs::read_dir(path).map(|_| m)
+        } else {
+            Ok(m)
+        }
+    });
+    match probe {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} exists and is not a directory", path.display())),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mount_point = %path.display(), "stale mount from an earlier run: unmounting it");
             unmount(path)?;
-            std::fs::metadata(path)
+            std::fs::read_dir(path)
                 .map(|_| ())
                 .map_err(|e| format!("{} is still unusable after unmounting: {e}", path.display()))
         }

@@ -5,7 +5,7 @@
 //! the [`source::Source`] trait; [`source::git`] implements it over git's
 //! protocol v2; [`cache`] stores fetched bytes on disk. [`daemon`] ties them
 //! together for `repofs mount`, [`check`] is `repofs check`, and [`config`]
-//! is the only place that reads the TOML file.
+//! is the only place that reads the TOML file; [`status`] is `repofs status`.
 
 pub mod cache;
 pub mod check;
@@ -13,3 +13,4 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod source;
+pub mod status;

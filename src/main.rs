@@ -29,6 +29,8 @@ enum Command {
         /// Repository names (default: all).
         names: Vec<String>,
     },
+    /// Show what a running daemon is serving: each repository and the cache.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("repofs: {e:#}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Status => match repofs::status::show(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("repofs: {e}");
+                ExitCode::from(3)
             }
         },
         Command::Check { names } => {

@@ -304,6 +304,8 @@ pub fn write_config(
     }
     let path = dir.join("config.toml");
     std::fs::write(&path, s).unwrap();
+    // It may hold tokens: repofs refuses a world-readable config with secrets.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 
@@ -322,11 +324,21 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, mounts: &[PathBuf], log: &Path) -> Daemon {
+        Self::start_env(config, mounts, log, &[])
+    }
+
+    pub fn start_env(
+        config: &Path,
+        mounts: &[PathBuf],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let logf = std::fs::File::create(log).unwrap();
         let child = Command::new(repofs_bin())
             .arg("--config")
             .arg(config)
             .arg("mount")
+            .envs(env.iter().copied())
             .env("REPOFS_LOG", "info,repofs=debug")
             .stdout(Stdio::null())
             .stderr(logf)
@@ -354,6 +366,33 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("daemon stopped").id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// SIGKILL, leaving the mounts behind as a crash would.
+    pub fn crash(mut self) {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        self.mounts.clear();
+    }
+
+    /// Waits until the log contains `text` (or panics after `secs`).
+    pub fn wait_log(&self, text: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log_text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {text:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then waits: the daemon must exit 0 and leave nothing mounted.

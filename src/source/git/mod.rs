@@ -276,6 +276,14 @@ impl GitSource {
         }
     }
 
+    /// The commit being served, once loaded.
+    pub fn current_commit(&self) -> Option<ObjectId> {
+        self.snapshot
+            .try_lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.commit))
+    }
+
     /// The LFS endpoint of the mounted commit (loads it if needed).
     pub async fn lfs_endpoint(&self) -> Result<String, SourceError> {
         self.snapshot().await.map(|s| s.lfs.endpoint.clone())

@@ -1,0 +1,103 @@
+//! `repofs status`: reads the state a running daemon publishes in
+//! `<cache_dir>/state/status.json` and prints one line per repository
+//! (mounted or failed with the reason, the commit, traffic) and the cache's
+//! use against its cap. It never prints secrets (the file holds none).
+
+use crate::config::Config;
+
+/// Renders the status of the daemon serving `config`, or says why there is none.
+pub fn show(config: &Config) -> Result<String, String> {
+    let path = crate::daemon::status_path(config);
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "repofs is not running for {} (no status at {})",
+            config.path.display(),
+            path.display()
+        )
+    })?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+    let pid = doc.get("pid").and_then(|p| p.as_i64()).unwrap_or(0);
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if pid <= 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return Err(format!(
+            "repofs is not running (the status at {} is from process {pid}, which has exited)",
+            path.display()
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let updated = doc.get("updated").and_then(|u| u.as_u64()).unwrap_or(0);
+    let mut out = format!(
+        "repofs (pid {pid}), status from {}s ago\n",
+        now.saturating_sub(updated)
+    );
+    for r in doc
+        .get("repositories")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        if s("state") == "mounted" {
+            let commit = match r.get("commit").and_then(|c| c.as_str()) {
+                Some(c) => c.to_string(),
+                None => "(not loaded yet)".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<20} mounted at {}  {} -> {}  ({} requests, {})\n",
+                s("name"),
+                s("mount_point"),
+                s("ref"),
+                commit,
+                n("requests"),
+                human(n("bytes_received"))
+            ));
+        } else {
+            out.push_str(&format!("  {:<20} FAILED: {}\n", s("name"), s("reason")));
+        }
+    }
+    let c = doc.get("cache").cloned().unwrap_or_default();
+    let (bytes, cap) = (
+        c.get("bytes").and_then(|b| b.as_u64()).unwrap_or(0),
+        c.get("cap").and_then(|b| b.as_u64()).unwrap_or(0),
+    );
+    out.push_str(&format!(
+        "cache: {} of {} ({:.1}%), {} entries\n",
+        human(bytes),
+        human(cap),
+        if cap > 0 {
+            bytes as f64 * 100.0 / cap as f64
+        } else {
+            0.0
+        },
+        c.get("entries").and_then(|e| e.as_u64()).unwrap_or(0)
+    ));
+    Ok(out)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn human_sizes() {
+    assert_eq!(human(0), "0 B");
+    assert_eq!(human(1536), "1.5 KiB");
+    assert_eq!(human(20 << 30), "20.0 GiB");
+}

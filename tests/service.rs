@@ -1,0 +1,282 @@
+//! The always-on service: the systemd unit, sd_notify readiness, SIGHUP
+//! reloads, recovery of a crashed daemon's mount point, `repofs status`, and
+//! refusing a world-readable config that holds a secret.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    server: GitServer,
+}
+
+/// A server with repositories `a`, `b`, `c` (branch `main` and `dev`).
+fn env() -> Env {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    for name in ["a", "b", "c", "d"] {
+        let work = new_worktree(&dir.join(format!("work-{name}")));
+        std::fs::write(work.join("file.txt"), format!("{name} on main\n")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "main"]);
+        git(&work, &["checkout", "-q", "-b", "dev"]);
+        std::fs::write(work.join("file.txt"), format!("{name} on dev\n")).unwrap();
+        publish_repo(&srv, &work, name);
+    }
+    let server = GitServer::start(&srv, &[]);
+    Env {
+        _tmp: tmp,
+        dir,
+        server,
+    }
+}
+
+fn entry(e: &Env, name: &str, extra: &str) -> RepoEntry {
+    RepoEntry {
+        name: name.into(),
+        url: e.server.url(name),
+        extra: extra.into(),
+    }
+}
+
+fn mnt(e: &Env, name: &str) -> PathBuf {
+    e.dir.join("mnt").join(name)
+}
+
+fn cfg(e: &Env, repos: &[RepoEntry]) -> PathBuf {
+    write_config(&e.dir, &e.dir.join("mnt"), &e.dir.join("cache"), repos, "")
+}
+
+#[test]
+fn unit_file_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/repofs.service"),
+    )
+    .unwrap();
+    for needle in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CacheDirectory=repofs",
+        "RuntimeDirectory=repofs",
+        "ConfigurationDirectory=repofs",
+        "LoadCredential=",
+        "Restart=on-failure",
+        "DeviceAllow=/dev/fuse",
+    ] {
+        assert!(unit.contains(needle), "the unit lacks {needle}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("repofs.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/repofs", repofs_bin())).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed; .ci/run installs it");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {text}"
+    );
+    assert!(
+        !text.contains("repofs.service:"),
+        "warnings about the unit: {text}"
+    );
+}
+
+#[test]
+fn ready_is_sent_after_the_mounts_are_up() {
+    let e = env();
+    let config = cfg(&e, &[entry(&e, "a", ""), entry(&e, "b", "")]);
+    let sock_path = e.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mounts = vec![mnt(&e, "a"), mnt(&e, "b")];
+    let watched = mounts.clone();
+    let listener = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).expect("no READY=1 within 30 s");
+        let all_mounted = watched.iter().all(|m| is_mounted(m));
+        (String::from_utf8_lossy(&buf[..n]).to_string(), all_mounted)
+    });
+    let mut d = Daemon::start_env(
+        &config,
+        &mounts,
+        &e.dir.join("daemon.log"),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let (msg, all_mounted) = listener.join().unwrap();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains("STATUS=2 repositories mounted"), "{msg}");
+    assert!(all_mounted, "READY=1 came before the mounts were up");
+    d.stop();
+}
+
+#[test]
+fn sighup_reloads_only_what_changed() {
+    let e = env();
+    let config = cfg(
+        &e,
+        &[entry(&e, "a", ""), entry(&e, "b", ""), entry(&e, "c", "")],
+    );
+    let mut d = Daemon::start(
+        &config,
+        &[mnt(&e, "a"), mnt(&e, "b"), mnt(&e, "c")],
+        &e.dir.join("daemon.log"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt(&e, "c").join("file.txt")).unwrap(),
+        "c on dev\n"
+    );
+    // A reader keeps a file open in `a`, which does not change.
+    let mut open_in_a = std::fs::File::open(mnt(&e, "a").join("file.txt")).unwrap();
+    let dev_a = std::fs::metadata(mnt(&e, "a")).unwrap().ino_dev();
+
+    // An invalid config is rejected as a whole: nothing changes.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap() + "\nbogus_key = 1\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("reload rejected", 20);
+    for n in ["a", "b", "c"] {
+        assert!(
+            is_mounted(&mnt(&e, n)),
+            "{n} was unmounted by a rejected reload"
+        );
+    }
+
+    // Remove b, change c's ref, add d.
+    let config = cfg(
+        &e,
+        &[
+            entry(&e, "a", ""),
+            entry(&e, "c", "ref = \"main\""),
+            entry(&e, "d", ""),
+        ],
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_log("config reloaded", 30);
+    assert!(!is_mounted(&mnt(&e, "b")), "b is still mounted");
+    assert!(is_mounted(&mnt(&e, "d")));
+    assert_eq!(
+        std::fs::read_to_string(mnt(&e, "d").join("file.txt")).unwrap(),
+        "d on dev\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt(&e, "c").join("file.txt")).unwrap(),
+        "c on main\n"
+    );
+    // `a` was not disturbed: same mount, and the open file still reads.
+    assert_eq!(std::fs::metadata(mnt(&e, "a")).unwrap().ino_dev(), dev_a);
+    let mut text = String::new();
+    open_in_a.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "a on dev\n");
+    assert!(
+        d.log_text().contains("added=1 removed=1 changed=1"),
+        "{}",
+        d.log_text()
+    );
+    let _ = config;
+
+    // repofs status shows every repository and the cache.
+    let (code, out, err) = sh(
+        &format!(
+            "{} --config {} status",
+            repofs_bin(),
+            e.dir.join("config.toml").display()
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{err}");
+    for n in ["a", "c", "d"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(n) && l.contains("mounted")),
+            "{out}"
+        );
+    }
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("b ")),
+        "{out}"
+    );
+    assert!(out.contains("cache:"), "{out}");
+
+    // SIGTERM with a file still open: unmounted lazily, exit 0.
+    let _still_open = std::fs::File::open(mnt(&e, "d").join("file.txt")).unwrap();
+    d.stop();
+    let (code, _, err) = sh(
+        &format!(
+            "{} --config {} status",
+            repofs_bin(),
+            e.dir.join("config.toml").display()
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 3);
+    assert!(err.contains("not running"), "{err}");
+}
+
+trait InoDev {
+    fn ino_dev(&self) -> (u64, u64);
+}
+
+impl InoDev for std::fs::Metadata {
+    fn ino_dev(&self) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        (self.ino(), self.dev())
+    }
+}
+
+#[test]
+fn a_crashed_daemons_mount_point_is_recovered() {
+    let e = env();
+    let config = cfg(&e, &[entry(&e, "a", "")]);
+    let m = mnt(&e, "a");
+    let d = Daemon::start(&config, &[m.clone()], &e.dir.join("daemon1.log"));
+    assert!(std::fs::read(m.join("file.txt")).is_ok());
+    d.crash();
+    let err = std::fs::read_dir(&m).map(|_| ()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let mut d = Daemon::start(&config, &[m.clone()], &e.dir.join("daemon2.log"));
+    // The stale mount is in the mount table already: wait for the new one.
+    d.wait_log("repofs is running", 30);
+    assert_eq!(
+        std::fs::read_to_string(m.join("file.txt")).unwrap(),
+        "a on dev\n"
+    );
+    assert!(d.log_text().contains("stale mount"), "{}", d.log_text());
+    d.stop();
+}
+
+#[test]
+fn a_world_readable_config_with_a_token_is_refused() {
+    let e = env();
+    let config = cfg(&e, &[entry(&e, "a", "token = \"hunter2-secret\"")]);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = sh(
+        &format!("{} --config {} mount", repofs_bin(), config.display()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("readable by every user") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(!is_mounted(&mnt(&e, "a")));
+}
