@@ -99,6 +99,8 @@ pub struct RepoConfig {
     pub username: Option<String>,
     pub description: String,
     pub mount_point: PathBuf,
+    /// How often to check whether the ref moved; `None` pins the commit.
+    pub refresh: Option<Duration>,
 }
 
 /// The whole validated configuration.
@@ -145,6 +147,7 @@ struct RawRepo {
     username: Option<String>,
     description: Option<String>,
     mount_point: Option<PathBuf>,
+    refresh: Option<String>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -168,6 +171,7 @@ const REPO_KEYS: &[&str] = &[
     "username",
     "description",
     "mount_point",
+    "refresh",
 ];
 
 impl Config {
@@ -488,7 +492,27 @@ fn validate_repo(
         }
         None => mount_root.join(&name),
     };
+    let pinned = r
+        .reference
+        .as_deref()
+        .is_some_and(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+    let refresh = match r.refresh.as_deref() {
+        Some("never") => None,
+        Some(_) if pinned => {
+            return Err(ctx(
+                "refresh",
+                "the ref is a commit id, which never moves; remove `refresh` or use a branch"
+                    .into(),
+            ));
+        }
+        Some(d) => {
+            Some(parse_duration(d).map_err(|m| ctx("refresh", format!("{m}, or \"never\"")))?)
+        }
+        None if pinned => None,
+        None => Some(Duration::from_secs(300)),
+    };
     Ok(RepoConfig {
+        refresh,
         name,
         provider,
         url,
@@ -741,6 +765,35 @@ mod tests {
                 "example lacks provider {name}"
             );
         }
+    }
+
+    #[test]
+    fn refresh_defaults_and_values() {
+        let repo = |extra: &str| {
+            parse(&format!(
+                "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n{extra}\n"
+            ))
+        };
+        assert_eq!(
+            repo("").unwrap().repositories[0].refresh,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            repo("refresh = \"never\"").unwrap().repositories[0].refresh,
+            None
+        );
+        assert_eq!(
+            repo("refresh = \"30s\"").unwrap().repositories[0].refresh,
+            Some(Duration::from_secs(30))
+        );
+        let pinned = "ref = \"0123456789abcdef0123456789abcdef01234567\"";
+        assert_eq!(repo(pinned).unwrap().repositories[0].refresh, None);
+        let e = repo(&format!("{pinned}\nrefresh = \"5m\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`refresh`") && e.contains("commit id"), "{e}");
+        let e = repo("refresh = \"often\"").unwrap_err().to_string();
+        assert!(e.contains("`refresh`") && e.contains("never"), "{e}");
     }
 
     #[test]

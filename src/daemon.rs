@@ -164,6 +164,8 @@ fn mount_repo(
                 // Errors are logged by the source and retried on access.
                 let _ = preload.preload().await;
             });
+            // Branch following (a no-op for pinned commits).
+            rt.spawn(source.clone().follow());
             RepoState::Mounted {
                 source,
                 _session: session,
@@ -235,7 +237,8 @@ fn reload(
             continue;
         }
         if let Some(old) = repos.remove(&name) {
-            if matches!(old.state, RepoState::Mounted { .. }) {
+            if let RepoState::Mounted { source, .. } = &old.state {
+                source.shutdown();
                 if let Err(e) = unmount(&old.config.mount_point) {
                     tracing::error!(repo = %name, "cannot unmount: {e}");
                 }

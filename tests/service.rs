@@ -280,3 +280,66 @@ fn a_world_readable_config_with_a_token_is_refused() {
     assert!(!err.contains("hunter2-secret"), "{err}");
     assert!(!is_mounted(&mnt(&e, "a")));
 }
+
+#[test]
+fn a_followed_branch_moves_and_open_files_keep_their_contents() {
+    let e = env();
+    let work = e.dir.join("work-a");
+    let pinned = git(&e.dir.join("work-b"), &["rev-parse", "HEAD"]);
+    let config = cfg(
+        &e,
+        &[
+            entry(&e, "a", "ref = \"dev\"\nrefresh = \"1s\""),
+            entry(&e, "b", &format!("ref = \"{pinned}\"")),
+        ],
+    );
+    let (ma, mb) = (mnt(&e, "a"), mnt(&e, "b"));
+    let mut d = Daemon::start(
+        &config,
+        &[ma.clone(), mb.clone()],
+        &e.dir.join("daemon.log"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(ma.join("file.txt")).unwrap(),
+        "a on dev\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mb.join("file.txt")).unwrap(),
+        "b on dev\n"
+    );
+    let mut old = std::fs::File::open(ma.join("file.txt")).unwrap();
+
+    // Push a new commit to `dev`.
+    std::fs::write(work.join("file.txt"), "a on dev, second commit, longer\n").unwrap();
+    std::fs::write(work.join("new.txt"), "new\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "second"]);
+    let bare = e.server.root.join("a.git");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "dev"]);
+    e.server.reset_stats();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Names cached by the kernel expire within min(refresh, 5 s).
+    let moved = || {
+        ma.join("new.txt").exists()
+            && std::fs::read_to_string(ma.join("file.txt")).unwrap()
+                == "a on dev, second commit, longer\n"
+    };
+    while !moved() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount never showed the new commit:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::metadata(ma.join("file.txt")).unwrap().len(), 32);
+    // The file opened before the move reads its old contents to the end.
+    let mut text = String::new();
+    old.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "a on dev\n");
+    assert!(d.log_text().contains("the ref moved"), "{}", d.log_text());
+    // The pinned commit never polls.
+    assert_eq!(e.server.stats("b"), (0, 0), "a pinned commit was polled");
+    d.stop();
+}

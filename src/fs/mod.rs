@@ -27,6 +27,8 @@ struct Inode {
     name: OsString,
     /// `None` only for the root before the source could be reached.
     node: Option<Node>,
+    /// The source generation `node` belongs to.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -41,9 +43,10 @@ pub struct RepoFs {
     source: Arc<dyn Source>,
     table: RwLock<Table>,
     handles: Mutex<HashMap<u64, Arc<dyn FileReader>>>,
-    /// Inodes whose pages in the kernel may hold unverified bytes (opened
-    /// with a non-cacheable reader): their next open drops the page cache.
-    unverified: Mutex<std::collections::HashSet<u64>>,
+    /// What each inode's kernel pages were last filled from: the node key,
+    /// or `None` for bytes served before they were verified. An open keeps
+    /// the kernel's pages only when they came from the same, verified node.
+    page_source: Mutex<HashMap<u64, Option<crate::source::NodeKey>>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -61,6 +64,7 @@ impl RepoFs {
                 parent: ROOT,
                 name: OsString::new(),
                 node: None,
+                generation: 0,
             },
         );
         // SAFETY: getuid/getgid cannot fail and have no preconditions.
@@ -69,7 +73,7 @@ impl RepoFs {
             source,
             table: RwLock::new(table),
             handles: Mutex::new(HashMap::new()),
-            unverified: Mutex::new(std::collections::HashSet::new()),
+            page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
@@ -119,34 +123,57 @@ impl RepoFs {
         Errno::from_i32(e.errno())
     }
 
-    /// The node behind an inode (resolving the root on first use).
+    /// The node behind an inode. An inode always stands for the same
+    /// content (its node key): when a followed branch moves, changed paths
+    /// get new inodes from `inode_for`, so files and directories already open
+    /// keep their old contents (the kernel's pages are per inode). Only the
+    /// root, which the kernel never looks up again, follows the source's
+    /// generation.
     fn node(&self, ino: u64) -> Result<Node, SourceError> {
-        if let Some(n) = self
-            .read_table()
-            .inodes
-            .get(&ino)
-            .and_then(|i| i.node.clone())
-        {
+        let generation = self.source.generation();
+        let cached = {
+            let t = self.read_table();
+            let Some(i) = t.inodes.get(&ino) else {
+                return Err(SourceError::NotFound(format!("inode {ino}")));
+            };
+            i.node
+                .clone()
+                .filter(|_| ino != ROOT || i.generation == generation)
+        };
+        if let Some(n) = cached {
             return Ok(n);
-        }
-        if ino != ROOT {
-            return Err(SourceError::NotFound(format!("inode {ino}")));
         }
         let root = self.source.root()?;
         if let Some(i) = self.write_table().inodes.get_mut(&ROOT) {
             i.node = Some(root.clone());
+            i.generation = generation;
         }
         Ok(root)
     }
 
+    /// The inode for `name` in `parent` holding `node`: the same number as
+    /// before while the content is the same, a new one when it changed.
     fn inode_for(&self, parent: u64, name: &OsStr, node: &Node) -> u64 {
         let key = (parent, name.to_owned());
-        if let Some(ino) = self.read_table().by_name.get(&key) {
-            return *ino;
+        let same = |t: &Table, ino: u64| {
+            t.inodes
+                .get(&ino)
+                .and_then(|i| i.node.as_ref())
+                .is_some_and(|n| n.key == node.key && n.kind == node.kind)
+        };
+        {
+            let t = self.read_table();
+            if let Some(&ino) = t.by_name.get(&key) {
+                if same(&t, ino) {
+                    return ino;
+                }
+            }
         }
         let mut t = self.write_table();
-        if let Some(ino) = t.by_name.get(&key) {
-            return *ino;
+        if let Some(&ino) = t.by_name.get(&key) {
+            if same(&t, ino) {
+                return ino;
+            }
         }
         let ino = t.next;
         t.next += 1;
@@ -156,6 +183,7 @@ impl RepoFs {
                 parent,
                 name: name.to_owned(),
                 node: Some(node.clone()),
+                generation: self.source.generation(),
             },
         );
         t.by_name.insert(key, ino);
@@ -256,14 +284,14 @@ impl fuser::Filesystem for RepoFs {
         match self.source.open(&node) {
             Ok(reader) => {
                 let keep = {
-                    let mut unverified = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
-                    if reader.cacheable() {
-                        // Keep the kernel's pages unless they may be unverified.
-                        !unverified.remove(&ino.0)
-                    } else {
-                        unverified.insert(ino.0);
-                        false
-                    }
+                    let mut pages = self.page_source.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = reader.cacheable().then(|| node.key.clone());
+                    let keep = match pages.get(&ino.0) {
+                        None => true, // nothing cached yet
+                        Some(before) => now.is_some() && *before == now,
+                    };
+                    pages.insert(ino.0, now);
+                    keep
                 };
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.handles

@@ -86,8 +86,14 @@ pub trait Source: Send + Sync {
     /// A hint that the directory is being listed (`ls`, `find`, `grep -r`):
     /// a source may start fetching its small files in the background.
     fn prefetch(&self, _dir: &Node) {}
+    /// Bumped whenever the tree changes (a followed branch moved): nodes
+    /// from an older generation must be looked up again by path.
+    fn generation(&self) -> u64 {
+        0
+    }
     /// How long the kernel may cache names and attributes.
     fn attr_ttl(&self) -> Duration;
-    /// Whether file contents never change for a given node (lets the kernel keep its page cache).
+    /// Whether a node's contents never change (then the kernel may keep a
+    /// file's pages across opens as long as the node behind the inode is the same).
     fn immutable(&self) -> bool;
 }

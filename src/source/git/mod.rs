@@ -161,6 +161,9 @@ pub struct GitSource {
     prefetched: Mutex<HashSet<ObjectId>>,
     /// How long a reader waits on a download that makes no progress.
     stall_limit: Duration,
+    /// Bumped each time a followed branch moves.
+    generation: AtomicU64,
+    stopped: AtomicBool,
 }
 
 /// Marker key for submodule directories (always empty).
@@ -197,6 +200,8 @@ impl GitSource {
             scratch_counter: AtomicU64::new(0),
             prefetched: Mutex::new(HashSet::new()),
             stall_limit: config.request_timeout * config.max_attempts + Duration::from_secs(5),
+            generation: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         }))
     }
 
@@ -276,6 +281,50 @@ impl GitSource {
         }
     }
 
+    /// Follows the branch: every `refresh`, resolves the ref and, when it
+    /// moved, loads the new commit and swaps it in atomically. Files already
+    /// open keep reading the old contents. Ends when the source is shut down.
+    pub async fn follow(self: Arc<Self>) {
+        let Some(every) = self.repo.refresh else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(current) = self.current_commit() else {
+                continue; // not loaded yet: the first access loads it
+            };
+            let commit = match self.remote.resolve_ref().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(repo = %self.repo.name, "refresh: cannot resolve the ref: {e}");
+                    continue;
+                }
+            };
+            if commit == current {
+                continue;
+            }
+            match self.snapshot_for(commit).await {
+                Ok(s) => {
+                    self.remember_commit(commit);
+                    *self.snapshot.lock().await = Some(Arc::new(s));
+                    self.generation.fetch_add(1, Ordering::SeqCst);
+                    tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %self.repo.name, %commit, "refresh: cannot load the new commit: {e}")
+                }
+            }
+        }
+    }
+
+    /// Stops background work (refresh) for a repository being unmounted.
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
     /// The commit being served, once loaded.
     pub fn current_commit(&self) -> Option<ObjectId> {
         self.snapshot
@@ -296,7 +345,12 @@ impl GitSource {
     }
 
     async fn load_snapshot(&self) -> Result<Snapshot, SourceError> {
-        let commit = match self.remote.resolve_ref().await {
+        let commit = self.resolve_or_remembered().await?;
+        self.snapshot_for(commit).await
+    }
+
+    async fn resolve_or_remembered(&self) -> Result<ObjectId, SourceError> {
+        Ok(match self.remote.resolve_ref().await {
             Ok(c) => {
                 self.remember_commit(c);
                 c
@@ -309,7 +363,11 @@ impl GitSource {
                 _ => return Err(e.into_source_error()),
             },
             Err(e) => return Err(e.into_source_error()),
-        };
+        })
+    }
+
+    /// Loads a commit's trees (cache first) and its LFS endpoint.
+    async fn snapshot_for(&self, commit: ObjectId) -> Result<Snapshot, SourceError> {
         let trees = match self.cached_trees(&commit) {
             Some(t) => t,
             None => self.fetch_trees(commit).await?,
@@ -1009,9 +1067,17 @@ impl Source for GitSource {
         });
     }
 
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     fn attr_ttl(&self) -> Duration {
-        // A mounted commit never changes: let the kernel cache names and attributes.
-        Duration::from_secs(3600)
+        match self.repo.refresh {
+            // A pinned commit never changes: let the kernel cache names and attributes.
+            None => Duration::from_secs(3600),
+            // A followed branch: short enough that a move shows up soon after the refresh.
+            Some(every) => every.min(Duration::from_secs(5)),
+        }
     }
 
     fn immutable(&self) -> bool {
