@@ -101,6 +101,8 @@ pub struct RepoConfig {
     pub mount_point: PathBuf,
     /// How often to check whether the ref moved; `None` pins the commit.
     pub refresh: Option<Duration>,
+    /// GitHub App credentials (instead of a token).
+    pub github_app: Option<crate::auth::GithubAppConfig>,
 }
 
 /// The whole validated configuration.
@@ -148,6 +150,15 @@ struct RawRepo {
     description: Option<String>,
     mount_point: Option<PathBuf>,
     refresh: Option<String>,
+    github_app: Option<RawGithubApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithubApp {
+    app_id: u64,
+    installation_id: u64,
+    private_key_file: PathBuf,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -172,6 +183,7 @@ const REPO_KEYS: &[&str] = &[
     "description",
     "mount_point",
     "refresh",
+    "github_app",
 ];
 
 impl Config {
@@ -511,7 +523,39 @@ fn validate_repo(
         None if pinned => None,
         None => Some(Duration::from_secs(300)),
     };
+    let github_app = match r.github_app {
+        None => None,
+        Some(_) if !matches!(provider, Provider::Github | Provider::GithubEnterprise) => {
+            return Err(ctx(
+                "github_app",
+                "GitHub App credentials work only with provider github or github-enterprise".into(),
+            ));
+        }
+        Some(_) if token.is_some() => {
+            return Err(ctx(
+                "github_app",
+                "give either a token or github_app, not both".into(),
+            ));
+        }
+        Some(app) => {
+            std::fs::File::open(&app.private_key_file).map_err(|e| {
+                ctx(
+                    "github_app",
+                    format!(
+                        "cannot read private_key_file {}: {e}",
+                        app.private_key_file.display()
+                    ),
+                )
+            })?;
+            Some(crate::auth::GithubAppConfig {
+                app_id: app.app_id,
+                installation_id: app.installation_id,
+                private_key_file: app.private_key_file,
+            })
+        }
+    };
     Ok(RepoConfig {
+        github_app,
         refresh,
         name,
         provider,

@@ -7,6 +7,7 @@
 //! together for `repofs mount`, [`check`] is `repofs check`, and [`config`]
 //! is the only place that reads the TOML file; [`status`] is `repofs status`.
 
+pub mod auth;
 pub mod cache;
 pub mod check;
 pub mod config;

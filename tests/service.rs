@@ -343,3 +343,145 @@ fn a_followed_branch_moves_and_open_files_keep_their_contents() {
     assert_eq!(e.server.stats("b"), (0, 0), "a pinned commit was polled");
     d.stop();
 }
+
+#[test]
+fn github_app_tokens_are_obtained_checked_and_renewed() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    for name in ["a", "b"] {
+        let work = new_worktree(&dir.join(format!("work-{name}")));
+        std::fs::write(work.join("one.txt"), "one\n").unwrap();
+        std::fs::write(work.join("two.txt"), "two\n").unwrap();
+        std::fs::create_dir_all(srv.join("acme")).unwrap();
+        publish_repo(&srv.join("acme"), &work, name);
+    }
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "openssl {args:?}");
+    };
+    let (key, other_key, public) = (
+        dir.join("app.pem"),
+        dir.join("other.pem"),
+        dir.join("app.pub"),
+    );
+    openssl(&[
+        "genrsa",
+        "-traditional",
+        "-out",
+        key.to_str().unwrap(),
+        "2048",
+    ]);
+    openssl(&["genrsa", "-out", other_key.to_str().unwrap(), "2048"]);
+    openssl(&[
+        "rsa",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let server = GitServer::start(
+        &srv,
+        &[
+            "--app-public-key",
+            public.to_str().unwrap(),
+            "--app-id",
+            "42",
+            "--app-installation",
+            "7",
+            "--app-token-ttl",
+            "4",
+            "--app-repos",
+            "a",
+        ],
+    );
+    server.set_tokens(&[
+        ("a", "no-static-token-works"),
+        ("b", "no-static-token-works"),
+    ]);
+    let url = |name: &str| format!("http://127.0.0.1:{}/acme/{name}", server.port);
+    let app = |id: u64, inst: u64, k: &Path| {
+        format!(
+            "provider = \"github-enterprise\"\ngithub_app = {{ app_id = {id}, installation_id = {inst}, private_key_file = \"{}\" }}",
+            k.display()
+        )
+    };
+    // write_config only writes `git` entries: build this file by hand.
+    let mut text = format!(
+        "mount_root = \"{}\"\ncache_dir = \"{}\"\nrequest_timeout = \"3s\"\nmax_attempts = 2\n",
+        dir.join("mnt").display(),
+        dir.join("cache").display()
+    );
+    for (name, repo, body) in [
+        ("app", "a", app(42, 7, &key)),
+        ("wrongid", "a", app(43, 7, &key)),
+        ("wrongkey", "a", app(42, 7, &other_key)),
+        ("noinst", "a", app(42, 8, &key)),
+        ("noaccess", "b", app(42, 7, &key)),
+    ] {
+        text.push_str(&format!(
+            "[[repository]]\nname = \"{name}\"\nurl = \"{}\"\n{body}\n",
+            url(repo)
+        ));
+    }
+    let config = dir.join("config.toml");
+    std::fs::write(&config, text).unwrap();
+    let (code, out, err) = sh(
+        &format!("{} --config {} check", repofs_bin(), config.display()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let line = |n: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {n}:")))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    assert!(line("app").starts_with("ok"), "{out}");
+    assert!(
+        line("wrongid").starts_with("FAIL") && line("wrongid").contains("app_id 43 is wrong"),
+        "{out}"
+    );
+    assert!(
+        line("wrongkey").starts_with("FAIL")
+            && line("wrongkey").contains("private_key_file does not belong"),
+        "{out}"
+    );
+    assert!(
+        line("noinst").starts_with("FAIL")
+            && line("noinst").contains("installation 8 was not found"),
+        "{out}"
+    );
+    assert!(
+        line("noaccess").starts_with("FAIL")
+            && line("noaccess").contains("has no access to this repository"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("ghs_") && !err.contains("ghs_"),
+        "a token leaked: {out}{err}"
+    );
+
+    // Mounted: tokens live 4 s and are renewed before they expire.
+    let m = dir.join("mnt/app");
+    let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
+    assert_eq!(std::fs::read_to_string(m.join("one.txt")).unwrap(), "one\n");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(std::fs::read_to_string(m.join("two.txt")).unwrap(), "two\n");
+    let issued = server.app_issued();
+    assert!(
+        issued >= 2,
+        "the installation token was not renewed ({issued} issued)"
+    );
+    assert!(
+        !d.log_text().contains("ghs_"),
+        "a token leaked into the log"
+    );
+    d.stop();
+}

@@ -245,6 +245,15 @@ impl GitServer {
         (req, bytes)
     }
 
+    /// How many GitHub App installation tokens the server issued.
+    pub fn app_issued(&self) -> u64 {
+        let body = self.http("GET", "/_app");
+        body.split("\"issued\": ")
+            .nth(1)
+            .and_then(|v| v.trim_end_matches('}').trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn reset_stats(&self) {
         self.http("POST", "/_stats");
     }

@@ -14,6 +14,11 @@ protocol v2, on 127.0.0.1 at a port chosen by the OS, printed on stdout as
   checked against the same tokens and forwarded to URL/test/<name>/objects/batch
   (a real LFS server, whose download hrefs point at its own host:port);
   /_fault?mode=lfs401|lfs403|lfs404 makes those batch requests fail;
+- a GitHub App API: with --app-public-key PEM --app-id N --app-installation N
+  [--app-token-ttl S] [--app-repos a,b], POST /api/v3/app/installations/<id>/
+  access_tokens verifies the RS256 JWT with the public key and issues a
+  token valid for S seconds, accepted (as x-access-token) for the listed
+  repositories; GET /_app shows how many tokens were issued;
 - --no-filter: serve with uploadpack.allowFilter=false (the fallback path);
 - --no-object-info: hide the object-info capability.
 """
@@ -31,14 +36,25 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-STATE = {"fault": "ok", "stats": {}}
+STATE = {"fault": "ok", "stats": {}, "app_tokens": {}, "issued": 0}
 LOCK = threading.Lock()
 
 
 def repo_of(path):
+    """The repository's name (`x.git`, for tokens and counters)."""
     for part in path.split("/"):
         if part.endswith(".git"):
             return part
+    return None
+
+
+def repo_dir(root, path):
+    """The bare repository's directory: the path up to its `.git` part."""
+    parts = []
+    for part in path.strip("/").split("/"):
+        parts.append(part)
+        if part.endswith(".git"):
+            return os.path.join(root, *parts)
     return None
 
 
@@ -69,6 +85,10 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 body = json.dumps(STATE["stats"]).encode()
             return self.send_body(200, body, "application/json")
+        if url.path == "/_app":
+            with LOCK:
+                body = json.dumps({"issued": STATE["issued"]}).encode()
+            return self.send_body(200, body, "application/json")
         if url.path == "/_fault":
             mode = parse_qs(url.query).get("mode", ["ok"])[0]
             with LOCK:
@@ -86,6 +106,16 @@ class Handler(BaseHTTPRequestHandler):
         if want is None:
             return True
         got = self.headers.get("Authorization", "")
+        if got.startswith("Basic ") and repo[: -len(".git")] in self.server.app_repos:
+            try:
+                user_pw = base64.b64decode(got[6:]).decode()
+            except Exception:
+                user_pw = ""
+            token = user_pw.split(":", 1)[-1]
+            with LOCK:
+                expires = STATE["app_tokens"].get(token)
+            if expires is not None and expires > time.time():
+                return True
         if got == "Bearer " + want:
             return True
         if got.startswith("Basic "):
@@ -96,9 +126,37 @@ class Handler(BaseHTTPRequestHandler):
             return user_pw.split(":", 1)[-1] == want
         return False
 
+    def app_token(self):
+        import jwt  # PyJWT with cryptography
+
+        srv = self.server
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        # api/v3/app/installations/<id>/access_tokens
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return self.send_body(401, b'{"message":"A JSON web token could not be decoded"}', "application/json")
+        try:
+            claims = jwt.decode(auth[7:], srv.app_public_key, algorithms=["RS256"])
+        except Exception:
+            return self.send_body(401, b'{"message":"A JSON web token could not be decoded"}', "application/json")
+        if str(claims.get("iss")) != str(srv.app_id):
+            return self.send_body(401, b'{"message":"Integration not found"}', "application/json")
+        if len(parts) != 6 or parts[4] != str(srv.app_installation):
+            return self.send_body(404, b'{"message":"Not Found"}', "application/json")
+        token = "ghs_" + os.urandom(12).hex()
+        expires = time.time() + srv.app_token_ttl
+        with LOCK:
+            STATE["app_tokens"][token] = expires
+            STATE["issued"] += 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        body = json.dumps({"token": token, "expires_at": stamp}).encode()
+        return self.send_body(201, body, "application/json")
+
     def handle_git(self):
         if self.path.startswith("/_"):
             return self.control()
+        if self.path.startswith("/api/v3/app/") and self.command == "POST":
+            return self.app_token()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         repo = repo_of(urlsplit(self.path).path)
@@ -111,7 +169,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if "/info/lfs/" in self.path and repo is not None:
             return self.lfs(repo, body, fault)
-        if repo is None or not os.path.isdir(os.path.join(self.server.root, repo)):
+        rdir = repo_dir(self.server.root, urlsplit(self.path).path)
+        if repo is None or rdir is None or not os.path.isdir(rdir):
             return self.send_body(404, b"Repository not found")
         if not self.authorized(repo):
             return self.send_body(
@@ -174,7 +233,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_body(status, payload, ctype, headers)
 
     def lfs(self, repo, body, fault):
-        if not os.path.isdir(os.path.join(self.server.root, repo)):
+        rdir = repo_dir(self.server.root, urlsplit(self.path).path)
+        if rdir is None or not os.path.isdir(rdir):
             return self.send_body(404, b'{"message":"Repository not found"}', "application/vnd.git-lfs+json")
         if not self.authorized(repo):
             return self.send_body(401, b'{"message":"Credentials needed"}', "application/vnd.git-lfs+json",
@@ -229,6 +289,11 @@ def main():
     ap.add_argument("--no-filter", action="store_true")
     ap.add_argument("--no-object-info", action="store_true")
     ap.add_argument("--lfs-upstream", default="")
+    ap.add_argument("--app-public-key", default="")
+    ap.add_argument("--app-id", default="")
+    ap.add_argument("--app-installation", default="")
+    ap.add_argument("--app-token-ttl", type=float, default=3600)
+    ap.add_argument("--app-repos", default="")
     a = ap.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
@@ -236,6 +301,11 @@ def main():
     srv.no_filter = a.no_filter
     srv.no_object_info = a.no_object_info
     srv.lfs_upstream = a.lfs_upstream.rstrip("/")
+    srv.app_public_key = open(a.app_public_key).read() if a.app_public_key else ""
+    srv.app_id = a.app_id
+    srv.app_installation = a.app_installation
+    srv.app_token_ttl = a.app_token_ttl
+    srv.app_repos = set(filter(None, a.app_repos.split(",")))
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 

@@ -688,7 +688,7 @@ impl FileReader for LfsReader {
 }
 
 /// Parses `2024-01-02T03:04:05Z` / `...+01:00` (as LFS servers send `expires_at`).
-fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;

@@ -74,7 +74,7 @@ pub struct Transport {
     /// For LFS download hrefs, which may be on another host: this client
     /// never carries the repository's credentials.
     bare_client: reqwest::Client,
-    auth: Option<HeaderValue>,
+    auth: Auth,
     has_token: bool,
     provider: Provider,
     max_attempts: u32,
@@ -90,9 +90,15 @@ impl Transport {
         max_attempts: u32,
     ) -> Result<Transport, String> {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
-        let auth = match &repo.token {
-            None => None,
-            Some(t) => {
+        let auth = match (&repo.token, &repo.github_app) {
+            (_, Some(app)) => {
+                let api = github_api(repo.provider, &clone_url);
+                Auth::App(Arc::new(
+                    crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
+                ))
+            }
+            (None, None) => Auth::None,
+            (Some(t), None) => {
                 let secret = t.secret.expose();
                 let value = match (repo.provider, &repo.username) {
                     (Provider::Github | Provider::GithubEnterprise, _) => {
@@ -110,7 +116,7 @@ impl Transport {
                     )
                 })?;
                 v.set_sensitive(true);
-                Some(v)
+                Auth::Static(v)
             }
         };
         let mut headers = HeaderMap::new();
@@ -139,7 +145,7 @@ impl Transport {
             client,
             bare_client,
             auth,
-            has_token: repo.token.is_some(),
+            has_token: repo.token.is_some() || repo.github_app.is_some(),
             provider: repo.provider,
             max_attempts,
             timeout,
@@ -148,23 +154,58 @@ impl Transport {
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let mut rb = self
-            .client
+        self.client
             .request(method, url)
-            .header("Git-Protocol", "version=2");
-        if let Some(auth) = &self.auth {
-            rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
+            .header("Git-Protocol", "version=2")
+    }
+
+    /// Adds the repository's credentials (a GitHub App token is fetched or
+    /// renewed here when needed).
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, RemoteError> {
+        Ok(match &self.auth {
+            Auth::None => rb,
+            Auth::Static(v) => rb.header(reqwest::header::AUTHORIZATION, v.clone()),
+            Auth::App(app) => {
+                let token = app.token().await.map_err(|e| match e {
+                    crate::auth::AppError::Api { .. } => RemoteError::Connect {
+                        url: "GitHub API".into(),
+                        cause: e.to_string(),
+                    },
+                    other => RemoteError::Auth {
+                        url: "GitHub App".into(),
+                        status: 401,
+                        message: other.to_string(),
+                    },
+                })?;
+                let mut v = HeaderValue::from_str(&basic("x-access-token", token.expose()))
+                    .map_err(|_| {
+                        RemoteError::Protocol("the GitHub API issued an unusable token".into())
+                    })?;
+                v.set_sensitive(true);
+                rb.header(reqwest::header::AUTHORIZATION, v)
+            }
+        })
+    }
+
+    /// The GitHub App behind this transport, if any.
+    pub fn github_app(&self) -> Option<&Arc<crate::auth::GithubApp>> {
+        match &self.auth {
+            Auth::App(a) => Some(a),
+            _ => None,
         }
-        rb
     }
 
     /// GET `info/refs?service=git-upload-pack`: the v2 capability advertisement.
     pub async fn get_info_refs(&self) -> Result<Vec<u8>, RemoteError> {
         let url = format!("{}/info/refs?service=git-upload-pack", self.clone_url);
         self.retry(|| async {
-            let resp = self
-                .send(self.request(reqwest::Method::GET, &url), &url)
+            let rb = self
+                .authorize(self.request(reqwest::Method::GET, &url))
                 .await?;
+            let resp = self.send(rb, &url).await?;
             self.read_all(resp, &url).await
         })
         .await
@@ -190,6 +231,7 @@ impl Transport {
                     "application/x-git-upload-pack-result",
                 )
                 .body(body.clone());
+            let rb = self.authorize(rb).await?;
             let resp = self.send(rb, &url).await?;
             consume(resp, url.clone()).await
         })
@@ -208,9 +250,7 @@ impl Transport {
                     "application/vnd.git-lfs+json",
                 )
                 .body(body.clone());
-            if let Some(auth) = &self.auth {
-                rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
-            }
+            rb = self.authorize(rb).await?;
             let resp = self.send(rb, url).await?;
             self.read_all(resp, url).await
         })
@@ -229,9 +269,7 @@ impl Transport {
                 "application/vnd.git-lfs+json",
             )
             .body(body);
-        if let Some(auth) = &self.auth {
-            rb = rb.header(reqwest::header::AUTHORIZATION, auth.clone());
-        }
+        rb = self.authorize(rb).await?;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let ctype = resp
@@ -285,6 +323,18 @@ impl Transport {
     async fn status_error(&self, status: u16, url: &str, resp: reqwest::Response) -> RemoteError {
         let url = url.to_string();
         match status {
+            401 | 403 | 404 if matches!(self.auth, Auth::App(_)) => {
+                if let Auth::App(app) = &self.auth {
+                    app.invalidate().await;
+                }
+                RemoteError::Auth {
+                    url,
+                    status,
+                    message: format!(
+                        "the GitHub App installation has no access to this repository (HTTP {status}): add the repository to the app's installation, and give the app read access to Contents"
+                    ),
+                }
+            }
             401 => RemoteError::Auth {
                 url,
                 status,
@@ -416,6 +466,26 @@ impl Transport {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// How requests are authenticated.
+enum Auth {
+    None,
+    Static(HeaderValue),
+    App(Arc<crate::auth::GithubApp>),
+}
+
+/// The REST API root for a GitHub App: api.github.com for github.com,
+/// `<scheme>://<host>/api/v3` for GitHub Enterprise Server.
+fn github_api(provider: Provider, clone_url: &str) -> String {
+    match provider {
+        Provider::Github => "https://api.github.com".into(),
+        _ => {
+            let (scheme, rest) = clone_url.split_once("://").unwrap_or(("https", clone_url));
+            let host = rest.split('/').next().unwrap_or(rest);
+            format!("{scheme}://{host}/api/v3")
         }
     }
 }
