@@ -5,7 +5,7 @@
 //! the [`source::Source`] trait; [`source::git`] implements it over git's
 //! protocol v2; [`cache`] stores fetched bytes on disk. [`daemon`] ties them
 //! together for `repofs mount`, [`check`] is `repofs check`, and [`config`]
-//! is the only place that reads the TOML file; [`status`] is `repofs status`.
+//! is the only place that reads the TOML file; [`status`] is `repofs status` and [`repo_cmd`] is `repofs repo`.
 
 pub mod auth;
 pub mod cache;
@@ -13,5 +13,6 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod repo_cmd;
 pub mod source;
 pub mod status;

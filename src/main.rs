@@ -31,6 +31,54 @@ enum Command {
     },
     /// Show what a running daemon is serving: each repository and the cache.
     Status,
+    /// List or edit the repositories in the config file (comments are kept).
+    Repo {
+        #[command(subcommand)]
+        action: RepoAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoAction {
+    /// List repositories (credentials are described, never shown).
+    List,
+    /// Add a repository.
+    Add {
+        name: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long = "ref")]
+        reference: Option<String>,
+        /// File holding the token (preferred: never put secrets on a command line).
+        #[arg(long)]
+        token_file: Option<String>,
+        /// Environment variable holding the token.
+        #[arg(long)]
+        token_env: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        mount_point: Option<String>,
+        #[arg(long)]
+        refresh: Option<String>,
+        /// Tell the running daemon to reload afterwards.
+        #[arg(long)]
+        reload: bool,
+    },
+    /// Remove a repository.
+    Remove {
+        name: String,
+        #[arg(long)]
+        reload: bool,
+    },
+    /// Remove a repository's credentials (it becomes public-only).
+    ClearCredentials {
+        name: String,
+        #[arg(long)]
+        reload: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,14 +91,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
+    let load = || match Config::load(&cli.config) {
+        Ok(c) => Ok(c),
         Err(e) => {
             eprintln!("repofs: {e}");
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
     };
+    if let Command::Repo { action } = cli.command {
+        return repo(&cli.config, action, &load);
+    }
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     match cli.command {
+        Command::Repo { .. } => unreachable!("handled above"),
         Command::Mount => match repofs::daemon::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -97,4 +153,73 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn repo(
+    path: &std::path::Path,
+    action: RepoAction,
+    load: &dyn Fn() -> Result<Config, ExitCode>,
+) -> ExitCode {
+    use repofs::repo_cmd;
+    let (result, reload) = match action {
+        RepoAction::List => {
+            return match load() {
+                Ok(c) => {
+                    print!("{}", repo_cmd::list(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        RepoAction::Add {
+            name,
+            provider,
+            url,
+            reference,
+            token_file,
+            token_env,
+            description,
+            mount_point,
+            refresh,
+            reload,
+        } => {
+            let o = repo_cmd::AddOptions {
+                name,
+                provider,
+                url,
+                reference,
+                token_file,
+                token_env,
+                description,
+                mount_point,
+                refresh,
+            };
+            (repo_cmd::add(path, &o), reload)
+        }
+        RepoAction::Remove { name, reload } => (repo_cmd::remove(path, &name), reload),
+        RepoAction::ClearCredentials { name, reload } => {
+            (repo_cmd::clear_credentials(path, &name), reload)
+        }
+    };
+    match result {
+        Ok(msg) => println!("{msg}"),
+        Err(e) => {
+            eprintln!("repofs: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if reload {
+        let config = match load() {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        match repo_cmd::reload(&config) {
+            Ok(msg) => println!("{msg}"),
+            Err(e) => {
+                eprintln!("repofs: {e}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

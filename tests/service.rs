@@ -485,3 +485,72 @@ fn github_app_tokens_are_obtained_checked_and_renewed() {
     );
     d.stop();
 }
+
+#[test]
+fn repo_commands_edit_the_config_and_reload_the_daemon() {
+    let e = env();
+    let config = cfg(&e, &[entry(&e, "a", "token = \"inline-secret-123\"")]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = format!("# managed by hand and by `repofs repo`\n{text}");
+    std::fs::write(&config, &text).unwrap();
+    let original = text.clone();
+    let mut d = Daemon::start(&config, &[mnt(&e, "a")], &e.dir.join("daemon.log"));
+    let run = |args: &str| {
+        sh(
+            &format!("{} --config {} {args}", repofs_bin(), config.display()),
+            Duration::from_secs(30),
+        )
+    };
+
+    let (code, out, err) = run(&format!(
+        "repo add b --provider git --url {} --description 'second one' --reload",
+        e.server.url("b")
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    d.wait_log("config reloaded", 30);
+    assert!(is_mounted(&mnt(&e, "b")));
+    assert_eq!(
+        std::fs::read_to_string(mnt(&e, "b").join("file.txt")).unwrap(),
+        "b on dev\n"
+    );
+
+    let (code, out, _) = run("repo list");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("a\tgit") && out.contains("b\tgit") && out.contains("second one"),
+        "{out}"
+    );
+    assert!(
+        out.contains("token (inline)") && !out.contains("inline-secret-123"),
+        "{out}"
+    );
+
+    // An invalid edit is refused and the file is untouched.
+    let before = std::fs::read_to_string(&config).unwrap();
+    let (code, _, err) = run("repo add 'bad name' --provider git --url http://h/x.git");
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid"), "{err}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+
+    let (code, out, err) = run("repo remove b --reload");
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while is_mounted(&mnt(&e, "b")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b is still mounted:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back to the file we started with, byte for byte, comments and all.
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+    let (code, _, _) = run("repo clear-credentials a");
+    assert_eq!(code, 0);
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("inline-secret-123")
+    );
+    d.stop();
+}
