@@ -70,6 +70,27 @@ pub trait FileReader: Send + Sync {
     }
 }
 
+/// Reads up to `size` bytes at `offset` of a local (cache) file; fewer only at its end.
+pub fn read_file_range(
+    file: &std::fs::File,
+    offset: u64,
+    size: u32,
+) -> Result<Vec<u8>, SourceError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SourceError::Unavailable(format!("reading the cache: {e}"))),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 /// A read-only tree. Calls block; the FUSE adapter calls them from its
 /// worker threads. Implementations must bound every call in time.
 pub trait Source: Send + Sync {

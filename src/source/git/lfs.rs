@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::transport::{RemoteError, Transport};
 use crate::cache::Cache;
 use crate::config::Provider;
-use crate::source::{FileReader, SourceError};
+use crate::source::{FileReader, SourceError, read_file_range as pread};
 
 /// Largest blob that can be a pointer (git-lfs's own limit).
 pub const MAX_POINTER_SIZE: u64 = 1024;
@@ -617,21 +617,6 @@ enum LfsReader {
         rt: tokio::runtime::Handle,
         stall_limit: Duration,
     },
-}
-
-fn pread(file: &std::fs::File, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-    let mut buf = vec![0u8; size as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(SourceError::Unavailable(format!("reading the cache: {e}"))),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 impl FileReader for LfsReader {

@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -990,21 +989,7 @@ struct BlobReader {
 
 impl FileReader for BlobReader {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[filled..], offset + filled as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(SourceError::Unavailable(format!("reading the cache: {e}"))),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        crate::source::read_file_range(&self.file, offset, size)
     }
 }
 

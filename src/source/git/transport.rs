@@ -238,19 +238,28 @@ impl Transport {
         .await
     }
 
+    /// An authenticated LFS batch POST.
+    async fn lfs_post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, RemoteError> {
+        let rb = self
+            .client
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/vnd.git-lfs+json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/vnd.git-lfs+json",
+            )
+            .body(body);
+        self.authorize(rb).await
+    }
+
     /// POSTs a Git LFS batch request (with the repository's credentials).
     pub async fn lfs_batch(&self, url: &str, body: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
         self.retry(|| async {
-            let mut rb = self
-                .client
-                .post(url)
-                .header(reqwest::header::ACCEPT, "application/vnd.git-lfs+json")
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/vnd.git-lfs+json",
-                )
-                .body(body.clone());
-            rb = self.authorize(rb).await?;
+            let rb = self.lfs_post(url, body.clone()).await?;
             let resp = self.send(rb, url).await?;
             self.read_all(resp, url).await
         })
@@ -260,16 +269,7 @@ impl Transport {
     /// POSTs an LFS batch request and returns the status and content type
     /// whatever they are (for `repofs check`'s probe).
     pub async fn lfs_probe(&self, url: &str, body: Vec<u8>) -> Result<(u16, String), RemoteError> {
-        let mut rb = self
-            .client
-            .post(url)
-            .header(reqwest::header::ACCEPT, "application/vnd.git-lfs+json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/vnd.git-lfs+json",
-            )
-            .body(body);
-        rb = self.authorize(rb).await?;
+        let rb = self.lfs_post(url, body).await?;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let ctype = resp
