@@ -27,6 +27,9 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
         ok,
         message,
     };
+    if repo.s3.is_some() {
+        return check_s3(repo, config).await;
+    }
     let remote = match Remote::new(repo, config) {
         Ok(r) => r,
         Err(e) => return line(false, e),
@@ -86,6 +89,79 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
         }
         Err(e) => line(false, e.to_string()),
     }
+}
+
+/// The minimal IAM policy for reading `bucket`.
+fn s3_policy(bucket: &str) -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:ListBucket","Resource":"arn:aws:s3:::{bucket}"}},{{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::{bucket}/*"}}]}}"#
+    )
+}
+
+/// S3: ListBucket and GetObject are checked separately.
+async fn check_s3(repo: &RepoConfig, config: &Config) -> CheckLine {
+    use crate::source::SourceError;
+    use crate::source::s3::describe;
+    let line = |ok, message| CheckLine {
+        name: repo.name.clone(),
+        ok,
+        message,
+    };
+    let Some(cfg) = repo.s3.as_ref() else {
+        return line(false, "not an S3 repository".into());
+    };
+    let (client, how) = match crate::source::s3::client_for(repo, config).await {
+        Ok(c) => c,
+        Err(e) => return line(false, e),
+    };
+    let listed = client
+        .list_objects_v2()
+        .bucket(&cfg.bucket)
+        .prefix(&cfg.prefix)
+        .max_keys(20)
+        .send()
+        .await;
+    let out = match listed {
+        Ok(o) => o,
+        Err(e) => {
+            let err = describe(&e, &cfg.bucket, "ListObjectsV2");
+            let mut msg = err.to_string();
+            if matches!(err, SourceError::Denied(_)) && msg.contains("AccessDenied") {
+                msg.push_str(&format!("; minimal policy: {}", s3_policy(&cfg.bucket)));
+            }
+            return line(false, msg);
+        }
+    };
+    let first = out
+        .contents()
+        .iter()
+        .find(|o| o.key().is_some_and(|k| !k.ends_with('/')))
+        .and_then(|o| o.key())
+        .map(str::to_string);
+    if let Some(key) = first {
+        if let Err(e) = client
+            .get_object()
+            .bucket(&cfg.bucket)
+            .key(&key)
+            .range("bytes=0-0")
+            .send()
+            .await
+        {
+            let err = describe(&e, &cfg.bucket, "GetObject");
+            let mut msg = format!("ListBucket works but reading objects fails: {err}");
+            if matches!(err, SourceError::Denied(_)) {
+                msg.push_str(&format!("; minimal policy: {}", s3_policy(&cfg.bucket)));
+            }
+            return line(false, msg);
+        }
+    }
+    line(
+        true,
+        format!(
+            "s3://{}/{} lists and reads ({how} requests)",
+            cfg.bucket, cfg.prefix
+        ),
+    )
 }
 
 /// Loads the commit's trees into a throw-away cache and returns the LFS

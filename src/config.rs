@@ -52,6 +52,7 @@ pub enum Provider {
     GitlabEnterprise,
     BitbucketServer,
     Git,
+    S3,
 }
 
 impl Provider {
@@ -62,6 +63,7 @@ impl Provider {
         ("gitlab-enterprise", Provider::GitlabEnterprise),
         ("bitbucket-server", Provider::BitbucketServer),
         ("git", Provider::Git),
+        ("s3", Provider::S3),
     ];
 
     pub fn parse(s: &str) -> Option<Provider> {
@@ -103,6 +105,40 @@ pub struct RepoConfig {
     pub refresh: Option<Duration>,
     /// GitHub App credentials (instead of a token).
     pub github_app: Option<crate::auth::GithubAppConfig>,
+    /// The bucket side of a `provider = "s3"` entry.
+    pub s3: Option<S3Config>,
+}
+
+/// How an S3 repository signs its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// The standard AWS chain (environment, profile, instance/container
+    /// roles, web identity), falling back to unsigned requests.
+    Auto { profile: Option<String> },
+    /// Unsigned requests only (public buckets).
+    Anonymous,
+    /// Keys from the entry.
+    Static {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+}
+
+/// A `provider = "s3"` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix mounted as the root ("" or ending in "/").
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub credentials: S3Credentials,
+    /// How long listings and attributes are trusted.
+    pub metadata_ttl: Duration,
+    /// The secret key is written in the config file itself.
+    pub inline_secret: bool,
 }
 
 /// The whole validated configuration.
@@ -151,6 +187,18 @@ struct RawRepo {
     mount_point: Option<PathBuf>,
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    force_path_style: Option<bool>,
+    profile: Option<String>,
+    credentials: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    session_token: Option<String>,
+    metadata_ttl: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +232,18 @@ const REPO_KEYS: &[&str] = &[
     "mount_point",
     "refresh",
     "github_app",
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "force_path_style",
+    "profile",
+    "credentials",
+    "access_key_id",
+    "secret_access_key",
+    "secret_access_key_file",
+    "session_token",
+    "metadata_ttl",
 ];
 
 impl Config {
@@ -202,7 +262,10 @@ impl Config {
         let inline: Vec<&str> = config
             .repositories
             .iter()
-            .filter(|r| r.token.as_ref().is_some_and(|t| t.origin == "token"))
+            .filter(|r| {
+                r.token.as_ref().is_some_and(|t| t.origin == "token")
+                    || r.s3.as_ref().is_some_and(|s| s.inline_secret)
+            })
             .map(|r| r.name.as_str())
             .collect();
         if mode & 0o004 != 0 && !inline.is_empty() {
@@ -375,7 +438,7 @@ fn validate_repo(
     mount_root: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RepoConfig, String> {
-    let name = r.name.ok_or_else(|| {
+    let name = r.name.clone().ok_or_else(|| {
         format!(
             "repository #{}: missing key `name` (letters, digits, '.', '_' and '-')",
             index + 1
@@ -396,23 +459,38 @@ fn validate_repo(
     }
     let provider_s = r
         .provider
+        .clone()
         .ok_or_else(|| ctx("provider", format!("missing; one of: {}", provider_names())))?;
     let provider = Provider::parse(&provider_s).ok_or_else(|| {
-        if provider_s == "s3" {
-            ctx(
-                "provider",
-                "S3 buckets are not supported by this version of repofs yet".into(),
-            )
-        } else {
-            ctx(
-                "provider",
-                format!(
-                    "unknown provider '{provider_s}'; one of: {}",
-                    provider_names()
-                ),
-            )
-        }
+        ctx(
+            "provider",
+            format!(
+                "unknown provider '{provider_s}'; one of: {}",
+                provider_names()
+            ),
+        )
     })?;
+    if provider == Provider::S3 {
+        return validate_s3(name, r, mount_root);
+    }
+    for (key, set) in [
+        ("bucket", r.bucket.is_some()),
+        ("prefix", r.prefix.is_some()),
+        ("region", r.region.is_some()),
+        ("endpoint_url", r.endpoint_url.is_some()),
+        ("force_path_style", r.force_path_style.is_some()),
+        ("profile", r.profile.is_some()),
+        ("credentials", r.credentials.is_some()),
+        ("access_key_id", r.access_key_id.is_some()),
+        ("secret_access_key", r.secret_access_key.is_some()),
+        ("secret_access_key_file", r.secret_access_key_file.is_some()),
+        ("session_token", r.session_token.is_some()),
+        ("metadata_ttl", r.metadata_ttl.is_some()),
+    ] {
+        if set {
+            return Err(ctx(key, "only applies to provider = \"s3\"".into()));
+        }
+    }
     let url = r.url.ok_or_else(|| {
         ctx(
             "url",
@@ -555,6 +633,7 @@ fn validate_repo(
         }
     };
     Ok(RepoConfig {
+        s3: None,
         github_app,
         refresh,
         name,
@@ -565,6 +644,150 @@ fn validate_repo(
         username: r.username,
         description: r.description.unwrap_or_default(),
         mount_point,
+    })
+}
+
+fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig, String> {
+    let ctx = |key: &str, msg: String| format!("repository '{name}': key `{key}`: {msg}");
+    for (key, set) in [
+        ("url", r.url.is_some()),
+        ("ref", r.reference.is_some()),
+        ("token", r.token.is_some()),
+        ("token_env", r.token_env.is_some()),
+        ("token_file", r.token_file.is_some()),
+        ("username", r.username.is_some()),
+        ("refresh", r.refresh.is_some()),
+        ("github_app", r.github_app.is_some()),
+    ] {
+        if set {
+            return Err(ctx(
+                key,
+                "does not apply to provider = \"s3\" (use bucket, prefix, access_key_id, ...)"
+                    .into(),
+            ));
+        }
+    }
+    let bucket = r
+        .bucket
+        .ok_or_else(|| ctx("bucket", "missing: the bucket's name".into()))?;
+    if bucket.is_empty() || bucket.len() > 63 || bucket.contains('/') {
+        return Err(ctx(
+            "bucket",
+            format!("{bucket:?} is not a bucket name (no slashes; put a path in `prefix`)"),
+        ));
+    }
+    let mut prefix = r
+        .prefix
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    if let Some(e) = &r.endpoint_url {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(ctx(
+                "endpoint_url",
+                format!("{e:?} must start with http:// or https://"),
+            ));
+        }
+    }
+    let inline_secret = r.secret_access_key.is_some() || r.session_token.is_some();
+    let secret = match (r.secret_access_key, r.secret_access_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(ctx(
+                "secret_access_key",
+                "give secret_access_key or secret_access_key_file, not both".into(),
+            ));
+        }
+        (Some(s), None) => Some(Secret::new(s.trim())),
+        (None, Some(f)) => Some(Secret::new(
+            std::fs::read_to_string(&f)
+                .map_err(|e| {
+                    ctx(
+                        "secret_access_key_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?
+                .trim(),
+        )),
+        (None, None) => None,
+    };
+    let mode = r.credentials.as_deref().unwrap_or("auto");
+    let credentials = match (mode, r.access_key_id, secret) {
+        ("anonymous", None, None) => S3Credentials::Anonymous,
+        ("anonymous", _, _) => {
+            return Err(ctx(
+                "credentials",
+                "\"anonymous\" cannot be combined with keys".into(),
+            ));
+        }
+        ("auto", Some(id), Some(secret)) => S3Credentials::Static {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: r.session_token.as_ref().map(|t| Secret::new(t.trim())),
+        },
+        ("auto", Some(_), None) => {
+            return Err(ctx("secret_access_key", "access_key_id is set but the secret is missing (secret_access_key or secret_access_key_file)".into()));
+        }
+        ("auto", None, Some(_)) => {
+            return Err(ctx(
+                "access_key_id",
+                "a secret is set but access_key_id is missing".into(),
+            ));
+        }
+        ("auto", None, None) => S3Credentials::Auto {
+            profile: r.profile.clone(),
+        },
+        (other, _, _) => {
+            return Err(ctx(
+                "credentials",
+                format!("{other:?}: use \"auto\" or \"anonymous\""),
+            ));
+        }
+    };
+    if r.session_token.is_some() && !matches!(credentials, S3Credentials::Static { .. }) {
+        return Err(ctx(
+            "session_token",
+            "needs access_key_id and a secret".into(),
+        ));
+    }
+    let force_path_style = r.force_path_style.unwrap_or(r.endpoint_url.is_some());
+    let metadata_ttl = match r.metadata_ttl.as_deref() {
+        None => Duration::from_secs(60),
+        Some(t) => parse_duration(t).map_err(|m| ctx("metadata_ttl", m))?,
+    };
+    let mount_point = match r.mount_point {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => {
+            return Err(ctx(
+                "mount_point",
+                format!("must be an absolute path, got {}", p.display()),
+            ));
+        }
+        None => mount_root.join(&name),
+    };
+    Ok(RepoConfig {
+        url: format!("s3://{bucket}/{prefix}"),
+        name,
+        provider: Provider::S3,
+        reference: None,
+        token: None,
+        username: None,
+        description: r.description.unwrap_or_default(),
+        mount_point,
+        refresh: None,
+        github_app: None,
+        s3: Some(S3Config {
+            bucket,
+            prefix,
+            region: r.region,
+            endpoint_url: r.endpoint_url,
+            force_path_style,
+            credentials,
+            metadata_ttl,
+            inline_secret,
+        }),
     })
 }
 

@@ -27,7 +27,9 @@ struct Repo {
 
 enum RepoState {
     Mounted {
-        source: Arc<GitSource>,
+        source: Arc<dyn Source>,
+        /// The git side, for refresh and shutdown.
+        git: Option<Arc<GitSource>>,
         _session: fuser::BackgroundSession,
     },
     Failed(String),
@@ -132,9 +134,20 @@ fn mount_repo(
         tracing::error!("not mounted: {msg}");
         RepoState::Failed(msg)
     };
-    let source = match GitSource::new(repo, config, cache.clone(), rt.clone()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let (source, git): (Arc<dyn Source>, Option<Arc<GitSource>>) = if repo.s3.is_some() {
+        let client = match rt.block_on(crate::source::s3::client_for(repo, config)) {
+            Ok((c, _)) => c,
+            Err(e) => return fail(e),
+        };
+        match crate::source::s3::S3Source::new(repo, client, cache.clone(), rt.clone()) {
+            Ok(s) => (s, None),
+            Err(e) => return fail(e),
+        }
+    } else {
+        match GitSource::new(repo, config, cache.clone(), rt.clone()) {
+            Ok(s) => (s.clone(), Some(s)),
+            Err(e) => return fail(e),
+        }
     };
     if let Err(e) = prepare_mount_point(&repo.mount_point) {
         return fail(e);
@@ -155,19 +168,22 @@ fn mount_repo(
     };
     options.n_threads = Some(16);
     options.clone_fd = true;
-    let fs = RepoFs::new(source.clone() as Arc<dyn Source>);
+    let fs = RepoFs::new(source.clone());
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
-            tracing::info!(mount_point = %repo.mount_point.display(), url = %source.clone_url(), "mounted");
-            let preload = source.clone();
-            rt.spawn(async move {
-                // Errors are logged by the source and retried on access.
-                let _ = preload.preload().await;
-            });
-            // Branch following (a no-op for pinned commits).
-            rt.spawn(source.clone().follow());
+            tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
+            if let Some(g) = &git {
+                let preload = g.clone();
+                rt.spawn(async move {
+                    // Errors are logged by the source and retried on access.
+                    let _ = preload.preload().await;
+                });
+                // Branch following (a no-op for pinned commits).
+                rt.spawn(g.clone().follow());
+            }
             RepoState::Mounted {
                 source,
+                git,
                 _session: session,
             }
         }
@@ -237,8 +253,10 @@ fn reload(
             continue;
         }
         if let Some(old) = repos.remove(&name) {
-            if let RepoState::Mounted { source, .. } = &old.state {
-                source.shutdown();
+            if let RepoState::Mounted { git, .. } = &old.state {
+                if let Some(g) = git {
+                    g.shutdown();
+                }
                 if let Err(e) = unmount(&old.config.mount_point) {
                     tracing::error!(repo = %name, "cannot unmount: {e}");
                 }
@@ -333,13 +351,13 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
         .iter()
         .map(|(name, r)| match &r.state {
             RepoState::Mounted { source, .. } => {
-                let (requests, bytes) = source.counters();
+                let (requests, bytes) = source.traffic();
                 serde_json::json!({
                     "name": name,
                     "state": "mounted",
                     "mount_point": r.config.mount_point,
                     "ref": r.config.reference.as_deref().unwrap_or("HEAD"),
-                    "commit": source.current_commit().map(|c| c.to_string()),
+                    "commit": source.version(),
                     "requests": requests,
                     "bytes_received": bytes,
                 })

@@ -4,6 +4,7 @@
 //! failures as [`SourceError`], which carries the errno to give the caller.
 
 pub mod git;
+pub mod s3;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -111,6 +112,14 @@ pub trait Source: Send + Sync {
     /// from an older generation must be looked up again by path.
     fn generation(&self) -> u64 {
         0
+    }
+    /// Requests made and bytes received so far (for `repofs status`).
+    fn traffic(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    /// What is being served, when it has a version (a git commit).
+    fn version(&self) -> Option<String> {
+        None
     }
     /// How long the kernel may cache names and attributes.
     fn attr_ttl(&self) -> Duration;

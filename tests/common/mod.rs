@@ -175,6 +175,49 @@ impl Drop for LfsServer {
     }
 }
 
+/// The loopback S3 server (moto, tests/support/s3_server.py).
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let (child, port) = start_python("s3_server.py", &[]);
+        S3Server { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs Python with a boto3 client `s3` bound to this server.
+    pub fn py(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, os, hashlib\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n{code}\n",
+            self.endpoint()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The loopback git server (tests/support/git_http_server.py).
 pub struct GitServer {
     child: Child,

@@ -1056,6 +1056,14 @@ impl Source for GitSource {
         self.generation.load(Ordering::SeqCst)
     }
 
+    fn traffic(&self) -> (u64, u64) {
+        self.counters()
+    }
+
+    fn version(&self) -> Option<String> {
+        self.current_commit().map(|c| c.to_string())
+    }
+
     fn attr_ttl(&self) -> Duration {
         match self.repo.refresh {
             // A pinned commit never changes: let the kernel cache names and attributes.

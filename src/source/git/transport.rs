@@ -106,8 +106,8 @@ impl Transport {
                     }
                     (Provider::Gitlab | Provider::GitlabEnterprise, _) => basic("oauth2", secret),
                     (Provider::BitbucketServer, _) => format!("Bearer {secret}"),
-                    (Provider::Git, Some(user)) => basic(user, secret),
-                    (Provider::Git, None) => format!("Bearer {secret}"),
+                    (Provider::Git | Provider::S3, Some(user)) => basic(user, secret),
+                    (Provider::Git | Provider::S3, None) => format!("Bearer {secret}"),
                 };
                 let mut v = HeaderValue::from_str(&value).map_err(|_| {
                     format!(
@@ -391,7 +391,7 @@ impl Transport {
                 "; it needs the `read_repository` scope and at least Reporter role"
             }
             Provider::BitbucketServer => "; it needs the project/repository read permission",
-            Provider::Git => "",
+            Provider::Git | Provider::S3 => "",
         }
     }
 

@@ -44,6 +44,7 @@ pub fn clone_url(provider: Provider, input: &str) -> Result<String, String> {
             p.join("/")
         }
         Provider::BitbucketServer => bitbucket_path(input, &segments)?,
+        Provider::S3 => return Err("S3 repositories have no git URL".into()),
         Provider::Git => {
             if segments.is_empty() {
                 return Err(format!("{input:?} has no repository path"));
@@ -137,7 +138,7 @@ fn to_http_url(provider: Provider, input: &str) -> Result<String, String> {
 
 fn ssh_to_https(provider: Provider, input: &str, host: &str, path: &str) -> Result<String, String> {
     match provider {
-        Provider::BitbucketServer | Provider::Git => Err(format!(
+        Provider::BitbucketServer | Provider::Git | Provider::S3 => Err(format!(
             "{input:?} is an SSH URL; repofs fetches over HTTPS: use the repository's https:// clone URL"
         )),
         _ => Ok(format!("https://{host}/{}", path.trim_start_matches('/'))),

@@ -1,0 +1,603 @@
+//! An S3 bucket (or a prefix in it) as a [`Source`].
+//!
+//! Directories come from ListObjectsV2 with `delimiter=/` (paginated);
+//! common prefixes are directories, `dir/` markers are skipped as entries of
+//! their own directory, a key `a` beside keys under `a/` shows `a` as a
+//! directory, and keys that cannot be file names (empty segments from `//`,
+//! `.`, `..`, over 255 bytes) are skipped with one warning each. Sizes and
+//! mtimes come from the listing, which is cached for `metadata_ttl`.
+//! Reads are ranged GETs pinned to the ETag seen in the listing (`If-Match`)
+//! with a sequential read-ahead window that grows from 1 MiB to 16 MiB; an
+//! object read sequentially from start to end is stored in the content
+//! cache under a hash of (bucket, key, etag) and served from it afterwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use sha2::Digest;
+
+use crate::cache::{Cache, CacheWriter};
+use crate::config::{Config, RepoConfig, S3Config, S3Credentials};
+use crate::source::{Entry, FileReader, Node, NodeKind, Source, SourceError, read_file_range};
+
+const WINDOW_START: u64 = 1 << 20;
+const WINDOW_MAX: u64 = 16 << 20;
+const CALL_LIMIT: Duration = Duration::from_secs(600);
+
+/// A mounted bucket.
+pub struct S3Source {
+    /// A handle on itself, for readers that outlive a call.
+    me: std::sync::Weak<S3Source>,
+    name: String,
+    cfg: S3Config,
+    client: Client,
+    cache: Arc<Cache>,
+    rt: tokio::runtime::Handle,
+    listings: Mutex<HashMap<String, (Instant, Arc<Vec<Entry>>)>>,
+    warned: Mutex<HashSet<String>>,
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Builds the S3 client for an entry: credentials, region (configured or
+/// detected from the bucket), endpoint and path style, timeouts, retries.
+pub async fn client_for(repo: &RepoConfig, config: &Config) -> Result<(Client, String), String> {
+    let cfg = repo.s3.as_ref().ok_or("not an S3 repository")?;
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.request_timeout)
+        .build();
+    let retry = aws_config::retry::RetryConfig::standard().with_max_attempts(config.max_attempts);
+    let region = cfg.region.clone().unwrap_or_else(|| "us-east-1".into());
+    let loader = |anonymous: bool| {
+        let mut l = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts.clone())
+            .retry_config(retry.clone())
+            .region(aws_config::Region::new(region.clone()));
+        if let Some(e) = &cfg.endpoint_url {
+            l = l.endpoint_url(e);
+        }
+        if anonymous {
+            return l.no_credentials();
+        }
+        match &cfg.credentials {
+            S3Credentials::Anonymous => l.no_credentials(),
+            S3Credentials::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => l.credentials_provider(aws_credential_types::Credentials::new(
+                access_key_id.clone(),
+                secret_access_key.expose().to_string(),
+                session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "repofs-config",
+            )),
+            S3Credentials::Auto { profile: Some(p) } => l.profile_name(p),
+            S3Credentials::Auto { profile: None } => l,
+        }
+    };
+    let mut anonymous = matches!(cfg.credentials, S3Credentials::Anonymous);
+    let mut sdk = loader(false).load().await;
+    if matches!(cfg.credentials, S3Credentials::Auto { .. }) {
+        use aws_credential_types::provider::ProvideCredentials;
+        let found = match sdk.credentials_provider() {
+            Some(p) => p.provide_credentials().await.is_ok(),
+            None => false,
+        };
+        if !found {
+            tracing::info!(repo = %repo.name, "no AWS credentials found: using unsigned requests (public bucket)");
+            sdk = loader(true).load().await;
+            anonymous = true;
+        }
+    }
+    let build = |region: &str| {
+        Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .region(aws_config::Region::new(region.to_string()))
+                .force_path_style(cfg.force_path_style)
+                .build(),
+        )
+    };
+    let mut client = build(&region);
+    if cfg.region.is_none() && cfg.endpoint_url.is_none() {
+        // Ask the bucket where it lives (x-amz-bucket-region).
+        let detected = match client.head_bucket().bucket(&cfg.bucket).send().await {
+            Ok(out) => out.bucket_region().map(str::to_string),
+            Err(e) => e
+                .raw_response()
+                .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                .map(str::to_string),
+        };
+        if let Some(r) = detected.filter(|r| *r != region) {
+            tracing::info!(repo = %repo.name, region = %r, "bucket region detected");
+            client = build(&r);
+        }
+    }
+    let how = if anonymous { "unsigned" } else { "signed" };
+    Ok((client, how.to_string()))
+}
+
+/// Turns an SDK error into a message a user can act on.
+pub fn describe<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    bucket: &str,
+    action: &str,
+) -> SourceError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let code = e.code().unwrap_or("");
+    let msg = e.message().unwrap_or("");
+    match (e, code) {
+        (_, "AccessDenied") => SourceError::Denied(format!(
+            "{action} on bucket {bucket} was denied (AccessDenied{}); the credentials need s3:{} on {}",
+            if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            },
+            if action == "ListObjectsV2" {
+                "ListBucket"
+            } else {
+                "GetObject"
+            },
+            if action == "ListObjectsV2" {
+                format!("arn:aws:s3:::{bucket}")
+            } else {
+                format!("arn:aws:s3:::{bucket}/*")
+            }
+        )),
+        (_, "InvalidAccessKeyId") => SourceError::Denied(format!(
+            "the access key id is not known to S3 (InvalidAccessKeyId): check access_key_id for bucket {bucket}"
+        )),
+        (_, "SignatureDoesNotMatch") => SourceError::Denied(format!(
+            "the secret access key is wrong (SignatureDoesNotMatch) for bucket {bucket}"
+        )),
+        (_, "ExpiredToken") | (_, "TokenRefreshRequired") => SourceError::Denied(format!(
+            "the session token has expired ({code}): get new temporary credentials for bucket {bucket}"
+        )),
+        (_, "NoSuchBucket") => {
+            SourceError::NotFound(format!("bucket {bucket} does not exist (NoSuchBucket)"))
+        }
+        (_, "NoSuchKey") => SourceError::NotFound(format!("no such key in bucket {bucket}")),
+        (_, "PermanentRedirect") | (_, "AuthorizationHeaderMalformed") => {
+            SourceError::Unavailable(format!(
+                "bucket {bucket} is in another region ({code}): set `region` (or remove it to detect it)"
+            ))
+        }
+        (_, "PreconditionFailed") => SourceError::Unavailable(format!(
+            "the object in bucket {bucket} changed while it was being read (ETag no longer matches)"
+        )),
+        (SdkError::TimeoutError(_), _) => {
+            SourceError::Unavailable(format!("{action} on bucket {bucket} timed out"))
+        }
+        (SdkError::DispatchFailure(d), _) => SourceError::Unavailable(format!(
+            "cannot reach S3 for bucket {bucket}: {}",
+            if d.is_timeout() {
+                "timed out".to_string()
+            } else {
+                root_cause(e)
+            }
+        )),
+        (SdkError::ServiceError(se), _) => {
+            let status = se.raw().status().as_u16();
+            let text = format!("{action} on bucket {bucket}: HTTP {status} {code} {msg}");
+            match status {
+                401 | 403 => SourceError::Denied(text),
+                404 => SourceError::NotFound(text),
+                412 => SourceError::Unavailable(format!(
+                    "the object in bucket {bucket} changed while it was being read (ETag no longer matches)"
+                )),
+                _ => SourceError::Unavailable(text),
+            }
+        }
+        _ => SourceError::Unavailable(format!("{action} on bucket {bucket} failed: {e}")),
+    }
+}
+
+impl S3Source {
+    pub fn new(
+        repo: &RepoConfig,
+        client: Client,
+        cache: Arc<Cache>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<S3Source>, String> {
+        let cfg = repo.s3.clone().ok_or("not an S3 repository")?;
+        Ok(Arc::new_cyclic(|me| S3Source {
+            me: me.clone(),
+            name: repo.name.clone(),
+            cfg,
+            client,
+            cache,
+            rt,
+            listings: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }))
+    }
+
+    fn warn_once(&self, key: &str, why: &str) {
+        if lock(&self.warned).insert(key.to_string()) {
+            tracing::warn!(repo = %self.name, key = %key, "skipping a key that cannot be a file name: {why}");
+        }
+    }
+
+    /// One directory level: ListObjectsV2 with delimiter, all pages.
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<Entry>, SourceError> {
+        let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
+        let mut files: BTreeMap<String, (u64, SystemTime, String, String)> = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.cfg.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| describe(&e, &self.cfg.bucket, "ListObjectsV2"))?;
+            for cp in out.common_prefixes() {
+                let Some(p) = cp.prefix() else { continue };
+                let seg = p[prefix.len().min(p.len())..].trim_end_matches('/');
+                match segment_problem(seg) {
+                    None => {
+                        dirs.insert(seg.to_string(), ());
+                    }
+                    Some(why) => self.warn_once(p, why),
+                }
+            }
+            for obj in out.contents() {
+                let Some(key) = obj.key() else { continue };
+                let rest = &key[prefix.len().min(key.len())..];
+                if rest.is_empty() {
+                    continue; // the directory's own marker
+                }
+                if let Some(why) = segment_problem(rest) {
+                    self.warn_once(key, why);
+                    continue;
+                }
+                let mtime = obj
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let etag = obj.e_tag().unwrap_or("").to_string();
+                files.insert(
+                    rest.to_string(),
+                    (
+                        obj.size().unwrap_or(0).max(0) as u64,
+                        mtime,
+                        etag,
+                        key.to_string(),
+                    ),
+                );
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        let now = SystemTime::now();
+        let mut entries = Vec::with_capacity(dirs.len() + files.len());
+        for name in dirs.keys() {
+            entries.push(Entry {
+                name: OsString::from(name),
+                node: Node {
+                    key: dir_key(&format!("{prefix}{name}/")),
+                    kind: NodeKind::Dir,
+                    mtime: now,
+                },
+            });
+        }
+        for (name, (size, mtime, etag, key)) in files {
+            if dirs.contains_key(&name) {
+                // `a` beside `a/...`: the directory wins, always.
+                self.warn_once(&key, "a directory of the same name exists");
+                continue;
+            }
+            entries.push(Entry {
+                name: OsString::from(name),
+                node: Node {
+                    key: file_key(&key, &etag),
+                    kind: NodeKind::File {
+                        size,
+                        executable: false,
+                    },
+                    mtime,
+                },
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn block_on<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        self.rt.block_on(async {
+            tokio::time::timeout(CALL_LIMIT, fut)
+                .await
+                .unwrap_or_else(|_| Err(SourceError::Unavailable("gave up waiting for S3".into())))
+        })
+    }
+
+    fn cache_key(&self, key: &str, etag: &str) -> String {
+        let mut h = sha2::Sha256::new();
+        for part in [self.cfg.bucket.as_bytes(), key.as_bytes(), etag.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        format!("s3-{}", hex::encode(h.finalize()))
+    }
+
+    /// A ranged GET pinned to the ETag.
+    async fn get_range(
+        &self,
+        key: &str,
+        etag: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, SourceError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1));
+        if !etag.is_empty() {
+            req = req.if_match(etag);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| describe(&e, &self.cfg.bucket, "GetObject"))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                SourceError::Unavailable(format!(
+                    "reading {key} from bucket {}: {e}",
+                    self.cfg.bucket
+                ))
+            })?
+            .into_bytes()
+            .to_vec();
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+}
+
+/// The innermost error's message (the useful part of a connector error).
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}
+
+/// Why a key segment cannot be a file name, if it cannot.
+fn segment_problem(seg: &str) -> Option<&'static str> {
+    if seg.is_empty() {
+        Some("empty path segment (`//` in the key)")
+    } else if seg == "." || seg == ".." {
+        Some("`.` or `..` as a path segment")
+    } else if seg.len() > 255 {
+        Some("a path segment longer than 255 bytes")
+    } else if seg.contains('\0') {
+        Some("a NUL byte in the key")
+    } else {
+        None
+    }
+}
+
+fn dir_key(prefix: &str) -> Arc<[u8]> {
+    let mut k = b"D".to_vec();
+    k.extend_from_slice(prefix.as_bytes());
+    k.into()
+}
+
+fn file_key(key: &str, etag: &str) -> Arc<[u8]> {
+    let mut k = b"F".to_vec();
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k.extend_from_slice(etag.as_bytes());
+    k.into()
+}
+
+fn parse_file_key(k: &[u8]) -> Option<(String, String)> {
+    let rest = k.strip_prefix(b"F")?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let key = std::str::from_utf8(rest.get(4..4 + len)?).ok()?.to_string();
+    let etag = std::str::from_utf8(rest.get(4 + len..)?).ok()?.to_string();
+    Some((key, etag))
+}
+
+struct ReadState {
+    buf_start: u64,
+    buf: Vec<u8>,
+    window: u64,
+    /// Set while the object is being read sequentially from byte 0.
+    writer: Option<CacheWriter>,
+    written: u64,
+}
+
+/// Reads an object with ranged GETs and sequential read-ahead.
+struct S3Reader {
+    src: Arc<S3Source>,
+    key: String,
+    etag: String,
+    size: u64,
+    state: Mutex<ReadState>,
+}
+
+impl FileReader for S3Reader {
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        if offset >= self.size {
+            return Ok(Vec::new());
+        }
+        let want_end = (offset + u64::from(size)).min(self.size);
+        let mut st = lock(&self.state);
+        let buf_end = st.buf_start + st.buf.len() as u64;
+        if offset >= st.buf_start && want_end <= buf_end {
+            let a = (offset - st.buf_start) as usize;
+            let b = (want_end - st.buf_start) as usize;
+            return Ok(st.buf[a..b].to_vec());
+        }
+        // Sequential (continues the buffer): grow the window; else start small.
+        st.window = if offset == buf_end && !st.buf.is_empty() {
+            (st.window * 2).min(WINDOW_MAX)
+        } else {
+            WINDOW_START
+        };
+        let end = (offset + st.window.max(u64::from(size))).min(self.size);
+        let data = self
+            .src
+            .block_on(self.src.get_range(&self.key, &self.etag, offset, end))?;
+        if data.len() as u64 != end - offset {
+            return Err(SourceError::Unavailable(format!(
+                "S3 returned {} bytes for a {}-byte range of {}",
+                data.len(),
+                end - offset,
+                self.key
+            )));
+        }
+        // Keep a sequential-from-zero read in the cache.
+        if st.writer.is_some() {
+            if st.written == offset {
+                let ok = st
+                    .writer
+                    .as_mut()
+                    .is_some_and(|w| w.write_all(&data).is_ok());
+                st.written += data.len() as u64;
+                if !ok {
+                    st.writer = None;
+                } else if st.written == self.size {
+                    if let Some(w) = st.writer.take() {
+                        if let Err(e) = w.commit() {
+                            tracing::warn!(repo = %self.src.name, "cannot cache {}: {e}", self.key);
+                        }
+                    }
+                }
+            } else {
+                st.writer = None; // not sequential: give up caching this time
+            }
+        }
+        st.buf_start = offset;
+        st.buf = data;
+        let b = (want_end - offset) as usize;
+        Ok(st.buf[..b].to_vec())
+    }
+}
+
+struct CachedReader(std::fs::File);
+
+impl FileReader for CachedReader {
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        read_file_range(&self.0, offset, size)
+    }
+}
+
+impl Source for S3Source {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn root(&self) -> Result<Node, SourceError> {
+        Ok(Node {
+            key: dir_key(&self.cfg.prefix),
+            kind: NodeKind::Dir,
+            mtime: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    fn list(&self, dir: &Node) -> Result<Arc<Vec<Entry>>, SourceError> {
+        let prefix = dir
+            .key
+            .strip_prefix(b"D")
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or_else(|| SourceError::NotFound("not an S3 directory".into()))?
+            .to_string();
+        if let Some((when, entries)) = lock(&self.listings).get(&prefix) {
+            if when.elapsed() < self.cfg.metadata_ttl {
+                return Ok(entries.clone());
+            }
+        }
+        let entries = Arc::new(self.block_on(self.list_prefix(&prefix))?);
+        lock(&self.listings).insert(prefix, (Instant::now(), entries.clone()));
+        Ok(entries)
+    }
+
+    fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError> {
+        let (key, etag) = parse_file_key(&file.key)
+            .ok_or_else(|| SourceError::NotFound("not an S3 object".into()))?;
+        let NodeKind::File { size, .. } = file.kind else {
+            return Err(SourceError::NotFound("not a file".into()));
+        };
+        let ck = self.cache_key(&key, &etag);
+        if let Some(f) = self.cache.get(&ck) {
+            if f.metadata().map(|m| m.len()).ok() == Some(size) {
+                return Ok(Arc::new(CachedReader(f)));
+            }
+            self.cache.remove(&ck);
+        }
+        let writer = self.cache.writer(&ck).ok();
+        let src = self
+            .me
+            .upgrade()
+            .ok_or_else(|| SourceError::Unavailable("the repository is being unmounted".into()))?;
+        Ok(Arc::new(S3Reader {
+            src,
+            key,
+            etag,
+            size,
+            state: Mutex::new(ReadState {
+                buf_start: 0,
+                buf: Vec::new(),
+                window: WINDOW_START,
+                writer,
+                written: 0,
+            }),
+        }))
+    }
+
+    fn readlink(&self, _link: &Node) -> Result<Vec<u8>, SourceError> {
+        Err(SourceError::NotFound("S3 has no symlinks".into()))
+    }
+
+    fn attr_ttl(&self) -> Duration {
+        self.cfg.metadata_ttl.min(Duration::from_secs(60))
+    }
+
+    fn traffic(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn immutable(&self) -> bool {
+        // Nodes carry the ETag: the same node always has the same bytes.
+        true
+    }
+}
