@@ -1025,7 +1025,7 @@ mod tests {
             (v == "GHE_TOKEN").then(|| "t".to_string())
         })
         .unwrap();
-        assert_eq!(c.repositories.len(), 6);
+        assert_eq!(c.repositories.len(), 7);
         for (name, _) in Provider::ALL {
             assert!(
                 c.repositories.iter().any(|r| r.provider.as_str() == *name),
@@ -1061,6 +1061,62 @@ mod tests {
         assert!(e.contains("`refresh`") && e.contains("commit id"), "{e}");
         let e = repo("refresh = \"often\"").unwrap_err().to_string();
         assert!(e.contains("`refresh`") && e.contains("never"), "{e}");
+    }
+
+    #[test]
+    fn s3_entries() {
+        let s3 = |extra: &str| {
+            parse(&format!(
+                "{BASE}[[repository]]\nname = \"d\"\nprovider = \"s3\"\nbucket = \"b\"\n{extra}\n"
+            ))
+        };
+        let c = s3("prefix = \"/data\"").unwrap();
+        let cfg = c.repositories[0].s3.as_ref().unwrap();
+        assert_eq!(cfg.prefix, "data/");
+        assert_eq!(cfg.metadata_ttl, Duration::from_secs(60));
+        assert!(matches!(
+            cfg.credentials,
+            S3Credentials::Auto { profile: None }
+        ));
+        assert!(!cfg.force_path_style);
+        let c =
+            s3("endpoint_url = \"http://127.0.0.1:9000\"\ncredentials = \"anonymous\"").unwrap();
+        let cfg = c.repositories[0].s3.as_ref().unwrap();
+        assert!(cfg.force_path_style && cfg.credentials == S3Credentials::Anonymous);
+        let c = s3("access_key_id = \"AK\"\nsecret_access_key = \"SK\"\nsession_token = \"ST\"")
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("\"SK\"") && !shown.contains("\"ST\""),
+            "{shown}"
+        );
+        for (extra, key) in [
+            ("access_key_id = \"AK\"", "secret"),
+            ("secret_access_key = \"SK\"", "access_key_id"),
+            (
+                "credentials = \"anonymous\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"",
+                "anonymous",
+            ),
+            ("session_token = \"T\"", "session_token"),
+            ("url = \"https://x\"", "`url`"),
+            ("metadata_ttl = \"soon\"", "metadata_ttl"),
+            ("credentials = \"maybe\"", "credentials"),
+        ] {
+            let e = s3(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"g\"\nprovider = \"git\"\nurl = \"http://h/a\"\nbucket = \"b\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`bucket`") && e.contains("s3"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"d\"\nprovider = \"s3\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`bucket`"), "{e}");
     }
 
     #[test]

@@ -138,7 +138,18 @@ pub fn clear_credentials(path: &Path, name: &str) -> Result<String, String> {
         .and_then(Item::as_array_of_tables_mut)
         .and_then(|a| a.get_mut(i))
     {
-        for key in ["token", "token_env", "token_file", "username", "github_app"] {
+        for key in [
+            "token",
+            "token_env",
+            "token_file",
+            "username",
+            "github_app",
+            "access_key_id",
+            "secret_access_key",
+            "secret_access_key_file",
+            "session_token",
+            "profile",
+        ] {
             if t.remove(key).is_some() {
                 removed.push(key);
             }
@@ -158,7 +169,18 @@ pub fn clear_credentials(path: &Path, name: &str) -> Result<String, String> {
 pub fn list(config: &Config) -> String {
     let mut out = String::new();
     for r in &config.repositories {
+        let s3_auth = r.s3.as_ref().map(|s| match &s.credentials {
+            crate::config::S3Credentials::Anonymous => "anonymous (unsigned)".to_string(),
+            crate::config::S3Credentials::Auto { profile: Some(p) } => format!("AWS profile {p}"),
+            crate::config::S3Credentials::Auto { profile: None } => {
+                "AWS credential chain, else unsigned".to_string()
+            }
+            crate::config::S3Credentials::Static { access_key_id, .. } => {
+                format!("access key {access_key_id}")
+            }
+        });
         let auth = match (&r.token, &r.github_app) {
+            _ if s3_auth.is_some() => s3_auth.unwrap_or_default(),
             (_, Some(app)) => format!(
                 "github app {} (installation {})",
                 app.app_id, app.installation_id
