@@ -247,3 +247,92 @@ fn check_reports_missing_buckets_and_bad_config() {
         "{err}"
     );
 }
+
+#[test]
+fn denied_permissions_are_named_with_the_policy_to_add() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start_with_iam(5);
+    // Exactly five unauthenticated calls, then IAM is enforced.
+    let keys = s3.py(
+        r#"
+import json
+iam = boto3.client('iam', endpoint_url=s3.meta.endpoint_url, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')
+s3.create_bucket(Bucket='locked')
+s3.put_object(Bucket='locked', Key='x.txt', Body=b'x')
+iam.create_user(UserName='lister')
+k = iam.create_access_key(UserName='lister')['AccessKey']
+iam.put_user_policy(UserName='lister', PolicyName='list-only', PolicyDocument=json.dumps(
+    {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 's3:ListBucket', 'Resource': 'arn:aws:s3:::locked'}]}))
+print(k['AccessKeyId'], k['SecretAccessKey'])
+"#,
+    );
+    let mut it = keys.split_whitespace();
+    let (id, secret) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
+    let s = Setup {
+        dir: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        s3,
+    };
+    let cfg = config(
+        &s,
+        &[
+            (
+                "lister",
+                &format!(
+                    "bucket = \"locked\"\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret}\""
+                ),
+            ),
+            (
+                "unknown",
+                "bucket = \"locked\"\naccess_key_id = \"AKIAUNKNOWN\"\nsecret_access_key = \"whatever\"",
+            ),
+        ],
+    );
+    let (code, out, err) = sh(
+        &format!("{} --config {} check", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let lister = out.lines().find(|l| l.contains(" lister:")).unwrap();
+    assert!(
+        lister.starts_with("FAIL") && lister.contains("ListBucket works but reading objects fails"),
+        "{out}"
+    );
+    assert!(
+        lister.contains("s3:GetObject") && lister.contains("arn:aws:s3:::locked/*"),
+        "{out}"
+    );
+    assert!(
+        lister.contains("\"Action\":\"s3:ListBucket\""),
+        "the minimal policy is printed: {out}"
+    );
+    let unknown = out.lines().find(|l| l.contains(" unknown:")).unwrap();
+    assert!(
+        unknown.starts_with("FAIL") && unknown.contains("InvalidAccessKeyId"),
+        "{out}"
+    );
+    assert!(!out.contains(&secret), "a secret leaked");
+
+    // Mounted with an unknown key: every access is EACCES. (With moto's
+    // IAM mode the signed `delimiter=/` listings of a valid key fail moto's
+    // own signature check, so the list-only key is exercised by `check`.)
+    let mut d = Daemon::start(
+        &cfg,
+        &[s.dir.join("mnt/lister"), s.dir.join("mnt/unknown")],
+        &s.dir.join("daemon.log"),
+    );
+    let e = std::fs::read_dir(s.dir.join("mnt/unknown"))
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    assert!(
+        d.log_text().contains("InvalidAccessKeyId"),
+        "{}",
+        d.log_text()
+    );
+    d.stop();
+}

@@ -187,6 +187,13 @@ impl S3Server {
         S3Server { child, port }
     }
 
+    /// A server that enforces IAM after the first `free` requests (moto's
+    /// INITIAL_NO_AUTH_ACTION_COUNT): seed with exactly that many calls.
+    pub fn start_with_iam(free: u32) -> S3Server {
+        let (child, port) = start_python("s3_server.py", &["--iam-after".into(), free.to_string()]);
+        S3Server { child, port }
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
