@@ -440,6 +440,8 @@ struct ReadState {
     /// Set while the object is being read sequentially from byte 0.
     writer: Option<CacheWriter>,
     written: u64,
+    /// The next window, already being fetched: (start, end, task).
+    ahead: Option<(u64, u64, tokio::task::JoinHandle<Result<Vec<u8>, SourceError>>)>,
 }
 
 /// Reads an object with ranged GETs and sequential read-ahead.
@@ -465,15 +467,48 @@ impl FileReader for S3Reader {
             return Ok(st.buf[a..b].to_vec());
         }
         // Sequential (continues the buffer): grow the window; else start small.
-        st.window = if offset == buf_end && !st.buf.is_empty() {
+        let sequential = offset == buf_end && !st.buf.is_empty();
+        st.window = if sequential {
             (st.window * 2).min(WINDOW_MAX)
         } else {
             WINDOW_START
         };
-        let end = (offset + st.window.max(u64::from(size))).min(self.size);
-        let data = self
-            .src
-            .block_on(self.src.get_range(&self.key, &self.etag, offset, end))?;
+        // Use the window fetched ahead when it is the one needed.
+        let prefetched = match st.ahead.take() {
+            Some((start, end, task)) if start == offset && end >= want_end => Some((end, task)),
+            Some((_, _, task)) => {
+                task.abort();
+                None
+            }
+            None => None,
+        };
+        let (end, data) = match prefetched {
+            Some((end, task)) => {
+                let data = self.src.block_on(async {
+                    task.await.unwrap_or_else(|e| {
+                        Err(SourceError::Unavailable(format!("read-ahead failed: {e}")))
+                    })
+                })?;
+                (end, data)
+            }
+            None => {
+                let end = (offset + st.window.max(u64::from(size))).min(self.size);
+                let data = self
+                    .src
+                    .block_on(self.src.get_range(&self.key, &self.etag, offset, end))?;
+                (end, data)
+            }
+        };
+        // Reading sequentially: fetch the next window while this one is served.
+        if (sequential || offset == 0) && end < self.size {
+            let next_end = (end + st.window).min(self.size);
+            let (src, key, etag) = (self.src.clone(), self.key.clone(), self.etag.clone());
+            let task = self
+                .src
+                .rt
+                .spawn(async move { src.get_range(&key, &etag, end, next_end).await });
+            st.ahead = Some((end, next_end, task));
+        }
         if data.len() as u64 != end - offset {
             return Err(SourceError::Unavailable(format!(
                 "S3 returned {} bytes for a {}-byte range of {}",
@@ -577,6 +612,7 @@ impl Source for S3Source {
                 window: WINDOW_START,
                 writer,
                 written: 0,
+                ahead: None,
             }),
         }))
     }
