@@ -119,5 +119,6 @@ for name, (ttfb, cold, warm, ls) in r.items():
 base = r["repofs"]
 for name in ("rclone mount", "s3fs"):
     o = r[name]
-    print(f"repofs vs {name}: cold read {o[1]/base[1]:.2f}x faster, warm read {o[2]/base[2]:.2f}x, ls -l {o[3]/base[3]:.2f}x, TTFB {o[0]/base[0]:.2f}x")
+    # >1 means repofs is better (faster throughput, or less time).
+    print(f"repofs vs {name}: cold MB/s x{o[1]/base[1]:.2f}, warm MB/s x{o[2]/base[2]:.2f}, ls -l time x{o[3]/base[3]:.2f}, TTFB x{o[0]/base[0]:.2f} (above 1: repofs better)")
 PY
