@@ -6,10 +6,13 @@
 //! directory, and keys that cannot be file names (empty segments from `//`,
 //! `.`, `..`, over 255 bytes) are skipped with one warning each. Sizes and
 //! mtimes come from the listing, which is cached for `metadata_ttl`.
-//! Reads are ranged GETs pinned to the ETag seen in the listing (`If-Match`)
-//! with a sequential read-ahead window that grows from 1 MiB to 16 MiB; an
-//! object read sequentially from start to end is stored in the content
-//! cache under a hash of (bucket, key, etag) and served from it afterwards.
+//! Reads are pinned to the ETag seen in the listing (`If-Match`): a
+//! sequential read consumes streamed ranges that grow from 1 MiB to 64 MiB
+//! (read-ahead is the stream itself; slightly reordered kernel reads are
+//! served from the bytes kept behind it, and a replaced object fails the
+//! next range's If-Match), a random read fetches a 1 MiB range. An object read sequentially from start to end is stored in the
+//! content cache under a hash of (bucket, key, etag) and served from it
+//! afterwards.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -26,8 +29,6 @@ use crate::cache::{Cache, CacheWriter};
 use crate::config::{Config, RepoConfig, S3Config, S3Credentials};
 use crate::source::{Entry, FileReader, Node, NodeKind, Source, SourceError, read_file_range};
 
-const WINDOW_START: u64 = 1 << 20;
-const WINDOW_MAX: u64 = 16 << 20;
 const CALL_LIMIT: Duration = Duration::from_secs(600);
 
 /// A mounted bucket.
@@ -346,6 +347,31 @@ impl S3Source {
         format!("s3-{}", hex::encode(h.finalize()))
     }
 
+    /// A GET of `[start, end)`, pinned to the ETag, whose body streams.
+    async fn get_stream(
+        &self,
+        key: &str,
+        etag: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<aws_sdk_s3::primitives::ByteStream, SourceError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1));
+        if !etag.is_empty() {
+            req = req.if_match(etag);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| describe(&e, &self.cfg.bucket, "GetObject"))?;
+        Ok(out.body)
+    }
+
     /// A ranged GET pinned to the ETag.
     async fn get_range(
         &self,
@@ -433,18 +459,32 @@ fn parse_file_key(k: &[u8]) -> Option<(String, String)> {
     Some((key, etag))
 }
 
+/// Bytes kept behind the read position, so that reads the kernel issues
+/// slightly out of order are still served from memory.
+const KEEP_BEHIND: usize = 8 << 20;
+/// A read this far ahead of the stream still counts as sequential.
+const SKIP_AHEAD: u64 = 4 << 20;
+const STREAM_FIRST: u64 = 1 << 20;
+const STREAM_MAX: u64 = 64 << 20;
+
 struct ReadState {
+    /// Recent bytes: `buf` holds the object's bytes from `buf_start`.
     buf_start: u64,
     buf: Vec<u8>,
-    window: u64,
+    /// A ranged GET being consumed sequentially: (next byte's offset, end of
+    /// its range, body).
+    stream: Option<(u64, u64, aws_sdk_s3::primitives::ByteStream)>,
+    /// Length of the next streamed range: grows 1 -> 4 -> 16 -> 64 MiB, so
+    /// small reads stay small, big ones take few requests, and a replaced
+    /// object is noticed at the next range (its If-Match fails).
+    next_len: u64,
     /// Set while the object is being read sequentially from byte 0.
     writer: Option<CacheWriter>,
     written: u64,
-    /// The next window, already being fetched: (start, end, task).
-    ahead: Option<(u64, u64, tokio::task::JoinHandle<Result<Vec<u8>, SourceError>>)>,
 }
 
-/// Reads an object with ranged GETs and sequential read-ahead.
+/// Reads an object: sequential reads consume one streaming GET (open-ended
+/// range, pinned to the ETag); random reads fetch 1 MiB ranges.
 struct S3Reader {
     src: Arc<S3Source>,
     key: String,
@@ -453,77 +493,25 @@ struct S3Reader {
     state: Mutex<ReadState>,
 }
 
-impl FileReader for S3Reader {
-    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        if offset >= self.size {
-            return Ok(Vec::new());
+impl S3Reader {
+    /// Appends bytes that follow the buffer (and feeds the cache writer).
+    fn append(&self, st: &mut ReadState, at: u64, data: &[u8]) {
+        if st.buf_start + st.buf.len() as u64 != at {
+            st.buf.clear();
+            st.buf_start = at;
         }
-        let want_end = (offset + u64::from(size)).min(self.size);
-        let mut st = lock(&self.state);
-        let buf_end = st.buf_start + st.buf.len() as u64;
-        if offset >= st.buf_start && want_end <= buf_end {
-            let a = (offset - st.buf_start) as usize;
-            let b = (want_end - st.buf_start) as usize;
-            return Ok(st.buf[a..b].to_vec());
+        st.buf.extend_from_slice(data);
+        if st.buf.len() > KEEP_BEHIND * 2 {
+            let drop = st.buf.len() - KEEP_BEHIND;
+            st.buf.drain(..drop);
+            st.buf_start += drop as u64;
         }
-        // Sequential (continues the buffer): grow the window; else start small.
-        let sequential = offset == buf_end && !st.buf.is_empty();
-        st.window = if sequential {
-            (st.window * 2).min(WINDOW_MAX)
-        } else {
-            WINDOW_START
-        };
-        // Use the window fetched ahead when it is the one needed.
-        let prefetched = match st.ahead.take() {
-            Some((start, end, task)) if start == offset && end >= want_end => Some((end, task)),
-            Some((_, _, task)) => {
-                task.abort();
-                None
-            }
-            None => None,
-        };
-        let (end, data) = match prefetched {
-            Some((end, task)) => {
-                let data = self.src.block_on(async {
-                    task.await.unwrap_or_else(|e| {
-                        Err(SourceError::Unavailable(format!("read-ahead failed: {e}")))
-                    })
-                })?;
-                (end, data)
-            }
-            None => {
-                let end = (offset + st.window.max(u64::from(size))).min(self.size);
-                let data = self
-                    .src
-                    .block_on(self.src.get_range(&self.key, &self.etag, offset, end))?;
-                (end, data)
-            }
-        };
-        // Reading sequentially: fetch the next window while this one is served.
-        if (sequential || offset == 0) && end < self.size {
-            let next_end = (end + st.window).min(self.size);
-            let (src, key, etag) = (self.src.clone(), self.key.clone(), self.etag.clone());
-            let task = self
-                .src
-                .rt
-                .spawn(async move { src.get_range(&key, &etag, end, next_end).await });
-            st.ahead = Some((end, next_end, task));
-        }
-        if data.len() as u64 != end - offset {
-            return Err(SourceError::Unavailable(format!(
-                "S3 returned {} bytes for a {}-byte range of {}",
-                data.len(),
-                end - offset,
-                self.key
-            )));
-        }
-        // Keep a sequential-from-zero read in the cache.
         if st.writer.is_some() {
-            if st.written == offset {
+            if st.written == at {
                 let ok = st
                     .writer
                     .as_mut()
-                    .is_some_and(|w| w.write_all(&data).is_ok());
+                    .is_some_and(|w| w.write_all(data).is_ok());
                 st.written += data.len() as u64;
                 if !ok {
                     st.writer = None;
@@ -535,13 +523,113 @@ impl FileReader for S3Reader {
                     }
                 }
             } else {
-                st.writer = None; // not sequential: give up caching this time
+                st.writer = None; // not sequential from the start: not cached this time
             }
         }
-        st.buf_start = offset;
-        st.buf = data;
-        let b = (want_end - offset) as usize;
-        Ok(st.buf[..b].to_vec())
+    }
+
+    /// Opens the next streamed range at `at`.
+    fn open_stream(&self, st: &mut ReadState, at: u64) -> Result<(), SourceError> {
+        let end = (at + st.next_len).min(self.size);
+        st.next_len = (st.next_len * 4).min(STREAM_MAX);
+        let body = self
+            .src
+            .block_on(self.src.get_stream(&self.key, &self.etag, at, end))?;
+        st.stream = Some((at, end, body));
+        Ok(())
+    }
+
+    /// Consumes streamed ranges until `until` (or the object's end).
+    fn pull(&self, st: &mut ReadState, until: u64) -> Result<(), SourceError> {
+        while let Some((pos, end, _)) = st.stream.as_ref() {
+            let (pos, end) = (*pos, *end);
+            if pos >= until {
+                break;
+            }
+            let chunk = {
+                let Some((_, _, body)) = st.stream.as_mut() else {
+                    break;
+                };
+                self.src.block_on(async {
+                    body.try_next().await.map_err(|e| {
+                        SourceError::Unavailable(format!(
+                            "reading {} from bucket {}: {e}",
+                            self.key, self.src.cfg.bucket
+                        ))
+                    })
+                })?
+            };
+            match chunk {
+                Some(bytes) => {
+                    self.src
+                        .bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    if let Some((p, _, _)) = st.stream.as_mut() {
+                        *p += bytes.len() as u64;
+                    }
+                    self.append(st, pos, &bytes);
+                }
+                None if pos == end && end < self.size => self.open_stream(st, end)?,
+                None => st.stream = None,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileReader for S3Reader {
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        if offset >= self.size {
+            return Ok(Vec::new());
+        }
+        let want_end = (offset + u64::from(size)).min(self.size);
+        let mut st = lock(&self.state);
+        let in_buf = |st: &ReadState| {
+            offset >= st.buf_start && want_end <= st.buf_start + st.buf.len() as u64
+        };
+        if !in_buf(&st) {
+            let stream_pos = st.stream.as_ref().map(|(p, _, _)| *p);
+            let buf_end = st.buf_start + st.buf.len() as u64;
+            let sequential = match stream_pos {
+                Some(p) => offset >= st.buf_start && offset <= p + SKIP_AHEAD,
+                None => offset == 0 || (offset == buf_end && !st.buf.is_empty()),
+            };
+            if sequential {
+                if st.stream.is_none() {
+                    st.next_len = STREAM_FIRST;
+                    self.open_stream(&mut st, offset)?;
+                    st.buf.clear();
+                    st.buf_start = offset;
+                }
+                self.pull(&mut st, want_end)?;
+            } else {
+                // Random access: a small range, and no stream.
+                st.stream = None;
+                let end = (offset + (1u64 << 20).max(u64::from(size))).min(self.size);
+                let data = self
+                    .src
+                    .block_on(self.src.get_range(&self.key, &self.etag, offset, end))?;
+                if data.len() as u64 != end - offset {
+                    return Err(SourceError::Unavailable(format!(
+                        "S3 returned {} bytes for a {}-byte range of {}",
+                        data.len(),
+                        end - offset,
+                        self.key
+                    )));
+                }
+                st.buf.clear();
+                self.append(&mut st, offset, &data);
+            }
+            if !in_buf(&st) {
+                return Err(SourceError::Unavailable(format!(
+                    "{} in bucket {} ended before its listed size",
+                    self.key, self.src.cfg.bucket
+                )));
+            }
+        }
+        let a = (offset - st.buf_start) as usize;
+        let b = (want_end - st.buf_start) as usize;
+        Ok(st.buf[a..b].to_vec())
     }
 }
 
@@ -609,10 +697,10 @@ impl Source for S3Source {
             state: Mutex::new(ReadState {
                 buf_start: 0,
                 buf: Vec::new(),
-                window: WINDOW_START,
+                stream: None,
+                next_len: STREAM_FIRST,
                 writer,
                 written: 0,
-                ahead: None,
             }),
         }))
     }
