@@ -169,7 +169,7 @@ fn etag_pinning_ttl_and_credentials() {
     s.s3.py(r#"
 s3.create_bucket(Bucket='live')
 s3.put_object(Bucket='live', Key='dir/changing.txt', Body=b'version one')
-s3.put_object(Bucket='live', Key='dir/big.bin', Body=b'A' * (8 * 1024 * 1024))
+s3.put_object(Bucket='live', Key='dir/big.bin', Body=b'A' * (32 * 1024 * 1024))
 "#);
     let cfg = config(
         &s,
@@ -200,7 +200,7 @@ s3.put_object(Bucket='live', Key='dir/big.bin', Body=b'A' * (8 * 1024 * 1024))
     let mut f = std::fs::File::open(m.join("big.bin")).unwrap();
     let mut first = vec![0u8; 1 << 20];
     f.read_exact(&mut first).unwrap();
-    s.s3.py("s3.put_object(Bucket='live', Key='dir/big.bin', Body=b'B' * (8 * 1024 * 1024))");
+    s.s3.py("s3.put_object(Bucket='live', Key='dir/big.bin', Body=b'B' * (32 * 1024 * 1024))");
     let mut rest = Vec::new();
     let err = f.read_to_end(&mut rest).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

@@ -7,7 +7,7 @@
 //! `.`, `..`, over 255 bytes) are skipped with one warning each. Sizes and
 //! mtimes come from the listing, which is cached for `metadata_ttl`.
 //! Reads are pinned to the ETag seen in the listing (`If-Match`): a
-//! sequential read consumes streamed ranges that grow from 1 MiB to 64 MiB
+//! sequential read consumes streamed ranges that grow from 1 MiB to 256 MiB
 //! (read-ahead is the stream itself; slightly reordered kernel reads are
 //! served from the bytes kept behind it, and a replaced object fails the
 //! next range's If-Match), a random read fetches a 1 MiB range. An object read sequentially from start to end is stored in the
@@ -465,7 +465,7 @@ const KEEP_BEHIND: usize = 8 << 20;
 /// A read this far ahead of the stream still counts as sequential.
 const SKIP_AHEAD: u64 = 4 << 20;
 const STREAM_FIRST: u64 = 1 << 20;
-const STREAM_MAX: u64 = 64 << 20;
+const STREAM_MAX: u64 = 256 << 20;
 
 struct ReadState {
     /// Recent bytes: `buf` holds the object's bytes from `buf_start`.
@@ -474,7 +474,7 @@ struct ReadState {
     /// A ranged GET being consumed sequentially: (next byte's offset, end of
     /// its range, body).
     stream: Option<(u64, u64, aws_sdk_s3::primitives::ByteStream)>,
-    /// Length of the next streamed range: grows 1 -> 4 -> 16 -> 64 MiB, so
+    /// Length of the next streamed range: grows 1 -> 8 -> 64 -> 256 MiB, so
     /// small reads stay small, big ones take few requests, and a replaced
     /// object is noticed at the next range (its If-Match fails).
     next_len: u64,
@@ -531,7 +531,7 @@ impl S3Reader {
     /// Opens the next streamed range at `at`.
     fn open_stream(&self, st: &mut ReadState, at: u64) -> Result<(), SourceError> {
         let end = (at + st.next_len).min(self.size);
-        st.next_len = (st.next_len * 4).min(STREAM_MAX);
+        st.next_len = (st.next_len * 8).min(STREAM_MAX);
         let body = self
             .src
             .block_on(self.src.get_stream(&self.key, &self.etag, at, end))?;
@@ -590,16 +590,21 @@ impl FileReader for S3Reader {
         if !in_buf(&st) {
             let stream_pos = st.stream.as_ref().map(|(p, _, _)| *p);
             let buf_end = st.buf_start + st.buf.len() as u64;
+            // The first read of an open may start past pages the kernel
+            // already has: still stream from 0, so the cache gets it all.
+            let from_zero =
+                st.buf.is_empty() && st.writer.is_some() && st.written == 0 && offset <= SKIP_AHEAD;
             let sequential = match stream_pos {
                 Some(p) => offset >= st.buf_start && offset <= p + SKIP_AHEAD,
-                None => offset == 0 || (offset == buf_end && !st.buf.is_empty()),
+                None => offset == 0 || from_zero || (offset == buf_end && !st.buf.is_empty()),
             };
             if sequential {
                 if st.stream.is_none() {
+                    let start = if from_zero { 0 } else { offset };
                     st.next_len = STREAM_FIRST;
-                    self.open_stream(&mut st, offset)?;
+                    self.open_stream(&mut st, start)?;
                     st.buf.clear();
-                    st.buf_start = offset;
+                    st.buf_start = start;
                 }
                 self.pull(&mut st, want_end)?;
             } else {
