@@ -478,10 +478,18 @@ struct ReadState {
     /// small reads stay small, big ones take few requests, and a replaced
     /// object is noticed at the next range (its If-Match fails).
     next_len: u64,
+    /// The range after the stream's, already requested: (start, end, task).
+    pending: Option<Pending>,
     /// Set while the object is being read sequentially from byte 0.
     writer: Option<CacheWriter>,
     written: u64,
 }
+
+type Pending = (
+    u64,
+    u64,
+    tokio::task::JoinHandle<Result<aws_sdk_s3::primitives::ByteStream, SourceError>>,
+);
 
 /// Reads an object: sequential reads consume one streaming GET (open-ended
 /// range, pinned to the ETag); random reads fetch 1 MiB ranges.
@@ -529,13 +537,42 @@ impl S3Reader {
     }
 
     /// Opens the next streamed range at `at`.
+    /// Opens the streamed range at `at` (the one requested ahead, when it
+    /// is that one) and requests the range after it, so that the server's
+    /// time to answer overlaps with reading this one.
     fn open_stream(&self, st: &mut ReadState, at: u64) -> Result<(), SourceError> {
-        let end = (at + st.next_len).min(self.size);
-        st.next_len = (st.next_len * 8).min(STREAM_MAX);
-        let body = self
-            .src
-            .block_on(self.src.get_stream(&self.key, &self.etag, at, end))?;
+        let (end, body) = match st.pending.take() {
+            Some((start, end, task)) if start == at => {
+                let body = self.src.block_on(async {
+                    task.await.unwrap_or_else(|e| {
+                        Err(SourceError::Unavailable(format!("read-ahead failed: {e}")))
+                    })
+                })?;
+                (end, body)
+            }
+            other => {
+                if let Some((_, _, task)) = other {
+                    task.abort();
+                }
+                let end = (at + st.next_len).min(self.size);
+                st.next_len = (st.next_len * 8).min(STREAM_MAX);
+                let body = self
+                    .src
+                    .block_on(self.src.get_stream(&self.key, &self.etag, at, end))?;
+                (end, body)
+            }
+        };
         st.stream = Some((at, end, body));
+        if end < self.size {
+            let next_end = (end + st.next_len).min(self.size);
+            st.next_len = (st.next_len * 8).min(STREAM_MAX);
+            let (src, key, etag) = (self.src.clone(), self.key.clone(), self.etag.clone());
+            let task = self
+                .src
+                .rt
+                .spawn(async move { src.get_stream(&key, &etag, end, next_end).await });
+            st.pending = Some((end, next_end, task));
+        }
         Ok(())
     }
 
@@ -577,6 +614,15 @@ impl S3Reader {
     }
 }
 
+impl Drop for S3Reader {
+    fn drop(&mut self) {
+        // A closed file needs no more read-ahead.
+        if let Some((_, _, task)) = lock(&self.state).pending.take() {
+            task.abort();
+        }
+    }
+}
+
 impl FileReader for S3Reader {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         if offset >= self.size {
@@ -610,6 +656,9 @@ impl FileReader for S3Reader {
             } else {
                 // Random access: a small range, and no stream.
                 st.stream = None;
+                if let Some((_, _, task)) = st.pending.take() {
+                    task.abort();
+                }
                 let end = (offset + (1u64 << 20).max(u64::from(size))).min(self.size);
                 let data = self
                     .src
@@ -703,6 +752,7 @@ impl Source for S3Source {
                 buf_start: 0,
                 buf: Vec::new(),
                 stream: None,
+                pending: None,
                 next_len: STREAM_FIRST,
                 writer,
                 written: 0,
