@@ -338,3 +338,39 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
     );
     d.stop();
 }
+
+#[test]
+fn the_region_is_detected_from_the_bucket() {
+    let s = setup();
+    s.s3.py(
+        r#"
+eu = boto3.client('s3', endpoint_url=s3.meta.endpoint_url, region_name='eu-west-1', aws_access_key_id='test', aws_secret_access_key='test')
+eu.create_bucket(Bucket='far-away', CreateBucketConfiguration={'LocationConstraint': 'eu-west-1'})
+eu.put_object(Bucket='far-away', Key='hello.txt', Body=b'hello from eu-west-1')
+"#,
+    );
+    let secret = s.dir.join("secret");
+    std::fs::write(&secret, "test\n").unwrap();
+    let cfg = config(
+        &s,
+        &[(
+            "far",
+            &format!(
+                "bucket = \"far-away\"\naccess_key_id = \"test\"\nsecret_access_key_file = \"{}\"",
+                secret.display()
+            ),
+        )],
+    );
+    let m = s.dir.join("mnt/far");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+    assert_eq!(
+        std::fs::read_to_string(m.join("hello.txt")).unwrap(),
+        "hello from eu-west-1"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("bucket region detected") && log.contains("eu-west-1"),
+        "{log}"
+    );
+    d.stop();
+}

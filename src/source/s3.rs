@@ -111,7 +111,7 @@ pub async fn client_for(repo: &RepoConfig, config: &Config) -> Result<(Client, S
         )
     };
     let mut client = build(&region);
-    if cfg.region.is_none() && cfg.endpoint_url.is_none() {
+    if cfg.region.is_none() {
         // Ask the bucket where it lives (x-amz-bucket-region).
         let detected = match client.head_bucket().bucket(&cfg.bucket).send().await {
             Ok(out) => out.bucket_region().map(str::to_string),
