@@ -380,22 +380,8 @@ impl S3Source {
         start: u64,
         end: u64,
     ) -> Result<Vec<u8>, SourceError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .range(format!("bytes={start}-{}", end - 1));
-        if !etag.is_empty() {
-            req = req.if_match(etag);
-        }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| describe(&e, &self.cfg.bucket, "GetObject"))?;
-        let data = out
-            .body
+        let body = self.get_stream(key, etag, start, end).await?;
+        let data = body
             .collect()
             .await
             .map_err(|e| {
@@ -463,7 +449,7 @@ fn parse_file_key(k: &[u8]) -> Option<(String, String)> {
 /// slightly out of order are still served from memory.
 const KEEP_BEHIND: usize = 8 << 20;
 /// A read this far ahead of the stream still counts as sequential.
-const SKIP_AHEAD: u64 = 4 << 20;
+const AHEAD_SLACK: u64 = 4 << 20;
 const STREAM_FIRST: u64 = 1 << 20;
 const STREAM_MAX: u64 = 256 << 20;
 
@@ -638,10 +624,12 @@ impl FileReader for S3Reader {
             let buf_end = st.buf_start + st.buf.len() as u64;
             // The first read of an open may start past pages the kernel
             // already has: still stream from 0, so the cache gets it all.
-            let from_zero =
-                st.buf.is_empty() && st.writer.is_some() && st.written == 0 && offset <= SKIP_AHEAD;
+            let from_zero = st.buf.is_empty()
+                && st.writer.is_some()
+                && st.written == 0
+                && offset <= AHEAD_SLACK;
             let sequential = match stream_pos {
-                Some(p) => offset >= st.buf_start && offset <= p + SKIP_AHEAD,
+                Some(p) => offset >= st.buf_start && offset <= p + AHEAD_SLACK,
                 None => offset == 0 || from_zero || (offset == buf_end && !st.buf.is_empty()),
             };
             if sequential {
