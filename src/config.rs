@@ -572,16 +572,8 @@ fn validate_repo(
             ));
         }
     }
-    let mount_point = match r.mount_point {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => {
-            return Err(ctx(
-                "mount_point",
-                format!("must be an absolute path, got {}", p.display()),
-            ));
-        }
-        None => mount_root.join(&name),
-    };
+    let mount_point = mount_point_of(r.mount_point.clone(), mount_root, &name)
+        .map_err(|m| ctx("mount_point", m))?;
     let pinned = r
         .reference
         .as_deref()
@@ -757,16 +749,8 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
         None => Duration::from_secs(60),
         Some(t) => parse_duration(t).map_err(|m| ctx("metadata_ttl", m))?,
     };
-    let mount_point = match r.mount_point {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => {
-            return Err(ctx(
-                "mount_point",
-                format!("must be an absolute path, got {}", p.display()),
-            ));
-        }
-        None => mount_root.join(&name),
-    };
+    let mount_point = mount_point_of(r.mount_point.clone(), mount_root, &name)
+        .map_err(|m| ctx("mount_point", m))?;
     Ok(RepoConfig {
         url: format!("s3://{bucket}/{prefix}"),
         name,
@@ -789,6 +773,19 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
             inline_secret,
         }),
     })
+}
+
+/// Where a repository is mounted: `mount_point`, else `<mount_root>/<name>`.
+fn mount_point_of(
+    given: Option<PathBuf>,
+    mount_root: &Path,
+    name: &str,
+) -> Result<PathBuf, String> {
+    match given {
+        Some(p) if p.is_absolute() => Ok(p),
+        Some(p) => Err(format!("must be an absolute path, got {}", p.display())),
+        None => Ok(mount_root.join(name)),
+    }
 }
 
 fn provider_names() -> String {
