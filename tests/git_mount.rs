@@ -344,6 +344,8 @@ fn restart_with_the_server_stopped_serves_what_was_read() {
     std::fs::create_dir_all(&server_root).unwrap();
     let work = new_worktree(&f.dir.join("work"));
     many_files(&work, 2, 10, 10_000);
+    // Listing d01 prefetches its small files: the file never read is large.
+    std::fs::write(work.join("d01/large.bin"), noise(7, 400_000)).unwrap();
     publish_repo(&server_root, &work, "offline");
     let mut server = GitServer::start(&server_root, &[]);
     let config = write_config(
@@ -369,7 +371,7 @@ fn restart_with_the_server_stopped_serves_what_was_read() {
     );
     // A file never read: the listing is known, the contents are not: EIO, quickly.
     let start = Instant::now();
-    let err = std::fs::read(m.join("d01/f0004.dat")).unwrap_err();
+    let err = std::fs::read(m.join("d01/large.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(
         start.elapsed() < Duration::from_secs(30),
@@ -382,7 +384,7 @@ fn restart_with_the_server_stopped_serves_what_was_read() {
         d.log_text()
     );
     assert!(
-        d.log_text().contains("f0004.dat"),
+        d.log_text().contains("large.bin"),
         "the log names the path:\n{}",
         d.log_text()
     );
@@ -390,8 +392,8 @@ fn restart_with_the_server_stopped_serves_what_was_read() {
     // The server comes back: the unread file reads without a restart.
     server = GitServer::start_on(&server_root, server_port(&config), &[]);
     assert_eq!(
-        std::fs::read(m.join("d01/f0004.dat")).unwrap(),
-        noise(100_004, 10_000)
+        std::fs::read(m.join("d01/large.bin")).unwrap(),
+        noise(7, 400_000)
     );
     drop(server);
     d.stop();
@@ -514,8 +516,9 @@ fn server_failures_give_eio_and_recover() {
     let server_root = f.dir.join("srv");
     std::fs::create_dir_all(&server_root).unwrap();
     let work = new_worktree(&f.dir.join("work"));
+    // Large files: a listing (which a lookup makes) prefetches only small ones.
     for i in 0..3 {
-        std::fs::write(work.join(format!("f{i}")), format!("content {i}\n")).unwrap();
+        std::fs::write(work.join(format!("f{i}")), noise(i, 300_000)).unwrap();
     }
     publish_repo(&server_root, &work, "flaky");
     let server = GitServer::start(&server_root, &[]);
@@ -528,8 +531,7 @@ fn server_failures_give_eio_and_recover() {
     );
     let m = f.mnt.join("flaky");
     let mut d = Daemon::start(&config, &[m.clone()], &f.dir.join("daemon.log"));
-    // Look names up without listing the directory (a listing would prefetch them).
-    assert_eq!(std::fs::metadata(m.join("f2")).unwrap().len(), 10);
+    assert_eq!(std::fs::metadata(m.join("f2")).unwrap().len(), 300_000);
 
     for (mode, file, cause) in [("500", "f0", "HTTP 500"), ("hang", "f1", "timed out")] {
         server.set_fault(mode);
@@ -549,10 +551,7 @@ fn server_failures_give_eio_and_recover() {
         );
     }
     server.set_fault("ok");
-    assert_eq!(
-        std::fs::read_to_string(m.join("f0")).unwrap(),
-        "content 0\n"
-    );
+    assert_eq!(std::fs::read(m.join("f0")).unwrap(), noise(0, 300_000));
     d.stop();
 }
 
@@ -640,7 +639,18 @@ fn hostile_tree_entries_are_skipped_with_a_warning() {
         .collect();
     // A tree no honest git would write: ".", "..", a name with a slash, a duplicate.
     let mut tree = Vec::new();
-    for name in [&b"."[..], b"..", b"a/b", b"dup", b"dup", b"ok.txt"] {
+    for name in [
+        &b"."[..],
+        b"..",
+        b".GIT",
+        b".git",
+        b".git. .",
+        b"GIT~1",
+        b"a/b",
+        b"dup",
+        b"dup",
+        b"ok.txt",
+    ] {
         tree.extend_from_slice(b"100644 ");
         tree.extend_from_slice(name);
         tree.push(0);
@@ -688,7 +698,8 @@ fn hostile_tree_entries_are_skipped_with_a_warning() {
         std::fs::canonicalize(&f.mnt).unwrap()
     );
     let log = d.log_text();
-    assert!(log.contains("cannot be a file name"), "{log}");
+    assert!(log.contains("cannot be shown"), "{log}");
+    assert!(log.contains("name=.git "), "{log}");
     assert!(log.contains("duplicate tree entry"), "{log}");
     d.stop();
 }

@@ -264,6 +264,19 @@ impl CacheWriter {
         Ok(())
     }
 
+    /// Commits under another key (for content whose id is known only once
+    /// it is all written, such as a blob streamed out of a pack).
+    pub fn commit_as(mut self, key: &str) -> Result<File, CacheError> {
+        valid_key(key)?;
+        self.key = key.to_owned();
+        self.commit()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
     /// Makes the entry visible (rename into place) and returns it opened.
     pub fn commit(mut self) -> Result<File, CacheError> {
         let Some(buf) = self.file.take() else {

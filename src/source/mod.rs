@@ -5,6 +5,7 @@
 
 pub mod git;
 pub mod s3;
+pub mod transfer;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -68,6 +69,11 @@ pub trait FileReader: Send + Sync {
     /// while they arrive (before a checksum) says false.
     fn cacheable(&self) -> bool {
         true
+    }
+    /// The file's true size, when the reader knows it (a listing may have
+    /// been told a different one by a host API).
+    fn size(&self) -> Option<u64> {
+        None
     }
 }
 

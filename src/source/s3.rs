@@ -4,8 +4,9 @@
 //! common prefixes are directories, `dir/` markers are skipped as entries of
 //! their own directory, a key `a` beside keys under `a/` shows `a` as a
 //! directory, and keys that cannot be file names (empty segments from `//`,
-//! `.`, `..`, over 255 bytes) are skipped with one warning each. Sizes and
-//! mtimes come from the listing, which is cached for `metadata_ttl`.
+//! `.`, `..`, over 255 bytes) are skipped with one warning each; so are keys
+//! the server lists outside the requested prefix (one warning per prefix).
+//! Sizes and mtimes come from the listing, which is cached for `metadata_ttl`.
 //! Reads are pinned to the ETag seen in the listing (`If-Match`): a
 //! sequential read consumes streamed ranges that grow from 1 MiB to 256 MiB
 //! (read-ahead is the stream itself; slightly reordered kernel reads are
@@ -241,6 +242,9 @@ impl S3Source {
         let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
         let mut files: BTreeMap<String, (u64, SystemTime, String, String)> = BTreeMap::new();
         let mut token: Option<String> = None;
+        // A key or common prefix that is not under `prefix` (a buggy or
+        // hostile server): the first one seen, for the warning.
+        let mut outside: Option<String> = None;
         loop {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let out = self
@@ -255,24 +259,35 @@ impl S3Source {
                 .map_err(|e| describe(&e, &self.cfg.bucket, "ListObjectsV2"))?;
             for cp in out.common_prefixes() {
                 let Some(p) = cp.prefix() else { continue };
-                let seg = p[prefix.len().min(p.len())..].trim_end_matches('/');
-                match segment_problem(seg) {
-                    None => {
+                match listed_dir(p, prefix) {
+                    Listed::Name(seg) => {
                         dirs.insert(seg.to_string(), ());
                     }
-                    Some(why) => self.warn_once(p, why),
+                    Listed::Bad(why) => self.warn_once(p, why),
+                    Listed::Outside => {
+                        if outside.is_none() {
+                            outside = Some(p.to_string());
+                        }
+                    }
+                    Listed::Marker => {}
                 }
             }
             for obj in out.contents() {
                 let Some(key) = obj.key() else { continue };
-                let rest = &key[prefix.len().min(key.len())..];
-                if rest.is_empty() {
-                    continue; // the directory's own marker
-                }
-                if let Some(why) = segment_problem(rest) {
-                    self.warn_once(key, why);
-                    continue;
-                }
+                let rest = match listed_file(key, prefix) {
+                    Listed::Name(rest) => rest,
+                    Listed::Marker => continue, // the directory's own marker
+                    Listed::Bad(why) => {
+                        self.warn_once(key, why);
+                        continue;
+                    }
+                    Listed::Outside => {
+                        if outside.is_none() {
+                            outside = Some(key.to_string());
+                        }
+                        continue;
+                    }
+                };
                 let mtime = obj
                     .last_modified()
                     .and_then(|t| SystemTime::try_from(*t).ok())
@@ -289,8 +304,23 @@ impl S3Source {
                 );
             }
             match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                Some(t) if out.is_truncated() == Some(true) => {
+                    if token.as_deref() == Some(t) {
+                        // The same page again: it would never end.
+                        return Err(SourceError::Corrupt(format!(
+                            "S3 returned the same continuation token twice while listing {prefix:?} in bucket {}",
+                            self.cfg.bucket
+                        )));
+                    }
+                    token = Some(t.to_string());
+                }
                 _ => break,
+            }
+        }
+        if let Some(example) = outside {
+            // Once per listed prefix, however many keys and pages it affects.
+            if lock(&self.warned).insert(format!("\0outside\0{prefix}")) {
+                tracing::warn!(repo = %self.name, prefix = %prefix, example = %example, "S3 listed keys outside the requested prefix; skipping them");
             }
         }
         let now = SystemTime::now();
@@ -418,8 +448,50 @@ fn segment_problem(seg: &str) -> Option<&'static str> {
         Some("a path segment longer than 255 bytes")
     } else if seg.contains('\0') {
         Some("a NUL byte in the key")
+    } else if seg.contains('/') {
+        // Only a server that ignored `delimiter=/` lists such a key here.
+        Some("a `/` inside one directory level (the server ignored the delimiter)")
     } else {
         None
+    }
+}
+
+/// What one key or common prefix of a listing of `prefix` is. The server's
+/// answer is not trusted to be under `prefix` (nor to be long enough to
+/// slice): only `strip_prefix` takes it apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed<'a> {
+    /// An entry of the listed directory, by this name.
+    Name(&'a str),
+    /// The directory's own marker object (the key `prefix` itself).
+    Marker,
+    /// Under `prefix`, but not usable as a file name (why).
+    Bad(&'static str),
+    /// Not under `prefix` at all.
+    Outside,
+}
+
+/// A key of `contents` in a listing of `prefix`.
+fn listed_file<'a>(key: &'a str, prefix: &str) -> Listed<'a> {
+    match key.strip_prefix(prefix) {
+        None => Listed::Outside,
+        Some("") => Listed::Marker,
+        Some(rest) => match segment_problem(rest) {
+            Some(why) => Listed::Bad(why),
+            None => Listed::Name(rest),
+        },
+    }
+}
+
+/// A common prefix (`prefix` + name + `/`) in a listing of `prefix`.
+fn listed_dir<'a>(common: &'a str, prefix: &str) -> Listed<'a> {
+    let Some(rest) = common.strip_prefix(prefix) else {
+        return Listed::Outside;
+    };
+    let seg = rest.strip_suffix('/').unwrap_or(rest);
+    match segment_problem(seg) {
+        Some(why) => Listed::Bad(why),
+        None => Listed::Name(seg),
     }
 }
 
@@ -440,8 +512,9 @@ fn file_key(key: &str, etag: &str) -> Arc<[u8]> {
 fn parse_file_key(k: &[u8]) -> Option<(String, String)> {
     let rest = k.strip_prefix(b"F")?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let key = std::str::from_utf8(rest.get(4..4 + len)?).ok()?.to_string();
-    let etag = std::str::from_utf8(rest.get(4 + len..)?).ok()?.to_string();
+    let key_end = len.checked_add(4)?;
+    let key = std::str::from_utf8(rest.get(4..key_end)?).ok()?.to_string();
+    let etag = std::str::from_utf8(rest.get(key_end..)?).ok()?.to_string();
     Some((key, etag))
 }
 
@@ -584,6 +657,15 @@ impl S3Reader {
             };
             match chunk {
                 Some(bytes) => {
+                    if bytes.len() as u64 > end.saturating_sub(pos) {
+                        // Bytes past the range would be taken for the
+                        // object's next bytes: refuse them.
+                        st.stream = None;
+                        return Err(SourceError::Corrupt(format!(
+                            "S3 sent more than the requested range of {} in bucket {}",
+                            self.key, self.src.cfg.bucket
+                        )));
+                    }
                     self.src
                         .bytes
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -766,5 +848,66 @@ impl Source for S3Source {
     fn immutable(&self) -> bool {
         // Nodes carry the ETag: the same node always has the same bytes.
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_keys_are_checked_against_the_prefix() {
+        assert_eq!(listed_file("dir/a.txt", "dir/"), Listed::Name("a.txt"));
+        assert_eq!(listed_file("a.txt", ""), Listed::Name("a.txt"));
+        assert_eq!(listed_file("dir/", "dir/"), Listed::Marker);
+        assert_eq!(listed_file("dir/é", "dir/"), Listed::Name("é"));
+        // Not under the prefix: shorter, different, or sharing only bytes
+        // (slicing `é` by the prefix length would panic on a char boundary).
+        for key in ["", "d", "dir", "other/a", "dié/x", "é", "éééé", "DIR/a"] {
+            assert_eq!(listed_file(key, "dir/"), Listed::Outside, "{key:?}");
+        }
+        assert_eq!(listed_file("ab", "é/"), Listed::Outside);
+        assert_eq!(listed_file("\u{e9}", "\u{c3}"), Listed::Outside);
+        for key in ["dir/.", "dir/..", "dir//", "dir/a\0b", "dir/a/b"] {
+            assert!(matches!(listed_file(key, "dir/"), Listed::Bad(_)), "{key:?}");
+        }
+        let long = format!("dir/{}", "x".repeat(256));
+        assert!(matches!(listed_file(&long, "dir/"), Listed::Bad(_)));
+        let ok = format!("dir/{}", "x".repeat(255));
+        assert!(matches!(listed_file(&ok, "dir/"), Listed::Name(_)));
+    }
+
+    #[test]
+    fn listed_common_prefixes_are_checked_against_the_prefix() {
+        assert_eq!(listed_dir("dir/sub/", "dir/"), Listed::Name("sub"));
+        assert_eq!(listed_dir("sub/", ""), Listed::Name("sub"));
+        assert_eq!(listed_dir("dir/é/", "dir/"), Listed::Name("é"));
+        for p in ["", "d", "dir", "x/sub/", "é/", "dé/sub/"] {
+            assert_eq!(listed_dir(p, "dir/"), Listed::Outside, "{p:?}");
+        }
+        // `dir//` (an empty segment), `.`/`..`, and a `/` inside the name.
+        for p in ["dir/", "dir//", "dir/./", "dir/../", "dir/a/b/", "dir/a//"] {
+            assert!(matches!(listed_dir(p, "dir/"), Listed::Bad(_)), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn file_keys_round_trip_and_reject_garbage() {
+        let k = file_key("dir/a.txt", "\"etag\"");
+        assert_eq!(
+            parse_file_key(&k),
+            Some(("dir/a.txt".to_string(), "\"etag\"".to_string()))
+        );
+        for bad in [
+            &b""[..],
+            b"F",
+            b"F\0\0",
+            b"F\xff\xff\xff\xff",
+            b"F\0\0\0\x09short",
+            b"D\0\0\0\0",
+            b"F\0\0\0\x01\xff",
+        ] {
+            assert_eq!(parse_file_key(bad), None, "{bad:?}");
+        }
     }
 }

@@ -75,6 +75,8 @@ pub struct Transport {
     /// never carries the repository's credentials.
     bare_client: reqwest::Client,
     auth: Auth,
+    /// The raw token, for host APIs (sent as `Bearer`).
+    api_token: Option<crate::config::Secret>,
     has_token: bool,
     provider: Provider,
     max_attempts: u32,
@@ -145,6 +147,7 @@ impl Transport {
             client,
             bare_client,
             auth,
+            api_token: repo.token.as_ref().map(|t| t.secret.clone()),
             has_token: repo.token.is_some() || repo.github_app.is_some(),
             provider: repo.provider,
             max_attempts,
@@ -236,6 +239,89 @@ impl Transport {
             consume(resp, url.clone()).await
         })
         .await
+    }
+
+    /// POST to `git-upload-pack` and return the response to be streamed by
+    /// the caller. Only sending is retried: a body that fails midway is the
+    /// caller's to retry (it knows what it already consumed).
+    pub async fn open_upload_pack(
+        &self,
+        body: Vec<u8>,
+    ) -> Result<(reqwest::Response, String), RemoteError> {
+        let url = format!("{}/git-upload-pack", self.clone_url);
+        self.retry(|| async {
+            let rb = self
+                .request(reqwest::Method::POST, &url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-git-upload-pack-request",
+                )
+                .header(
+                    reqwest::header::ACCEPT,
+                    "application/x-git-upload-pack-result",
+                )
+                .body(body.clone());
+            let rb = self.authorize(rb).await?;
+            Ok((self.send(rb, &url).await?, url.clone()))
+        })
+        .await
+    }
+
+    /// A host REST/GraphQL API call with the token as `Bearer` (how GitHub,
+    /// GitLab and Bitbucket Server accept personal and app tokens on their
+    /// APIs). Not retried: callers fall back to git itself on any failure.
+    /// Returns the status, the headers and at most `max_body` bytes of body.
+    pub async fn api_call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        json_body: Option<Vec<u8>>,
+        max_body: usize,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
+        let mut rb = self
+            .client
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(self.timeout);
+        if let Some(b) = json_body {
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
+        }
+        rb = match &self.auth {
+            Auth::None => rb,
+            Auth::Static(_) | Auth::App(_) => {
+                let token = match (&self.auth, &self.api_token) {
+                    (Auth::App(app), _) => app
+                        .token()
+                        .await
+                        .map_err(|e| RemoteError::Protocol(e.to_string()))?
+                        .expose()
+                        .to_string(),
+                    (_, Some(t)) => t.expose().to_string(),
+                    _ => String::new(),
+                };
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    RemoteError::Protocol("the token cannot be sent in an HTTP header".into())
+                })?;
+                v.set_sensitive(true);
+                rb.header(reqwest::header::AUTHORIZATION, v)
+            }
+        };
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        while let Some(c) = self.next_chunk(&mut resp, url).await? {
+            if body.len() + c.len() > max_body {
+                return Err(RemoteError::Protocol(format!(
+                    "{url}: the answer is larger than {max_body} bytes"
+                )));
+            }
+            body.extend_from_slice(&c);
+        }
+        Ok((status, headers, body))
     }
 
     /// An authenticated LFS batch POST.
@@ -479,7 +565,7 @@ enum Auth {
 
 /// The REST API root for a GitHub App: api.github.com for github.com,
 /// `<scheme>://<host>/api/v3` for GitHub Enterprise Server.
-fn github_api(provider: Provider, clone_url: &str) -> String {
+pub fn github_api(provider: Provider, clone_url: &str) -> String {
     match provider {
         Provider::Github => "https://api.github.com".into(),
         _ => {

@@ -1,0 +1,551 @@
+//! Object fetching: every blob is fetched at most once at a time, however
+//! many readers, listings and prefetches want it, and goes straight from the
+//! pack stream into the cache.
+//!
+//! - A blob in flight is a [`Transfer`] in `flights`; whoever wants it while
+//!   it is there waits on it instead of asking the server again.
+//! - Batches (prefetch, pointer checks) are one `fetch` for many ids; small
+//!   blobs are collected in memory, larger ones streamed to a cache temp
+//!   file, each committed under its id once the id computed from its bytes
+//!   matched.
+//! - A large blob opened for reading is fetched alone and streamed, so its
+//!   reader gets the first bytes before the blob is complete (and the end
+//!   only after the id matched).
+//! - A size probe asks for a directory's blobs and reads the pack only up to
+//!   the first large object's header; each remaining large blob is then
+//!   sized by a request of its own that also stops at its header. The
+//!   contents of a large blob are never downloaded to learn its size.
+//!
+//! Fetches run as tasks, so a caller that gives up never cancels a fetch
+//! others wait on; no lock is held across network I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use super::pack::{Flow, Limits, ObjectSink, PackError, Take};
+use super::protocol;
+use super::remote::Remote;
+use super::transport::RemoteError;
+use crate::cache::{Cache, CacheWriter};
+use crate::source::SourceError;
+use crate::source::transfer::{Transfer, TransferSender, TransferState};
+
+/// Most ids in one `fetch`.
+pub const BATCH: usize = 1000;
+/// Blobs up to this size are collected in memory; larger ones are streamed.
+const MEMORY_MAX: u64 = 1 << 20;
+/// Size probes of single blobs run at most this many at once.
+const PROBE_PARALLEL: usize = 8;
+
+pub fn blob_key(oid: &ObjectId) -> String {
+    format!("git-{oid}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How an opened blob is read.
+pub enum Opened {
+    /// Complete and verified in the cache.
+    File(std::fs::File),
+    /// Arriving: follow the transfer (its file grows); `u64` is the size.
+    Streaming(Arc<Transfer>, u64),
+}
+
+/// The object fetcher of one repository.
+pub struct Objects {
+    me: Weak<Objects>,
+    repo: String,
+    remote: Arc<Remote>,
+    cache: Arc<Cache>,
+    rt: tokio::runtime::Handle,
+    flights: Mutex<HashMap<ObjectId, Arc<Transfer>>>,
+    verified: Mutex<HashSet<ObjectId>>,
+    stall_limit: Duration,
+}
+
+impl Objects {
+    pub fn new(
+        repo: &str,
+        remote: Arc<Remote>,
+        cache: Arc<Cache>,
+        rt: tokio::runtime::Handle,
+        stall_limit: Duration,
+    ) -> Arc<Objects> {
+        Arc::new_cyclic(|me| Objects {
+            me: me.clone(),
+            repo: repo.to_string(),
+            remote,
+            cache,
+            rt,
+            flights: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashSet::new()),
+            stall_limit,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            // Nothing larger than the cache could be kept anyway.
+            max_object: self.cache.stats().cap.max(1 << 20),
+            ..Limits::default()
+        }
+    }
+
+    /// The cached blob, checked against its id once per process (a damaged
+    /// file is removed and `None` returned).
+    pub fn cached(&self, oid: &ObjectId) -> Option<std::fs::File> {
+        let file = self.cache.get(&blob_key(oid))?;
+        if lock(&self.verified).contains(oid) || verify_file(oid, &file) {
+            lock(&self.verified).insert(*oid);
+            return Some(file);
+        }
+        tracing::warn!(repo = %self.repo, %oid, "cached blob is damaged; fetching it again");
+        self.cache.remove(&blob_key(oid));
+        None
+    }
+
+    /// The size of a cached blob (trusted as far as the file system; a
+    /// damaged file is caught when it is opened).
+    pub fn cached_size(&self, oid: &ObjectId) -> Option<u64> {
+        if !self.cache.contains(&blob_key(oid)) {
+            return None;
+        }
+        self.cache.get(&blob_key(oid))?.metadata().ok().map(|m| m.len())
+    }
+
+    /// Registers flights for the ids nobody is fetching yet; returns those
+    /// (ours to fetch) and the transfers already under way for the others.
+    fn claim(&self, oids: &[ObjectId]) -> (Vec<(ObjectId, TransferSender)>, Vec<Arc<Transfer>>) {
+        let mut owned = Vec::new();
+        let mut waiting = Vec::new();
+        let mut flights = lock(&self.flights);
+        let mut seen = HashSet::new();
+        for oid in oids {
+            if !seen.insert(*oid) || self.cache.contains(&blob_key(oid)) {
+                continue;
+            }
+            match flights.get(oid) {
+                Some(t) if !t.failed() => waiting.push(t.clone()),
+                _ => {
+                    let (tx, t) = Transfer::new(None);
+                    flights.insert(*oid, t);
+                    owned.push((*oid, tx));
+                }
+            }
+        }
+        (owned, waiting)
+    }
+
+    fn land(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
+        let _ = tx.send(state);
+        let mut flights = lock(&self.flights);
+        // Only remove the flight if it is still this sender's.
+        if flights
+            .get(oid)
+            .is_some_and(|t| t.state.same_channel(&tx.subscribe()))
+        {
+            flights.remove(oid);
+        }
+    }
+
+    /// Makes sure the blobs are in the cache: fetches the missing ones (in
+    /// batches, as tasks) and waits for those others are fetching.
+    pub async fn ensure(&self, oids: &[ObjectId]) -> Result<(), SourceError> {
+        let (owned, mut waiting) = self.claim(oids);
+        let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+        let mut owned = owned.into_iter();
+        loop {
+            let batch: Vec<_> = owned.by_ref().take(BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            // Waiters follow the flights; the task outlives an impatient caller.
+            waiting.extend(batch.iter().map(|(_, tx)| {
+                Arc::new(Transfer {
+                    state: tx.subscribe(),
+                    file: None,
+                })
+            }));
+            let me = me.clone();
+            self.rt.spawn(async move { me.fetch_batch(batch, None).await });
+        }
+        for t in waiting {
+            t.finished(self.stall_limit).await?;
+        }
+        Ok(())
+    }
+
+    /// One fetch for `wants`, each landed as it arrives. With `stop_over`,
+    /// reading stops at the first blob larger than that (a size probe): the
+    /// stopping entry's size and the blobs received are returned.
+    async fn fetch_batch(
+        &self,
+        wants: Vec<(ObjectId, TransferSender)>,
+        stop_over: Option<u64>,
+    ) -> (HashMap<ObjectId, u64>, Option<u64>, Option<SourceError>) {
+        let ids: Vec<ObjectId> = wants.iter().map(|(o, _)| *o).collect();
+        let mut sink = BatchSink {
+            objects: self,
+            wants: wants.into_iter().collect(),
+            got: HashMap::new(),
+            stop_over,
+            stopped_at: None,
+            writer: None,
+            trees: None,
+        };
+        let result = self
+            .remote
+            .fetch(protocol::fetch_args(&ids, false, false), self.limits(), &mut sink)
+            .await;
+        let error = match result {
+            Ok(Flow::Stopped) => None,
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(repo = %self.repo, wants = ids.len(), "fetch failed: {e}");
+                Some(e.into_source_error())
+            }
+        };
+        let stopped = sink.stopped_at.is_some();
+        for (oid, tx) in std::mem::take(&mut sink.wants) {
+            let state = match &error {
+                Some(e) => TransferState::Failed(e.clone()),
+                None if stopped => TransferState::Released,
+                None => TransferState::Failed(SourceError::Corrupt(format!(
+                    "the server did not send blob {oid}"
+                ))),
+            };
+            self.land(&oid, &tx, state);
+        }
+        (sink.got, sink.stopped_at, error)
+    }
+
+    /// Opens a blob: from the cache, by joining a fetch in flight, or by
+    /// starting one (streamed when `size` says it is large).
+    pub async fn open(&self, oid: ObjectId, size: u64) -> Result<Opened, SourceError> {
+        for _ in 0..3 {
+            if let Some(f) = self.cached(&oid) {
+                return Ok(Opened::File(f));
+            }
+            let (transfer, start) = {
+                let mut flights = lock(&self.flights);
+                match flights.get(&oid) {
+                    Some(t) if !t.failed() => (t.clone(), None),
+                    _ => {
+                        let (file, writer) = if size > MEMORY_MAX {
+                            let w = self.cache.writer("pending-blob").map_err(|e| {
+                                SourceError::Unavailable(format!("cache: {e}"))
+                            })?;
+                            let f = std::fs::File::open(w.path()).map_err(|e| {
+                                SourceError::Unavailable(format!("cache: {e}"))
+                            })?;
+                            (Some(f), Some(w))
+                        } else {
+                            (None, None)
+                        };
+                        let (tx, t) = Transfer::new(file);
+                        flights.insert(oid, t.clone());
+                        (t, Some((tx, writer)))
+                    }
+                }
+            };
+            if let Some((tx, writer)) = start {
+                let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+                self.rt.spawn(async move {
+                    match writer {
+                        Some(w) => me.fetch_streaming(oid, tx, w).await,
+                        None => {
+                            me.fetch_batch(vec![(oid, tx)], None).await;
+                        }
+                    }
+                });
+            }
+            if transfer.file.is_some() {
+                return Ok(Opened::Streaming(transfer, size));
+            }
+            transfer.finished(self.stall_limit).await?;
+        }
+        Err(SourceError::Unavailable(format!("blob {oid} could not be stored in the cache")))
+    }
+
+    /// Fetches one large blob alone, streaming it into `writer` so readers
+    /// can follow. Not retried once bytes are written: a new open starts over.
+    async fn fetch_streaming(&self, oid: ObjectId, tx: TransferSender, writer: CacheWriter) {
+        let mut sink = StreamSink {
+            objects: self,
+            want: oid,
+            writer: Some(writer),
+            tx: &tx,
+            done: false,
+        };
+        let r = self
+            .remote
+            .fetch(protocol::fetch_args(&[oid], false, false), self.limits(), &mut sink)
+            .await;
+        let state = match (r, sink.done) {
+            (Ok(_), true) => TransferState::Done,
+            (Ok(_), false) => TransferState::Failed(SourceError::Corrupt(format!(
+                "the server did not send blob {oid}"
+            ))),
+            (Err(e), _) => {
+                tracing::error!(repo = %self.repo, %oid, "fetching a blob failed: {e}");
+                TransferState::Failed(e.into_source_error())
+            }
+        };
+        self.land(&oid, &tx, state);
+    }
+
+    /// Exact sizes of `oids` without downloading any blob larger than
+    /// `keep` (smaller ones are fetched and cached on the way: they are the
+    /// directory's prefetch).
+    pub async fn probe(&self, oids: &[ObjectId], keep: u64) -> Result<HashMap<ObjectId, u64>, SourceError> {
+        let mut sizes = HashMap::new();
+        let mut todo: Vec<ObjectId> = Vec::new();
+        for oid in oids {
+            match self.cached_size(oid) {
+                Some(s) => {
+                    sizes.insert(*oid, s);
+                }
+                None => todo.push(*oid),
+            }
+        }
+        // Request 1: everything, read up to the first large blob.
+        for chunk in todo.chunks(BATCH) {
+            let (owned, waiting) = self.claim(chunk);
+            if !owned.is_empty() {
+                let (got, _, err) = self.fetch_batch(owned, Some(keep)).await;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                sizes.extend(got);
+            }
+            for t in waiting {
+                let _ = t.finished(self.stall_limit).await;
+            }
+        }
+        let mut rest = Vec::new();
+        for o in todo {
+            if sizes.contains_key(&o) {
+                continue;
+            }
+            match self.cached_size(&o) {
+                Some(s) => {
+                    sizes.insert(o, s);
+                }
+                None => rest.push(o),
+            }
+        }
+        // Then one request per remaining blob, each stopped at its header.
+        for group in rest.chunks(PROBE_PARALLEL) {
+            let mut tasks = Vec::new();
+            for oid in group {
+                let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+                let oid = *oid;
+                tasks.push(self.rt.spawn(async move { (oid, me.probe_one(oid, keep).await) }));
+            }
+            for t in tasks {
+                let (oid, r) = t
+                    .await
+                    .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
+                sizes.insert(oid, r?);
+            }
+        }
+        Ok(sizes)
+    }
+
+    async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
+        for _ in 0..3 {
+            if let Some(s) = self.cached_size(&oid) {
+                return Ok(s);
+            }
+            let (owned, waiting) = self.claim(&[oid]);
+            if owned.is_empty() {
+                for t in waiting {
+                    t.finished(self.stall_limit).await?;
+                }
+                continue;
+            }
+            let (got, stopped, err) = self.fetch_batch(owned, Some(keep)).await;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if let Some(s) = got.get(&oid).copied().or(stopped) {
+                return Ok(s);
+            }
+        }
+        Err(SourceError::Unavailable(format!("cannot learn the size of blob {oid}")))
+    }
+
+    /// Fetches a commit and its trees (and, without `filter`, its blobs,
+    /// which go to the cache). Returns the commit and trees by id.
+    pub async fn fetch_commit(
+        &self,
+        commit: ObjectId,
+        shallow: bool,
+        filter: bool,
+    ) -> Result<HashMap<ObjectId, Arc<[u8]>>, SourceError> {
+        let mut sink = BatchSink {
+            objects: self,
+            wants: HashMap::new(),
+            got: HashMap::new(),
+            stop_over: None,
+            stopped_at: None,
+            writer: None,
+            trees: Some(HashMap::new()),
+        };
+        let limits = Limits {
+            retain_max: 64 << 20,
+            max_retained: 1 << 30,
+            ..self.limits()
+        };
+        self.remote
+            .fetch(protocol::fetch_args(&[commit], shallow, filter), limits, &mut sink)
+            .await
+            .map_err(RemoteError::into_source_error)?;
+        Ok(sink.trees.unwrap_or_default())
+    }
+}
+
+/// Stores what a batch fetch brings.
+struct BatchSink<'a> {
+    objects: &'a Objects,
+    wants: HashMap<ObjectId, TransferSender>,
+    got: HashMap<ObjectId, u64>,
+    stop_over: Option<u64>,
+    stopped_at: Option<u64>,
+    writer: Option<CacheWriter>,
+    /// Collects commits and trees (for a commit fetch).
+    trees: Option<HashMap<ObjectId, Arc<[u8]>>>,
+}
+
+fn cache_err(e: impl std::fmt::Display) -> PackError {
+    PackError(format!("cannot write to the cache: {e}"))
+}
+
+impl ObjectSink for BatchSink<'_> {
+    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
+        if kind != Kind::Blob {
+            return Ok(Take::Memory);
+        }
+        if self.stop_over.is_some_and(|t| size > t) {
+            self.stopped_at = Some(size);
+            return Ok(Take::Stop);
+        }
+        if size <= MEMORY_MAX {
+            return Ok(Take::Memory);
+        }
+        self.writer = Some(self.objects.cache.writer("pending-blob").map_err(cache_err)?);
+        Ok(Take::Stream)
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
+        match &mut self.writer {
+            Some(w) => w.write_all(data).map_err(cache_err),
+            None => Ok(()),
+        }
+    }
+
+    fn end(&mut self, oid: ObjectId, kind: Kind, data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+        match kind {
+            Kind::Blob => {
+                let key = blob_key(&oid);
+                let size = match (data, self.writer.take()) {
+                    (Some(d), _) => {
+                        self.objects.cache.insert(&key, d).map_err(cache_err)?;
+                        d.len() as u64
+                    }
+                    (None, Some(w)) => {
+                        let n = w.written();
+                        w.commit_as(&key).map_err(cache_err)?;
+                        n
+                    }
+                    (None, None) => return Err(PackError("a streamed blob has no writer".into())),
+                };
+                lock(&self.objects.verified).insert(oid);
+                self.got.insert(oid, size);
+                if let Some(tx) = self.wants.remove(&oid) {
+                    self.objects.land(&oid, &tx, TransferState::Done);
+                }
+            }
+            Kind::Tree | Kind::Commit => {
+                if let (Some(t), Some(d)) = (&mut self.trees, data) {
+                    t.insert(oid, d.clone());
+                }
+            }
+            Kind::Tag => {}
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self, oid: &ObjectId) -> Option<std::fs::File> {
+        self.objects.cache.get(&blob_key(oid))
+    }
+}
+
+/// Streams one wanted blob into its transfer's file.
+struct StreamSink<'a> {
+    objects: &'a Objects,
+    want: ObjectId,
+    writer: Option<CacheWriter>,
+    tx: &'a TransferSender,
+    done: bool,
+}
+
+impl ObjectSink for StreamSink<'_> {
+    fn begin(&mut self, kind: Kind, _size: u64) -> Result<Take, PackError> {
+        if kind != Kind::Blob || self.writer.is_none() {
+            return Err(PackError(format!(
+                "the server sent more than the one blob {} asked for",
+                self.want
+            )));
+        }
+        Ok(Take::Stream)
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
+        let w = self.writer.as_mut().ok_or_else(|| PackError("no writer".into()))?;
+        w.write_all(data).and_then(|_| w.flush()).map_err(cache_err)?;
+        let _ = self.tx.send(TransferState::Progress(w.written()));
+        Ok(())
+    }
+
+    fn end(&mut self, oid: ObjectId, _kind: Kind, _data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+        if oid != self.want {
+            return Err(PackError(format!(
+                "asked for blob {}, the server sent {oid}",
+                self.want
+            )));
+        }
+        let w = self.writer.take().ok_or_else(|| PackError("no writer".into()))?;
+        w.commit_as(&blob_key(&oid)).map_err(cache_err)?;
+        lock(&self.objects.verified).insert(oid);
+        self.done = true;
+        Ok(())
+    }
+}
+
+/// Whether a cache file's contents hash to `oid`.
+pub fn verify_file(oid: &ObjectId, file: &std::fs::File) -> bool {
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    let interrupt = std::sync::atomic::AtomicBool::new(false);
+    matches!(
+        gix_object::compute_stream_hash(
+            gix_hash::Kind::Sha1,
+            gix_object::Kind::Blob,
+            &mut reader,
+            len,
+            &mut gix_utils::progress::Discard,
+            &interrupt,
+        ),
+        Ok(h) if &h == oid
+    )
+}

@@ -1,0 +1,128 @@
+//! A download in flight that readers can follow: one writer fills a file
+//! and publishes its progress; any number of readers wait for the bytes they
+//! need. The end of the content is served only once the writer declared it
+//! verified (`Done`), so a corrupt or cut download ends in an error, never
+//! in a clean end of file. A reader that waits longer than its stall limit
+//! without progress gets an error, so a read never hangs for ever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{FileReader, SourceError, read_file_range};
+
+/// What a transfer has done so far.
+#[derive(Debug, Clone)]
+pub enum TransferState {
+    /// This many bytes at the start of the file are written (never rewound).
+    Progress(u64),
+    /// Complete and verified.
+    Done,
+    Failed(SourceError),
+    /// The transfer ended without fetching the content (a size probe):
+    /// waiters must look again and start a fetch of their own.
+    Released,
+}
+
+/// The sending side, kept by the task that downloads.
+pub type TransferSender = watch::Sender<TransferState>;
+
+/// One transfer, shared by its readers.
+pub struct Transfer {
+    pub state: watch::Receiver<TransferState>,
+    /// The file being written, when readers may follow it as it grows.
+    pub file: Option<std::fs::File>,
+}
+
+impl Transfer {
+    pub fn new(file: Option<std::fs::File>) -> (TransferSender, Arc<Transfer>) {
+        let (tx, rx) = watch::channel(TransferState::Progress(0));
+        (tx, Arc::new(Transfer { state: rx, file }))
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(&*self.state.borrow(), TransferState::Failed(_))
+    }
+
+    /// Waits until `ready` says the state is good enough, an error, or the
+    /// stall limit passes without any change.
+    pub async fn wait(
+        &self,
+        stall_limit: Duration,
+        mut ready: impl FnMut(&TransferState) -> bool,
+    ) -> Result<TransferState, SourceError> {
+        let mut rx = self.state.clone();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                TransferState::Failed(e) => return Err(e),
+                s if ready(&s) => return Ok(s),
+                _ => {}
+            }
+            match tokio::time::timeout(stall_limit, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // The sender is gone: its last word stands.
+                    let last = rx.borrow().clone();
+                    return match last {
+                        TransferState::Failed(e) => Err(e),
+                        s if ready(&s) => Ok(s),
+                        _ => Err(SourceError::Unavailable("the download stopped".into())),
+                    };
+                }
+                Err(_) => {
+                    return Err(SourceError::Unavailable(format!(
+                        "the download made no progress for {}s",
+                        stall_limit.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits for the whole content to be complete and verified.
+    pub async fn finished(&self, stall_limit: Duration) -> Result<TransferState, SourceError> {
+        self.wait(stall_limit, |s| {
+            matches!(s, TransferState::Done | TransferState::Released)
+        })
+        .await
+    }
+}
+
+/// Reads a file of known `size` while its transfer progresses.
+pub struct TransferReader {
+    pub transfer: Arc<Transfer>,
+    pub size: u64,
+    pub rt: tokio::runtime::Handle,
+    pub stall_limit: Duration,
+}
+
+impl FileReader for TransferReader {
+    fn cacheable(&self) -> bool {
+        false
+    }
+
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        let need = offset.saturating_add(u64::from(size)).min(self.size);
+        let total = self.size;
+        self.rt.block_on(self.transfer.wait(self.stall_limit, |s| match s {
+            TransferState::Done => true,
+            // The end is served only once everything is verified.
+            TransferState::Progress(n) => *n >= need && need < total,
+            _ => false,
+        }))
+        .and_then(|s| match s {
+            TransferState::Released => Err(SourceError::Unavailable(
+                "the download was abandoned".into(),
+            )),
+            _ => Ok(()),
+        })?;
+        let file = self
+            .transfer
+            .file
+            .as_ref()
+            .ok_or_else(|| SourceError::Unavailable("no file to read".into()))?;
+        read_file_range(file, offset, size)
+    }
+}
