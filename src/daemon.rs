@@ -169,8 +169,10 @@ fn mount_repo(
     options.n_threads = Some(16);
     options.clone_fd = true;
     let fs = RepoFs::new(source.clone());
+    let notifier = fs.notifier_slot();
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
+            let _ = notifier.set(session.notifier());
             tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
             if let Some(g) = &git {
                 let preload = g.clone();

@@ -48,6 +48,8 @@ pub struct RepoFs {
     /// the kernel's pages only when they came from the same, verified node.
     page_source: Mutex<HashMap<u64, Option<crate::source::NodeKey>>>,
     next_fh: AtomicU64,
+    /// Set once mounted: tells the kernel to drop attributes it cached.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     uid: u32,
     gid: u32,
 }
@@ -75,8 +77,34 @@ impl RepoFs {
             handles: Mutex::new(HashMap::new()),
             page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            notifier: Arc::new(std::sync::OnceLock::new()),
             uid,
             gid,
+        }
+    }
+
+    /// Where the daemon puts the session's notifier after mounting.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// The source found a file's true size differs from what was listed:
+    /// fix the inode and make the kernel forget the attributes it cached.
+    fn correct_size(&self, ino: u64, real: u64) {
+        {
+            let mut t = self.write_table();
+            if let Some(Some(n)) = t.inodes.get_mut(&ino).map(|i| i.node.as_mut()) {
+                if let NodeKind::File { size, .. } = &mut n.kind {
+                    *size = real;
+                }
+            }
+        }
+        if let Some(n) = self.notifier.get().cloned() {
+            // Sent from another thread: the kernel may hold locks for this
+            // very request.
+            std::thread::spawn(move || {
+                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+            });
         }
     }
 
@@ -283,6 +311,11 @@ impl fuser::Filesystem for RepoFs {
         }
         match self.source.open(&node) {
             Ok(reader) => {
+                if let (Some(real), NodeKind::File { size, .. }) = (reader.size(), node.kind) {
+                    if real != size {
+                        self.correct_size(ino.0, real);
+                    }
+                }
                 let keep = {
                     let mut pages = self.page_source.lock().unwrap_or_else(|p| p.into_inner());
                     let now = reader.cacheable().then(|| node.key.clone());

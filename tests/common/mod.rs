@@ -275,7 +275,7 @@ impl GitServer {
             .split("\"bytes\": ")
             .nth(1)
             .unwrap()
-            .split('}')
+            .split([',', '}'])
             .next()
             .unwrap()
             .trim()

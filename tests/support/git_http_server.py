@@ -1,32 +1,86 @@
 #!/usr/bin/env python3
-"""A git smart-HTTP server for repofs's tests and benchmarks.
+"""A git smart-HTTP server for repofs's tests and benchmarks, shaped like the real hosts.
 
 Serves the bare repositories under --root through `git http-backend` (CGI),
-protocol v2, on 127.0.0.1 at a port chosen by the OS, printed on stdout as
-`PORT <n>` once listening. On top of plain git it offers what tests need:
+protocol v2, on 127.0.0.1 at --port (0: chosen by the OS), printed on stdout
+as `PORT <n>` once listening (nothing else is ever printed on stdout). A
+repository's clone URL is its path under the root (`<root>/acme/models.git`
+is http://127.0.0.1:P/acme/models.git); its name, for tokens and counters,
+is the last part (`models.git`).
 
-- token auth per repository: `<root>/_auth.json` maps "name.git" to a token;
-  accepted as `Authorization: Bearer <token>` or Basic with it as password;
-- counters: GET /_stats gives {"name.git": {"requests": n, "bytes": n}} of
-  response body bytes sent; POST /_stats/reset zeroes them;
-- fault injection: GET /_fault?mode=ok|500|hang;
-- LFS: with --lfs-upstream URL, POST <name>.git/info/lfs/objects/batch is
-  checked against the same tokens and forwarded to URL/test/<name>/objects/batch
-  (a real LFS server, whose download hrefs point at its own host:port);
-  /_fault?mode=lfs401|lfs403|lfs404 makes those batch requests fail;
-- a GitHub App API: with --app-public-key PEM --app-id N --app-installation N
-  [--app-token-ttl S] [--app-repos a,b], POST /api/v3/app/installations/<id>/
-  access_tokens verifies the RS256 JWT with the public key and issues a
-  token valid for S seconds, accepted (as x-access-token) for the listed
-  repositories; GET /_app shows how many tokens were issued;
-- --no-filter: serve with uploadpack.allowFilter=false (the fallback path);
-- --no-object-info: hide the object-info capability.
+Transfer: HTTP/1.1 with keep-alive. Responses of git-upload-pack (and every
+CGI answer other than info/refs) are streamed as they come out of git, with
+`Transfer-Encoding: chunked` in chunks of at most 64 KiB, over a socket whose
+SO_SNDBUF is 64 KiB; only chunks whose write succeeded are counted, and when
+the client disconnects the git processes are killed. info/refs answers are
+buffered (they are small) and pass the capability filter of the profile.
+Request bodies may be chunked and/or gzip-encoded (as git sends them).
+
+Capability profiles:
+- default: git's own advertisement with uploadpack.allowFilter=true,
+  uploadpack.allowAnySHA1InWant=true and transfer.advertiseObjectInfo=false,
+  as GitLab (Gitaly) and Bitbucket Data Center advertise;
+- --object-info: also advertise (and accept) object-info (the opt-in
+  friendly host; ignored with --profile github);
+- --profile github: the v2 advertisement is exactly `version 2`,
+  `agent=git/github-g1a2b3c4d5e6`, `ls-refs=unborn`,
+  `fetch=shallow wait-for-done filter`, `server-option`, `object-format=sha1`;
+  an object-info command is refused as git refuses a command it does not
+  offer (HTTP 200, empty body: upload-pack dies "invalid command");
+- --no-filter: uploadpack.allowFilter=false (and no `filter` in the github
+  fetch line); --no-object-info: accepted, no effect (the default already).
+
+Auth: `<root>/_auth.json` maps "name.git" to a token; a repository without an
+entry is public. git accepts `Authorization: Bearer <token>` or Basic with it
+as password; the APIs accept what their host accepts (see host_api.py).
+
+Host APIs (host_api.py), answered from the bare repository, counted per repo:
+- GitHub: GET /api/v3/repos/{owner}/{repo}/git/trees/{sha}[?recursive=1],
+  x-ratelimit-* headers, --github-rate-limit N calls per hour (default 5000,
+  then 403), --github-tree-limit N entries of a recursive answer (default
+  100000, then "truncated": true);
+- Bitbucket Server: GET /rest/api/1.0/projects/{KEY}/repos/{slug}/browse/
+  {path}?at=&start=&limit= for <root>/scm/{key lowercased}/{slug}.git,
+  pages of at most --page-max (default 500) entries;
+- GitLab: POST /api/graphql, the repository.blobs(ref, paths) query for
+  <root>/{fullPath}.git.
+
+Control endpoints:
+- GET /_stats: {"name.git": {"requests": n, "bytes": n, "fetches": n,
+  "api_requests": n, "api_bytes": n}} (json.dumps default separators, keys
+  in this order): every request for the repo (git, LFS, API, refused ones
+  too), response body bytes actually written (API bodies included; api_bytes
+  is their part), v2 fetch commands, API calls;
+- GET /_wants: {"name.git": {"<oid>": {"asked": n, "delivered": m}}}: how
+  often each oid was in a `want` of a fetch, and in a fetch whose response
+  carried a packfile, was written completely (final chunk included) and whose
+  git exited 0;
+- POST /_stats (or /_stats/reset): zeroes /_stats and /_wants;
+- GET /_fault?mode=ok|500|hang|lfs401|lfs403|lfs404|api500|ratelimit: 500
+  and hang hit every request but control ones; lfs* the LFS batch API;
+  api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
+  only; ok clears it;
+- GET /_ratelimit: {"limit": n, "used": n, "reset": epoch}; POST clears `used`;
+- GET /_app: {"issued": n} GitHub App tokens issued.
+
+LFS: with --lfs-upstream URL, POST <name>.git/info/lfs/objects/batch is
+checked against the same tokens and forwarded to URL/test/<name>/objects/batch
+(a real LFS server, whose download hrefs point at its own host:port).
+
+GitHub App: with --app-public-key PEM --app-id N --app-installation N
+[--app-token-ttl S] [--app-repos a,b], POST /api/v3/app/installations/<id>/
+access_tokens verifies the RS256 JWT (PyJWT) and issues a token valid for S
+seconds, accepted (git: as x-access-token password; API: as bearer) for the
+listed repositories.
 """
 
 import argparse
 import base64
+import gzip
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,8 +90,15 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-STATE = {"fault": "ok", "stats": {}, "app_tokens": {}, "issued": 0}
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import host_api  # noqa: E402  (next to this file)
+
+CHUNK = 64 * 1024
+STATE = {"fault": "ok", "stats": {}, "wants": {}, "app_tokens": {}, "issued": 0}
 LOCK = threading.Lock()
+GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+GITHUB_CAPS = ["version 2", "agent=git/github-g1a2b3c4d5e6", "ls-refs=unborn",
+               "fetch=shallow wait-for-done filter", "server-option", "object-format=sha1"]
 
 
 def repo_of(path):
@@ -52,79 +113,179 @@ def repo_dir(root, path):
     """The bare repository's directory: the path up to its `.git` part."""
     parts = []
     for part in path.strip("/").split("/"):
+        if part in ("", ".", ".."):
+            return None
         parts.append(part)
         if part.endswith(".git"):
             return os.path.join(root, *parts)
     return None
 
 
+def pkt(text):
+    data = text.encode() if isinstance(text, str) else text
+    return b"%04x" % (len(data) + 4) + data
+
+
+def pkt_lines(data):
+    """[(raw pkt, payload without its newline or None for 0000/0001/0002)]."""
+    out, i = [], 0
+    while i + 4 <= len(data):
+        try:
+            n = int(data[i: i + 4], 16)
+        except ValueError:
+            break
+        if n < 4:
+            out.append((data[i: i + 4], None))
+            i += 4
+            continue
+        out.append((data[i: i + n], data[i + 4: i + n].rstrip(b"\n")))
+        i += n
+    return out
+
+
+def fetch_wants(body):
+    """The oids wanted by a v2 `command=fetch` request, None if it is no fetch."""
+    lines = [p for _, p in pkt_lines(body)]
+    if not lines or lines[0] != b"command=fetch":
+        return None
+    return [p.split()[1].decode() for p in lines if p and p.startswith(b"want ") and len(p.split()) > 1]
+
+
+def advertise(payload, profile, allow_filter):
+    """The info/refs answer as the profile's host shows it."""
+    if profile != "github":
+        return payload
+    lines = pkt_lines(payload)
+    pre = b""
+    if len(lines) > 1 and lines[0][1] and lines[0][1].startswith(b"# service="):
+        pre, lines = lines[0][0] + lines[1][0], lines[2:]
+    if not lines or lines[0][1] != b"version 2":
+        return payload  # a v0 ref advertisement: left as git made it
+    caps = [c if allow_filter or not c.startswith("fetch=") else "fetch=shallow wait-for-done"
+            for c in GITHUB_CAPS]
+    return pre + b"".join(pkt(c + "\n") for c in caps) + b"0000"
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "repofs-test-git/1"
+    server_version = "repofs-test-git/2"
+    body = b""
+    counted = None  # (repo, is an API call) whose counters this request's bodies go to
+
+    def setup(self):
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
+        super().setup()
 
     def log_message(self, fmt, *args):  # quiet
         if os.environ.get("GIT_SERVER_VERBOSE"):
             sys.stderr.write("git-server: " + (fmt % args) + "\n")
 
     def send_body(self, status, body, ctype="text/plain", headers=None):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        """Sends a whole response, counting its body for the request's repository."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except GONE:
+            self.close_connection = True
+            return
+        if self.counted:
+            self.account(self.counted[0], nbytes=len(body), api=self.counted[1])
+
+    def account(self, repo, requests=0, nbytes=0, api=False, fetches=0):
+        if repo is None:
+            return
+        if requests:
+            self.counted = (repo, api)
+        with LOCK:
+            s = STATE["stats"].setdefault(repo, {"requests": 0, "bytes": 0, "fetches": 0,
+                                                 "api_requests": 0, "api_bytes": 0})
+            s["requests"] += requests
+            s["bytes"] += nbytes
+            s["fetches"] += fetches
+            if api:
+                s["api_requests"] += requests
+                s["api_bytes"] += nbytes
+
+    def count_wants(self, repo, oids, field):
+        with LOCK:
+            per = STATE["wants"].setdefault(repo, {})
+            for oid in oids:
+                per.setdefault(oid, {"asked": 0, "delivered": 0})[field] += 1
+
+    def fault(self):
+        with LOCK:
+            return STATE["fault"]
+
+    def tokens(self):
+        try:
+            with open(os.path.join(self.server.root, "_auth.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def app_token_ok(self, token, repo):
+        with LOCK:
+            expires = STATE["app_tokens"].get(token)
+        ok = expires is not None and expires > time.time()
+        return ok and (repo is None or repo[: -len(".git")] in self.server.app_repos)
+
+    def api_token_state(self, repo, token):
+        """(token is None or known to the server, may it read `repo`)."""
+        tokens = self.tokens()
+        known = token is None or token in tokens.values() or self.app_token_ok(token, None)
+        want = tokens.get(repo) if repo else None
+        allowed = want is None or (token is not None and (token == want or self.app_token_ok(token, repo)))
+        return known, allowed
+
+    def authorized(self, repo):
+        want = self.tokens().get(repo)
+        if want is None:
+            return True
+        got = self.headers.get("Authorization", "")
+        if got.startswith("Bearer "):
+            return got[7:] == want or self.app_token_ok(got[7:], repo)
+        if got.startswith("Basic "):
+            try:
+                token = base64.b64decode(got[6:]).decode().split(":", 1)[-1]
+            except Exception:
+                return False
+            return token == want or self.app_token_ok(token, repo)
+        return False
 
     def control(self):
         url = urlsplit(self.path)
-        if url.path == "/_stats":
-            if self.command == "POST":
-                with LOCK:
-                    STATE["stats"] = {}
-                return self.send_body(200, b"{}", "application/json")
+        if url.path in ("/_stats", "/_stats/reset"):
             with LOCK:
+                if self.command == "POST":
+                    STATE["stats"], STATE["wants"] = {}, {}
                 body = json.dumps(STATE["stats"]).encode()
+            return self.send_body(200, b"{}" if self.command == "POST" else body, "application/json")
+        if url.path == "/_wants":
+            with LOCK:
+                body = json.dumps(STATE["wants"]).encode()
             return self.send_body(200, body, "application/json")
         if url.path == "/_app":
             with LOCK:
                 body = json.dumps({"issued": STATE["issued"]}).encode()
             return self.send_body(200, body, "application/json")
+        if url.path == "/_ratelimit":
+            with host_api.RATE_LOCK:
+                if self.command == "POST":
+                    host_api.RATE.update(start=time.time(), used=0)
+                info = {"limit": self.server.github_rate_limit, "used": host_api.RATE["used"],
+                        "reset": int(host_api.RATE["start"] + 3600)}
+            return self.send_body(200, json.dumps(info).encode(), "application/json")
         if url.path == "/_fault":
             mode = parse_qs(url.query).get("mode", ["ok"])[0]
             with LOCK:
                 STATE["fault"] = mode
             return self.send_body(200, mode.encode())
         return self.send_body(404, b"no such control endpoint")
-
-    def authorized(self, repo):
-        try:
-            with open(os.path.join(self.server.root, "_auth.json")) as f:
-                tokens = json.load(f)
-        except FileNotFoundError:
-            tokens = {}
-        want = tokens.get(repo)
-        if want is None:
-            return True
-        got = self.headers.get("Authorization", "")
-        if got.startswith("Basic ") and repo[: -len(".git")] in self.server.app_repos:
-            try:
-                user_pw = base64.b64decode(got[6:]).decode()
-            except Exception:
-                user_pw = ""
-            token = user_pw.split(":", 1)[-1]
-            with LOCK:
-                expires = STATE["app_tokens"].get(token)
-            if expires is not None and expires > time.time():
-                return True
-        if got == "Bearer " + want:
-            return True
-        if got.startswith("Basic "):
-            try:
-                user_pw = base64.b64decode(got[6:]).decode()
-            except Exception:
-                return False
-            return user_pw.split(":", 1)[-1] == want
-        return False
 
     def app_token(self):
         import jwt  # PyJWT with cryptography
@@ -133,12 +294,13 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path).path.strip("/").split("/")
         # api/v3/app/installations/<id>/access_tokens
         auth = self.headers.get("Authorization", "")
+        bad = b'{"message":"A JSON web token could not be decoded"}'
         if not auth.startswith("Bearer "):
-            return self.send_body(401, b'{"message":"A JSON web token could not be decoded"}', "application/json")
+            return self.send_body(401, bad, "application/json")
         try:
             claims = jwt.decode(auth[7:], srv.app_public_key, algorithms=["RS256"])
         except Exception:
-            return self.send_body(401, b'{"message":"A JSON web token could not be decoded"}', "application/json")
+            return self.send_body(401, bad, "application/json")
         if str(claims.get("iss")) != str(srv.app_id):
             return self.send_body(401, b'{"message":"Integration not found"}', "application/json")
         if len(parts) != 6 or parts[4] != str(srv.app_installation):
@@ -152,142 +314,223 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps({"token": token, "expires_at": stamp}).encode()
         return self.send_body(201, body, "application/json")
 
-    def handle_git(self):
-        if self.path.startswith("/_"):
-            return self.control()
-        if self.path.startswith("/api/v3/app/") and self.command == "POST":
-            return self.app_token()
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                n = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(n))
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        repo = repo_of(urlsplit(self.path).path)
-        with LOCK:
-            fault = STATE["fault"]
-        if fault == "500":
+        return self.rfile.read(length) if length else b""
+
+    def handle_any(self):
+        self.body, self.counted = self.read_body(), None
+        path = urlsplit(self.path).path
+        if path.startswith("/_"):
+            return self.control()
+        if path.startswith("/api/v3/app/") and self.command == "POST":
+            return self.app_token()
+        fault = self.fault()
+        if fault in ("500", "hang"):
+            self.account(repo_of(path), requests=1)
+            if fault == "hang":
+                time.sleep(3600)
+                return
             return self.send_body(500, b"injected failure")
-        if fault == "hang":
-            time.sleep(3600)
+        if host_api.route(self):
             return
-        if "/info/lfs/" in self.path and repo is not None:
-            return self.lfs(repo, body, fault)
-        rdir = repo_dir(self.server.root, urlsplit(self.path).path)
+        repo = repo_of(path)
+        self.account(repo, requests=1)
+        if "/info/lfs/" in path and repo is not None:
+            return self.lfs(repo, fault)
+        rdir = repo_dir(self.server.root, path)
         if repo is None or rdir is None or not os.path.isdir(rdir):
             return self.send_body(404, b"Repository not found")
         if not self.authorized(repo):
-            return self.send_body(
-                401, b"Authentication required", headers={"WWW-Authenticate": 'Basic realm="git"'}
-            )
-        url = urlsplit(self.path)
+            return self.send_body(401, b"Authentication required",
+                                  headers={"WWW-Authenticate": 'Basic realm="git"'})
+        return self.git_backend(repo)
+
+    do_GET = handle_any
+    do_POST = handle_any
+
+    def git_backend(self, repo):
+        srv, url, body = self.server, urlsplit(self.path), self.body
+        encoding = self.headers.get("Content-Encoding", "")
         env = dict(os.environ)
-        env.update(
-            {
-                "GIT_PROJECT_ROOT": self.server.root,
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "PATH_INFO": url.path,
-                "QUERY_STRING": url.query,
-                "REQUEST_METHOD": self.command,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_ADDR": self.client_address[0],
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-                "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            }
-        )
-        cfg = [
-            ("uploadpack.allowFilter", "false" if self.server.no_filter else "true"),
-            ("uploadpack.allowAnySHA1InWant", "true"),
-            ("transfer.advertiseObjectInfo", "false" if self.server.no_object_info else "true"),
-        ]
+        env.update({
+            "GIT_PROJECT_ROOT": srv.root,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": url.path,
+            "QUERY_STRING": url.query,
+            "REQUEST_METHOD": self.command,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_CONTENT_ENCODING": encoding,
+            "REMOTE_ADDR": self.client_address[0],
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+        })
+        object_info = srv.object_info and srv.profile != "github"
+        cfg = [("uploadpack.allowFilter", "false" if srv.no_filter else "true"),
+               ("uploadpack.allowAnySHA1InWant", "true"),
+               ("transfer.advertiseObjectInfo", "true" if object_info else "false")]
         env["GIT_CONFIG_COUNT"] = str(len(cfg))
         for i, (k, v) in enumerate(cfg):
             env["GIT_CONFIG_KEY_%d" % i] = k
             env["GIT_CONFIG_VALUE_%d" % i] = v
-        proc = subprocess.run(
-            ["git", "http-backend"], input=body, env=env, capture_output=True
-        )
-        out = proc.stdout
-        sep = out.find(b"\r\n\r\n")
-        sep_len = 4
-        if sep < 0:
-            sep = out.find(b"\n\n")
-            sep_len = 2
-        if sep < 0:
-            return self.send_body(500, b"bad CGI output: " + proc.stderr[-500:])
-        head, payload = out[:sep].decode("latin-1"), out[sep + sep_len :]
-        status, headers = 200, {}
-        for line in head.splitlines():
-            if ":" not in line:
-                continue
-            k, v = line.split(":", 1)
-            if k.lower() == "status":
-                status = int(v.strip().split()[0])
-            else:
-                headers[k.strip()] = v.strip()
-        if self.server.no_object_info and payload.find(b"object-info") >= 0 and "info/refs" in url.path:
-            payload = strip_capability(payload, b"object-info")
-        ctype = headers.pop("Content-Type", "application/octet-stream")
-        headers.pop("Content-Length", None)
-        with LOCK:
-            s = STATE["stats"].setdefault(repo, {"requests": 0, "bytes": 0})
-            s["requests"] += 1
-            s["bytes"] += len(payload)
-        self.send_body(status, payload, ctype, headers)
+        wants = None
+        if self.command == "POST" and url.path.endswith("/git-upload-pack"):
+            try:
+                plain = gzip.decompress(body) if "gzip" in encoding else body
+            except (OSError, EOFError):
+                plain = b""
+            wants = fetch_wants(plain)
+            if wants is not None:
+                self.account(repo, fetches=1)
+                self.count_wants(repo, wants, "asked")
+        proc = subprocess.Popen(["git", "http-backend"], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        err = []
+        threading.Thread(target=feed, args=(proc.stdin, body), daemon=True).start()
+        errors = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        errors.start()
+        try:
+            head, rest = read_cgi_head(proc.stdout)
+            if head is None:
+                proc.wait()
+                errors.join(5)
+                return self.send_body(500, b"bad CGI output: " + b"".join(err)[-500:])
+            status, headers = 200, {}
+            for line in head.decode("latin-1").splitlines():
+                k, sep, v = line.partition(":")
+                if not sep:
+                    continue
+                if k.lower() == "status":
+                    status = int(v.strip().split()[0])
+                elif k.lower() not in ("content-length", "transfer-encoding"):
+                    headers[k.strip()] = v.strip()
+            ctype = headers.pop("Content-Type", "application/octet-stream")
+            if url.path.endswith("/info/refs"):
+                payload = advertise(rest + proc.stdout.read(), srv.profile, not srv.no_filter)
+                return self.send_body(status, payload, ctype, headers)
+            complete, packed = self.stream(repo, proc, status, ctype, headers, rest)
+            if wants and complete and packed:
+                self.count_wants(repo, wants, "delivered")
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            proc.stdout.close()
 
-    def lfs(self, repo, body, fault):
+    def stream(self, repo, proc, status, ctype, headers, first):
+        """Relays git's output; (written completely with git's success, carried a packfile)."""
+        chunked = self.request_version == "HTTP/1.1"
+        packed, tail = False, b""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            data = first
+            while True:
+                if not data:
+                    data = proc.stdout.read1(CHUNK)
+                    if not data:
+                        break
+                if not packed:
+                    packed = b"000dpackfile\n" in tail + data
+                    tail = (tail + data)[-12:]
+                for i in range(0, len(data), CHUNK):
+                    piece = data[i: i + CHUNK]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    self.account(repo, nbytes=len(piece))
+                data = b""
+            ok = proc.wait() == 0
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            return ok, packed
+        except GONE:
+            self.close_connection = True
+            return False, packed
+
+    def lfs(self, repo, fault):
         rdir = repo_dir(self.server.root, urlsplit(self.path).path)
+        ctype = "application/vnd.git-lfs+json"
         if rdir is None or not os.path.isdir(rdir):
-            return self.send_body(404, b'{"message":"Repository not found"}', "application/vnd.git-lfs+json")
+            return self.send_body(404, b'{"message":"Repository not found"}', ctype)
         if not self.authorized(repo):
-            return self.send_body(401, b'{"message":"Credentials needed"}', "application/vnd.git-lfs+json",
+            return self.send_body(401, b'{"message":"Credentials needed"}', ctype,
                                   {"LFS-Authenticate": 'Basic realm="git"'})
         codes = {"lfs401": 401, "lfs403": 403, "lfs404": 404}
         if fault in codes:
-            msg = b'{"message":"injected LFS failure"}'
-            return self.send_body(codes[fault], msg, "application/vnd.git-lfs+json")
+            return self.send_body(codes[fault], b'{"message":"injected LFS failure"}', ctype)
         if not self.server.lfs_upstream or not self.path.endswith("/objects/batch"):
-            return self.send_body(404, b'{"message":"no LFS here"}', "application/vnd.git-lfs+json")
+            return self.send_body(404, b'{"message":"no LFS here"}', ctype)
         name = repo[: -len(".git")]
         url = "%s/test/%s/objects/batch" % (self.server.lfs_upstream, name)
-        req = urllib.request.Request(url, data=body, method="POST", headers={
-            "Content-Type": "application/vnd.git-lfs+json",
-            "Accept": "application/vnd.git-lfs+json",
-        })
+        req = urllib.request.Request(url, data=self.body, method="POST", headers={
+            "Content-Type": ctype, "Accept": ctype})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 status, payload = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, payload = e.code, e.read()
-        with LOCK:
-            s = STATE["stats"].setdefault(repo, {"requests": 0, "bytes": 0})
-            s["requests"] += 1
-            s["bytes"] += len(payload)
-        return self.send_body(status, payload, "application/vnd.git-lfs+json")
-
-    do_GET = handle_git
-    do_POST = handle_git
+        self.send_body(status, payload, ctype)
 
 
-def strip_capability(payload, cap):
-    """Removes one pkt-line capability from a v2 advertisement."""
-    out, i = b"", 0
-    while i + 4 <= len(payload):
-        n = int(payload[i : i + 4], 16)
-        if n < 4:
-            out += payload[i : i + 4]
-            i += 4
-            continue
-        line = payload[i : i + n]
-        if line[4:].rstrip(b"\n") != cap:
-            out += line
-        i += n
-    return out
+def feed(pipe, body):
+    """Writes the request body to the CGI (a thread: git may answer before reading it all)."""
+    try:
+        pipe.write(body)
+    except (BrokenPipeError, OSError):
+        pass
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+def read_cgi_head(out):
+    """(CGI header block, body bytes already read), or (None, b"") on a bad answer."""
+    buf = b""
+    while True:
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            i = buf.find(sep)
+            if i >= 0:
+                return buf[:i], buf[i + len(sep):]
+        data = out.read1(CHUNK)
+        if not data:
+            return None, b""
+        buf += data
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--profile", choices=["default", "github"], default="default")
+    ap.add_argument("--object-info", action="store_true", help="advertise object-info")
     ap.add_argument("--no-filter", action="store_true")
-    ap.add_argument("--no-object-info", action="store_true")
+    ap.add_argument("--no-object-info", action="store_true", help="no effect: the default")
+    ap.add_argument("--github-tree-limit", type=int, default=100000)
+    ap.add_argument("--github-rate-limit", type=int, default=5000)
+    ap.add_argument("--page-max", type=int, default=500)
     ap.add_argument("--lfs-upstream", default="")
     ap.add_argument("--app-public-key", default="")
     ap.add_argument("--app-id", default="")
@@ -298,8 +541,12 @@ def main():
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     srv.root = os.path.abspath(a.root)
+    srv.profile = a.profile
+    srv.object_info = a.object_info
     srv.no_filter = a.no_filter
-    srv.no_object_info = a.no_object_info
+    srv.github_tree_limit = a.github_tree_limit
+    srv.github_rate_limit = a.github_rate_limit
+    srv.page_max = max(1, a.page_max)
     srv.lfs_upstream = a.lfs_upstream.rstrip("/")
     srv.app_public_key = open(a.app_public_key).read() if a.app_public_key else ""
     srv.app_id = a.app_id

@@ -71,6 +71,8 @@ pub struct GitSource {
     loading: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<(Instant, SourceError)>>,
     dirs: Mutex<HashMap<ObjectId, Arc<Vec<Entry>>>>,
+    /// One listing at a time per tree (others wait for its result).
+    listing: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// A path of each tree seen (for host APIs that work by path).
     paths: Mutex<HashMap<ObjectId, String>>,
     filter_warned: AtomicBool,
@@ -124,6 +126,7 @@ impl GitSource {
             loading: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
             dirs: Mutex::new(HashMap::new()),
+            listing: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             filter_warned: AtomicBool::new(false),
             prefetched: Mutex::new(HashSet::new()),
@@ -332,6 +335,17 @@ impl GitSource {
         if let Some(e) = lock(&self.dirs).get(&tree) {
             return Ok(e.clone());
         }
+        let gate = lock(&self.listing).entry(tree).or_default().clone();
+        let _one = gate.lock().await;
+        if let Some(e) = lock(&self.dirs).get(&tree) {
+            return Ok(e.clone());
+        }
+        let r = self.list_tree_now(tree).await;
+        lock(&self.listing).remove(&tree);
+        r
+    }
+
+    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
         let snap = self.snapshot().await?;
         let data = snap
             .trees
@@ -490,6 +504,7 @@ impl GitSource {
     /// forget the listings so the next one shows the true size.
     fn size_corrected(&self, oid: &ObjectId, listed: u64, real: u64) {
         tracing::warn!(repo = %self.repo.name, %oid, listed, real, "a listed size disagrees with the contents; using the contents' size");
+        self.sizes.correct(*oid, real);
         lock(&self.dirs).clear();
     }
 

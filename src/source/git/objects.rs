@@ -67,6 +67,8 @@ pub struct Objects {
     rt: tokio::runtime::Handle,
     flights: Mutex<HashMap<ObjectId, Arc<Transfer>>>,
     verified: Mutex<HashSet<ObjectId>>,
+    /// Sizes of large blobs learned by probes (their contents were not fetched).
+    probed: Mutex<HashMap<ObjectId, u64>>,
     stall_limit: Duration,
 }
 
@@ -86,6 +88,7 @@ impl Objects {
             rt,
             flights: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
+            probed: Mutex::new(HashMap::new()),
             stall_limit,
         })
     }
@@ -213,6 +216,10 @@ impl Objects {
             }
         };
         let stopped = sink.stopped_at.is_some();
+        if let (Some(size), [only]) = (sink.stopped_at, &ids[..]) {
+            // Alone in its request: the entry we stopped at is this blob.
+            lock(&self.probed).insert(*only, size);
+        }
         for (oid, tx) in std::mem::take(&mut sink.wants) {
             let state = match &error {
                 Some(e) => TransferState::Failed(e.clone()),
@@ -229,7 +236,9 @@ impl Objects {
     /// Opens a blob: from the cache, by joining a fetch in flight, or by
     /// starting one (streamed when `size` says it is large).
     pub async fn open(&self, oid: ObjectId, size: u64) -> Result<Opened, SourceError> {
-        for _ in 0..3 {
+        // Joining a probe's flight ends in `Released` quickly; a few rounds
+        // are plenty, and every round either starts a fetch or joins one.
+        for _ in 0..8 {
             if let Some(f) = self.cached(&oid) {
                 return Ok(Opened::File(f));
             }
@@ -361,7 +370,7 @@ impl Objects {
 
     async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
         for _ in 0..3 {
-            if let Some(s) = self.cached_size(&oid) {
+            if let Some(s) = self.cached_size(&oid).or_else(|| lock(&self.probed).get(&oid).copied()) {
                 return Ok(s);
             }
             let (owned, waiting) = self.claim(&[oid]);

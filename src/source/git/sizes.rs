@@ -77,6 +77,8 @@ pub struct Sizes {
     /// The API is not asked again before this instant.
     api_off_until: Mutex<Option<Instant>>,
     last_warning: Mutex<Option<Instant>>,
+    /// Sizes the contents proved wrong, by blob: override anything stored.
+    corrections: Mutex<HashMap<ObjectId, u64>>,
 }
 
 impl Sizes {
@@ -89,6 +91,7 @@ impl Sizes {
             api,
             api_off_until: Mutex::new(None),
             last_warning: Mutex::new(None),
+            corrections: Mutex::new(HashMap::new()),
         }
     }
 
@@ -122,9 +125,24 @@ impl Sizes {
         }
     }
 
+    /// Records a blob's true size, learned from its contents.
+    pub fn correct(&self, oid: ObjectId, size: u64) {
+        self.corrections.lock().unwrap_or_else(|p| p.into_inner()).insert(oid, size);
+    }
+
     /// Exact sizes of every blob of `dir`.
     pub async fn of_dir(&self, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, SourceError> {
         let mut sizes = self.stored(&dir.tree).unwrap_or_default();
+        let mut changed = false;
+        for (_, oid) in &dir.blobs {
+            let fix = self.corrections.lock().unwrap_or_else(|p| p.into_inner()).get(oid).copied();
+            if let Some(real) = fix {
+                changed |= sizes.insert(*oid, real) != Some(real);
+            }
+        }
+        if changed {
+            self.store(&dir.tree, &sizes);
+        }
         let mut unknown: Vec<ObjectId> = Vec::new();
         for (_, oid) in &dir.blobs {
             if sizes.contains_key(oid) || unknown.contains(oid) {
