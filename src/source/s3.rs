@@ -869,7 +869,10 @@ mod tests {
         assert_eq!(listed_file("ab", "é/"), Listed::Outside);
         assert_eq!(listed_file("\u{e9}", "\u{c3}"), Listed::Outside);
         for key in ["dir/.", "dir/..", "dir//", "dir/a\0b", "dir/a/b"] {
-            assert!(matches!(listed_file(key, "dir/"), Listed::Bad(_)), "{key:?}");
+            assert!(
+                matches!(listed_file(key, "dir/"), Listed::Bad(_)),
+                "{key:?}"
+            );
         }
         let long = format!("dir/{}", "x".repeat(256));
         assert!(matches!(listed_file(&long, "dir/"), Listed::Bad(_)));

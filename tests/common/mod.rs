@@ -284,6 +284,17 @@ impl GitServer {
         (req, bytes)
     }
 
+    /// The most times any single object was delivered in a complete fetch
+    /// response, over every repository (1 means nothing was sent twice).
+    pub fn max_delivered(&self) -> u64 {
+        let body = self.http("GET", "/_wants");
+        body.split("\"delivered\": ")
+            .skip(1)
+            .filter_map(|v| v.split(['}', ',']).next()?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many GitHub App installation tokens the server issued.
     pub fn app_issued(&self) -> u64 {
         let body = self.http("GET", "/_app");

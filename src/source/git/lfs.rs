@@ -945,7 +945,10 @@ mod tests {
             exp(json!({"expires_at": "2023-11-14T23:13:20Z"})),
             Some(now + Duration::from_secs(3600))
         );
-        assert_eq!(exp(json!({"expires_at": "2001-01-01T00:00:00Z"})), Some(now));
+        assert_eq!(
+            exp(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+            Some(now)
+        );
         // Not a number: expires_at decides; nothing readable: never expires.
         assert_eq!(
             exp(json!({"expires_in": "soon", "expires_at": "2023-11-14T23:13:20Z"})),

@@ -58,8 +58,8 @@ fn strip_prefix_ignore_case<'a>(name: &'a [u8], prefix: &[u8]) -> Option<&'a [u8
 /// `.git`, such as `::$INDEX_ALLOCATION`) or `\` (a path separator there)
 /// and anything at all.
 fn is_ntfs_dotgit(name: &[u8]) -> bool {
-    let Some(rest) =
-        strip_prefix_ignore_case(name, b".git").or_else(|| strip_prefix_ignore_case(name, b"git~1"))
+    let Some(rest) = strip_prefix_ignore_case(name, b".git")
+        .or_else(|| strip_prefix_ignore_case(name, b"git~1"))
     else {
         return false;
     };
@@ -109,7 +109,16 @@ mod tests {
 
     #[test]
     fn names_that_cannot_be_file_names_are_refused() {
-        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b", b"\0", &[b'x'; 256][..]] {
+        for bad in [
+            &b""[..],
+            b".",
+            b"..",
+            b"a/b",
+            b"/",
+            b"a\0b",
+            b"\0",
+            &[b'x'; 256][..],
+        ] {
             assert!(!safe_name(bad), "{bad:?}");
         }
         assert!(safe_name(&[b'x'; 255]));

@@ -104,9 +104,12 @@ impl Objects {
     /// The cached blob, checked against its id once per process (a damaged
     /// file is removed and `None` returned).
     pub fn cached(&self, oid: &ObjectId) -> Option<std::fs::File> {
-        let file = self.cache.get(&blob_key(oid))?;
+        let mut file = self.cache.get(&blob_key(oid))?;
         if lock(&self.verified).contains(oid) || verify_file(oid, &file) {
             lock(&self.verified).insert(*oid);
+            // Verifying read the file through its cursor: start over.
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(0)).ok()?;
             return Some(file);
         }
         tracing::warn!(repo = %self.repo, %oid, "cached blob is damaged; fetching it again");
