@@ -295,6 +295,20 @@ impl GitServer {
             .unwrap_or(0)
     }
 
+    /// The `/_wants` records of objects delivered more than `n` times.
+    pub fn wants_over(&self, n: u64) -> String {
+        let body = self.http("GET", "/_wants");
+        body.split("}, ")
+            .filter(|r| {
+                r.split("\"delivered\": ")
+                    .nth(1)
+                    .and_then(|v| v.trim_end_matches('}').trim().parse::<u64>().ok())
+                    .is_some_and(|d| d > n)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// How many GitHub App installation tokens the server issued.
     pub fn app_issued(&self) -> u64 {
         let body = self.http("GET", "/_app");

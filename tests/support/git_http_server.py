@@ -53,8 +53,10 @@ Control endpoints:
   is their part), v2 fetch commands, API calls;
 - GET /_wants: {"name.git": {"<oid>": {"asked": n, "delivered": m}}}: how
   often each oid was in a `want` of a fetch, and in a fetch whose response
-  carried a packfile, was written completely (final chunk included) and whose
-  git exited 0;
+  carried a packfile, was written completely (final chunk included), whose
+  git exited 0 and whose client read it all (a client that stopped reading
+  early resets the connection within 3 s: that is not a delivery, even if
+  the whole response fitted in the socket buffers);
 - POST /_stats (or /_stats/reset): zeroes /_stats and /_wants;
 - GET /_fault?mode=ok|500|hang|lfs401|lfs403|lfs404|api500|ratelimit: 500
   and hang hit every request but control ones; lfs* the LFS batch API;
@@ -79,6 +81,7 @@ import base64
 import gzip
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -359,6 +362,26 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = handle_any
     do_POST = handle_any
 
+    def client_read_all(self):
+        """Whether the client read the whole response it was sent.
+
+        A response that fits in the socket buffers is "written" even when the
+        client stops reading early (a size probe does) and closes; Linux then
+        answers with a reset, because unread data was left behind. A client
+        that read everything keeps the connection (or closes it cleanly).
+        """
+        sock = self.connection
+        try:
+            ready, _, _ = select.select([sock], [], [], 3.0)
+            if not ready:
+                return True
+            sock.recv(1, socket.MSG_PEEK)
+            return True
+        except ConnectionResetError:
+            return False
+        except OSError:
+            return True
+
     def git_backend(self, repo):
         srv, url, body = self.server, urlsplit(self.path), self.body
         encoding = self.headers.get("Content-Encoding", "")
@@ -420,7 +443,7 @@ class Handler(BaseHTTPRequestHandler):
                 payload = advertise(rest + proc.stdout.read(), srv.profile, not srv.no_filter)
                 return self.send_body(status, payload, ctype, headers)
             complete, packed = self.stream(repo, proc, status, ctype, headers, rest)
-            if wants and complete and packed:
+            if wants and complete and packed and self.client_read_all():
                 self.count_wants(repo, wants, "delivered")
         finally:
             if proc.poll() is None:

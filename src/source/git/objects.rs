@@ -197,6 +197,7 @@ impl Objects {
         stop_over: Option<u64>,
     ) -> (HashMap<ObjectId, u64>, Option<u64>, Option<SourceError>) {
         let ids: Vec<ObjectId> = wants.iter().map(|(o, _)| *o).collect();
+        tracing::debug!(repo = %self.repo, wants = ids.len(), first = ?ids.first(), probe = stop_over.is_some(), "fetching blobs");
         let mut sink = BatchSink {
             objects: self,
             wants: wants.into_iter().collect(),
@@ -289,6 +290,7 @@ impl Objects {
     /// Fetches one large blob alone, streaming it into `writer` so readers
     /// can follow. Not retried once bytes are written: a new open starts over.
     async fn fetch_streaming(&self, oid: ObjectId, tx: TransferSender, writer: CacheWriter) {
+        tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
         let mut sink = StreamSink {
             objects: self,
             want: oid,
@@ -318,55 +320,75 @@ impl Objects {
     /// directory's prefetch).
     pub async fn probe(&self, oids: &[ObjectId], keep: u64) -> Result<HashMap<ObjectId, u64>, SourceError> {
         let mut sizes = HashMap::new();
-        let mut todo: Vec<ObjectId> = Vec::new();
+        let mut unknown: Vec<ObjectId> = Vec::new();
+        let known = |o: &ObjectId| self.cached_size(o).or_else(|| lock(&self.probed).get(o).copied());
         for oid in oids {
-            match self.cached_size(oid) {
+            match known(oid) {
                 Some(s) => {
                     sizes.insert(*oid, s);
                 }
-                None => todo.push(*oid),
+                None if !unknown.contains(oid) => unknown.push(*oid),
+                None => {}
             }
         }
-        // Request 1: everything, read up to the first large blob.
-        for chunk in todo.chunks(BATCH) {
-            let (owned, waiting) = self.claim(chunk);
+        let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+        let gate = Arc::new(tokio::sync::Semaphore::new(PROBE_PARALLEL));
+        let mut singles = Vec::new();
+        let mut single = |oid: ObjectId| {
+            let (me, gate) = (me.clone(), gate.clone());
+            singles.push(self.rt.spawn(async move {
+                let _permit = gate.acquire().await;
+                (oid, me.probe_one(oid, keep).await)
+            }));
+        };
+        let mut rounds = 0;
+        while !unknown.is_empty() {
+            rounds += 1;
+            if unknown.len() <= PROBE_PARALLEL || rounds > 64 {
+                // Few left: one request each, all at once, each exact.
+                unknown.drain(..).for_each(&mut single);
+                break;
+            }
+            // One request for (up to a batch of) the rest, read up to the
+            // first large blob; the small ones before it come whole.
+            let chunk: Vec<ObjectId> = unknown.iter().take(BATCH).copied().collect();
+            let (owned, waiting) = self.claim(&chunk);
+            let asked: Vec<ObjectId> = owned.iter().map(|(o, _)| *o).collect();
+            let mut stopped = None;
             if !owned.is_empty() {
-                let (got, _, err) = self.fetch_batch(owned, Some(keep)).await;
+                let (got, stop, err) = self.fetch_batch(owned, Some(keep)).await;
                 if let Some(e) = err {
                     return Err(e);
                 }
                 sizes.extend(got);
+                stopped = stop;
             }
             for t in waiting {
                 let _ = t.finished(self.stall_limit).await;
             }
-        }
-        let mut rest = Vec::new();
-        for o in todo {
-            if sizes.contains_key(&o) {
-                continue;
-            }
-            match self.cached_size(&o) {
+            unknown.retain(|o| match sizes.get(o).copied().or_else(|| known(o)) {
                 Some(s) => {
-                    sizes.insert(o, s);
+                    sizes.insert(*o, s);
+                    false
                 }
-                None => rest.push(o),
+                None => true,
+            });
+            if stopped.is_none() {
+                if let Some(missing) = asked.iter().find(|o| unknown.contains(o)) {
+                    return Err(SourceError::Corrupt(format!("the server did not send blob {missing}")));
+                }
+            } else if !unknown.is_empty() {
+                // Servers send wants in the order asked, so the blob we
+                // stopped at is most likely the first one left: size it on
+                // its own (exactly, whatever it is) and go on with the rest.
+                single(unknown.remove(0));
             }
         }
-        // Then one request per remaining blob, each stopped at its header.
-        for group in rest.chunks(PROBE_PARALLEL) {
-            let mut tasks = Vec::new();
-            for oid in group {
-                let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
-                let oid = *oid;
-                tasks.push(self.rt.spawn(async move { (oid, me.probe_one(oid, keep).await) }));
-            }
-            for t in tasks {
-                let (oid, r) = t
-                    .await
-                    .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
-                sizes.insert(oid, r?);
-            }
+        for t in singles {
+            let (oid, r) = t
+                .await
+                .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
+            sizes.insert(oid, r?);
         }
         Ok(sizes)
     }
