@@ -265,6 +265,33 @@ fn first_megabyte_does_not_wait_for_the_whole_object() {
     d.stop();
 }
 
+/// A download cut midway restarts; a store that then ignores the range and
+/// sends the whole object again must not make a reader see anything but the
+/// object's bytes (what was written is checked, never rewritten).
+#[test]
+fn a_cut_download_restarts_without_rewriting_what_readers_saw() {
+    let s = setup();
+    let data = noise(11, 12 << 20);
+    lfs_repo(&s, "cut", &[("big.bin", &data)]);
+    s.lfs.control("cut=3000000&norange=1&rate=8388608");
+    let (cfg, m) = config(&s, "cut");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let path = m.join("big.bin");
+            std::thread::spawn(move || std::fs::read(path))
+        })
+        .collect();
+    for r in readers {
+        let got = r.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == data, "a reader got wrong bytes ({} of {})", got.len(), data.len());
+    }
+    let log = d.log_text();
+    assert!(log.contains("resuming"), "the download was not cut:\n{log}");
+    s.lfs.control("cut=0&norange=0&rate=0");
+    d.stop();
+}
+
 #[test]
 fn lfs_failures_are_reported_and_hrefs_renewed() {
     let s = setup();

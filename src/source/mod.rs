@@ -77,6 +77,21 @@ pub trait FileReader: Send + Sync {
     }
 }
 
+/// A complete, verified local (cache) file of known size.
+pub struct LocalFile {
+    pub file: std::fs::File,
+    pub size: u64,
+}
+
+impl FileReader for LocalFile {
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        read_file_range(&self.file, offset, size)
+    }
+    fn size(&self) -> Option<u64> {
+        Some(self.size)
+    }
+}
+
 /// Reads up to `size` bytes at `offset` of a local (cache) file; fewer only at its end.
 pub fn read_file_range(
     file: &std::fs::File,

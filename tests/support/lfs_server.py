@@ -8,10 +8,12 @@ break it:
 
 - GET /_seen: JSON list of the download (storage GET) requests it saw, with
   their headers, and the number of batch requests;
-- GET /_control?lifetime=N&lie=0|1&corrupt=0|1&rate=BYTES_PER_SEC&reset=1:
+- GET /_control?lifetime=N&lie=0|1&corrupt=0|1&rate=BYTES_PER_SEC&cut=N&norange=0|1&reset=1:
   download hrefs expire N seconds after the batch (enforced here: an expired
   href answers 403; with lie=1 the batch claims they last an hour); corrupt
-  flips a byte of every download; rate throttles them;
+  flips a byte of every download; rate throttles them; cut drops the
+  connection after N bytes of the first download of each object; norange
+  ignores Range headers (the whole object again, 200), as some stores do;
 - every download action carries an extra header (X-Lfs-Test) that the
   client must send back exactly.
 """
@@ -40,7 +42,8 @@ class Anyone(DefaultIdentity):
 def allow_all(_request):
     return Anyone(name="anonymous")
 
-STATE = {"seen": [], "batches": 0, "lifetime": 900, "lie": False, "corrupt": False, "rate": 0}
+STATE = {"seen": [], "batches": 0, "lifetime": 900, "lie": False, "corrupt": False, "rate": 0,
+         "cut": 0, "cut_done": set(), "norange": False}
 LOCK = threading.Lock()
 TEST_HEADER = "from-the-batch-response"
 
@@ -84,6 +87,11 @@ class Middleware:
                     STATE["corrupt"] = query["corrupt"][0] == "1"
                 if "rate" in query:
                     STATE["rate"] = int(query["rate"][0])
+                if "cut" in query:
+                    STATE["cut"] = int(query["cut"][0])
+                    STATE["cut_done"] = set()
+                if "norange" in query:
+                    STATE["norange"] = query["norange"][0] == "1"
             return respond(start_response, "200 OK", b"{}")
         if path.endswith("/objects/batch") and method == "POST":
             return self.batch(environ, start_response)
@@ -130,6 +138,15 @@ class Middleware:
             corrupt, rate = STATE["corrupt"], STATE["rate"]
         if expired:
             return respond(start_response, "403 Forbidden", b'{"message":"expired href"}')
+        with LOCK:
+            if STATE["norange"]:
+                environ.pop("HTTP_RANGE", None)
+            cut = 0
+            if STATE["cut"] and seen["path"] not in STATE["cut_done"]:
+                STATE["cut_done"].add(seen["path"])
+                cut = STATE["cut"]
+        if cut:
+            return cut_after(self.app(environ, start_response), cut)
         if not corrupt:
             # Stream through (a 300 MB object must not be buffered first).
             body = self.app(environ, start_response)
@@ -143,6 +160,17 @@ class Middleware:
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
         return [body]
+
+
+def cut_after(chunks, limit):
+    """Passes the first `limit` bytes of a body, then drops the connection."""
+    sent = 0
+    for chunk in chunks:
+        if sent + len(chunk) >= limit:
+            yield chunk[: limit - sent]
+            raise ConnectionAbortedError("cut by the test")
+        sent += len(chunk)
+        yield chunk
 
 
 def throttled(chunks, rate):

@@ -38,7 +38,7 @@ use gix_object::tree::EntryKind;
 use crate::cache::Cache;
 use crate::config::{Config, RepoConfig};
 use crate::source::transfer::TransferReader;
-use crate::source::{Entry, FileReader, Node, NodeKind, Source, SourceError};
+use crate::source::{Entry, FileReader, LocalFile, Node, NodeKind, Source, SourceError};
 pub use remote::Remote;
 use snapshot::{Snapshot, State};
 use transport::RemoteError;
@@ -525,21 +525,6 @@ fn node_oid(node: &Node) -> Result<ObjectId, SourceError> {
     ObjectId::try_from(&node.key[..]).map_err(|_| SourceError::NotFound("not a git object".into()))
 }
 
-/// A complete, verified cached blob.
-struct BlobReader {
-    file: std::fs::File,
-    size: u64,
-}
-
-impl FileReader for BlobReader {
-    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        crate::source::read_file_range(&self.file, offset, size)
-    }
-    fn size(&self) -> Option<u64> {
-        Some(self.size)
-    }
-}
-
 impl Source for GitSource {
     fn name(&self) -> &str {
         &self.repo.name
@@ -580,7 +565,7 @@ impl Source for GitSource {
                 if real != listed {
                     self.size_corrected(&oid, listed, real);
                 }
-                Ok(Arc::new(BlobReader { file: f, size: real }))
+                Ok(Arc::new(LocalFile { file: f, size: real }))
             }
             objects::Opened::Streaming(transfer, size) => Ok(Arc::new(TransferReader {
                 transfer,

@@ -221,22 +221,9 @@ impl Transport {
         F: Fn(reqwest::Response, String) -> Fut,
         Fut: Future<Output = Result<T, RemoteError>>,
     {
-        let url = format!("{}/git-upload-pack", self.clone_url);
         self.retry(|| async {
-            let rb = self
-                .request(reqwest::Method::POST, &url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-git-upload-pack-request",
-                )
-                .header(
-                    reqwest::header::ACCEPT,
-                    "application/x-git-upload-pack-result",
-                )
-                .body(body.clone());
-            let rb = self.authorize(rb).await?;
-            let resp = self.send(rb, &url).await?;
-            consume(resp, url.clone()).await
+            let (resp, url) = self.post_upload_pack(&body).await?;
+            consume(resp, url).await
         })
         .await
     }
@@ -248,23 +235,25 @@ impl Transport {
         &self,
         body: Vec<u8>,
     ) -> Result<(reqwest::Response, String), RemoteError> {
+        self.retry(|| self.post_upload_pack(&body)).await
+    }
+
+    /// One authenticated POST to `git-upload-pack` (no retry).
+    async fn post_upload_pack(&self, body: &[u8]) -> Result<(reqwest::Response, String), RemoteError> {
         let url = format!("{}/git-upload-pack", self.clone_url);
-        self.retry(|| async {
-            let rb = self
-                .request(reqwest::Method::POST, &url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-git-upload-pack-request",
-                )
-                .header(
-                    reqwest::header::ACCEPT,
-                    "application/x-git-upload-pack-result",
-                )
-                .body(body.clone());
-            let rb = self.authorize(rb).await?;
-            Ok((self.send(rb, &url).await?, url.clone()))
-        })
-        .await
+        let rb = self
+            .request(reqwest::Method::POST, &url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-git-upload-pack-request",
+            )
+            .header(
+                reqwest::header::ACCEPT,
+                "application/x-git-upload-pack-result",
+            )
+            .body(body.to_vec());
+        let rb = self.authorize(rb).await?;
+        Ok((self.send(rb, &url).await?, url))
     }
 
     /// A host REST/GraphQL API call with the token as `Bearer` (how GitHub,

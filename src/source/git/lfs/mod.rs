@@ -1,0 +1,495 @@
+//! Git LFS: pointer parsing, the batch API, and streamed downloads.
+//!
+//! A blob under 1024 bytes that parses as a pointer (exactly as git-lfs
+//! reads them) is shown with the real size and contents. Contents come from
+//! `<endpoint>/objects/batch` (operation `download`, transfer `basic`); the
+//! `href` it returns may be on another host, so it is fetched with exactly
+//! the batch response's headers and never the git credentials. Actions are
+//! reused until they expire, then asked for again. Bytes are written to a
+//! cache temp file as they arrive, so readers of the first megabyte need not
+//! wait for the whole object; the object enters the cache (as
+//! `lfs-<sha256>`) only after its size and sha256 check out.
+//!
+//! Pointers and endpoints are in [`pointer`], expiry times in [`expiry`];
+//! downloads are [`Transfer`]s that readers follow as they grow.
+
+mod expiry;
+mod pointer;
+
+pub use expiry::parse_rfc3339;
+use expiry::action_expiry;
+pub use pointer::{MAX_POINTER_SIZE, MIN_POINTER_SIZE, Pointer, endpoint, parse_pointer};
+
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::Digest;
+
+use super::transport::{RemoteError, Transport};
+use crate::cache::Cache;
+use crate::config::Provider;
+use crate::source::transfer::{Transfer, TransferReader, TransferSender, TransferState};
+use crate::source::{FileReader, LocalFile, SourceError};
+
+const BATCH_MAX: usize = 100;
+#[derive(Debug, Clone)]
+struct Action {
+    href: String,
+    headers: Vec<(String, String)>,
+    expires: Option<Instant>,
+}
+
+/// The LFS side of one repository.
+pub struct Lfs {
+    pub endpoint: String,
+    provider: Provider,
+    repo: String,
+    actions: Mutex<HashMap<String, Action>>,
+    downloads: Mutex<HashMap<String, Arc<Transfer>>>,
+    /// The LFS objects listed together in a directory, by object: the first
+    /// download in a directory asks the batch API for all of them at once.
+    groups: Mutex<HashMap<String, Arc<Vec<Pointer>>>>,
+    /// Cached objects whose sha256 was checked by this process.
+    verified: Mutex<std::collections::HashSet<String>>,
+    /// How long a reader waits for bytes that do not arrive.
+    stall_limit: Duration,
+}
+
+impl Lfs {
+    pub fn new(endpoint: String, provider: Provider, repo: &str, stall_limit: Duration) -> Lfs {
+        Lfs {
+            endpoint,
+            provider,
+            repo: repo.to_string(),
+            actions: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(HashMap::new()),
+            verified: Mutex::new(std::collections::HashSet::new()),
+            groups: Mutex::new(HashMap::new()),
+            stall_limit,
+        }
+    }
+
+    fn denied_hint(&self) -> &'static str {
+        match self.provider {
+            Provider::Github | Provider::GithubEnterprise => {
+                "; on GitHub, LFS downloads need the token or app to have access to this repository, even for public repositories"
+            }
+            _ => "",
+        }
+    }
+
+    fn batch_error(&self, e: RemoteError) -> SourceError {
+        match e {
+            RemoteError::Auth {
+                status, message, ..
+            } => SourceError::Denied(format!(
+                "the LFS server at {} refused the batch request (HTTP {status}): {message}{}",
+                self.endpoint,
+                self.denied_hint()
+            )),
+            RemoteError::NotFound { .. } => SourceError::Unavailable(format!(
+                "no LFS server at {} (HTTP 404); set lfs.url in .lfsconfig if LFS is hosted elsewhere",
+                self.endpoint
+            )),
+            other => {
+                SourceError::Unavailable(format!("LFS batch request to {}: {other}", self.endpoint))
+            }
+        }
+    }
+
+    /// Asks the batch API for download actions for `objects`.
+    pub async fn batch(
+        &self,
+        transport: &Transport,
+        objects: &[Pointer],
+    ) -> Result<(), SourceError> {
+        let body = serde_json::json!({
+            "operation": "download",
+            "transfers": ["basic"],
+            "objects": objects.iter().map(|p| serde_json::json!({"oid": p.oid, "size": p.size})).collect::<Vec<_>>(),
+        });
+        let url = format!("{}/objects/batch", self.endpoint);
+        let answer = transport
+            .lfs_batch(&url, body.to_string().into_bytes())
+            .await
+            .map_err(|e| self.batch_error(e))?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+            SourceError::Corrupt(format!("LFS batch response from {url} is not JSON: {e}"))
+        })?;
+        let mut found = HashMap::new();
+        for o in v
+            .get("objects")
+            .and_then(|o| o.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(oid) = o.get("oid").and_then(|x| x.as_str()) else {
+                continue;
+            };
+            if let Some(err) = o.get("error") {
+                let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(0);
+                let msg = err.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                let e = match code {
+                    401 | 403 => SourceError::Denied(format!(
+                        "LFS object {oid}: access denied (code {code}: {msg}){}",
+                        self.denied_hint()
+                    )),
+                    404 | 410 => SourceError::Unavailable(format!(
+                        "LFS object {oid} is not on the LFS server (code {code}: {msg})"
+                    )),
+                    _ => SourceError::Unavailable(format!("LFS object {oid}: error {code}: {msg}")),
+                };
+                return Err(e);
+            }
+            let Some(dl) = o.get("actions").and_then(|a| a.get("download")) else {
+                continue;
+            };
+            let Some(href) = dl.get("href").and_then(|h| h.as_str()) else {
+                continue;
+            };
+            let headers = dl
+                .get("header")
+                .and_then(|h| h.as_object())
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let expires = action_expiry(dl, Instant::now(), SystemTime::now());
+            found.insert(
+                oid.to_string(),
+                Action {
+                    href: href.to_string(),
+                    headers,
+                    expires,
+                },
+            );
+        }
+        let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+        for p in objects {
+            match found.remove(&p.oid) {
+                Some(a) => {
+                    actions.insert(p.oid.clone(), a);
+                }
+                None => {
+                    return Err(SourceError::Corrupt(format!(
+                        "the LFS server gave no download action for {}",
+                        p.oid
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `pointers` were listed together (one directory).
+    pub fn note_directory(&self, pointers: Vec<Pointer>) {
+        if pointers.len() < 2 {
+            return;
+        }
+        let group = Arc::new(pointers);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for p in group.iter() {
+            groups.insert(p.oid.clone(), group.clone());
+        }
+    }
+
+    fn has_valid_action(&self, oid: &str) -> bool {
+        self.actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(oid)
+            .is_some_and(|a| {
+                a.expires
+                    .is_none_or(|e| e > Instant::now() + Duration::from_secs(5))
+            })
+    }
+
+    /// A valid (unexpired) action for `p`, asking the batch API if needed
+    /// (together with the other uncached objects of its directory).
+    async fn action(
+        &self,
+        transport: &Transport,
+        cache: &Cache,
+        p: &Pointer,
+    ) -> Result<Action, SourceError> {
+        {
+            let cached = self
+                .actions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&p.oid)
+                .cloned();
+            if let Some(a) = cached {
+                // Leave a margin so a download does not start on an href about to expire.
+                if a.expires
+                    .is_none_or(|e| e > Instant::now() + Duration::from_secs(5))
+                {
+                    return Ok(a);
+                }
+                tracing::debug!(repo = %self.repo, oid = %p.oid, "LFS href expired; asking for a new one");
+            }
+        }
+        let mut objects = vec![p.clone()];
+        let group = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p.oid)
+            .cloned();
+        for q in group.iter().flat_map(|g| g.iter()) {
+            if objects.len() >= BATCH_MAX {
+                break;
+            }
+            if q.oid != p.oid && !self.has_valid_action(&q.oid) && !cache.contains(&q.cache_key()) {
+                objects.push(q.clone());
+            }
+        }
+        self.batch(transport, &objects).await?;
+        self.actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p.oid)
+            .cloned()
+            .ok_or_else(|| SourceError::Corrupt(format!("no download action for {}", p.oid)))
+    }
+
+    /// Opens an LFS object for reading: from the cache, or by joining or
+    /// starting its download.
+    pub fn open(
+        self: &Arc<Self>,
+        transport: Arc<Transport>,
+        cache: Arc<Cache>,
+        rt: &tokio::runtime::Handle,
+        p: &Pointer,
+    ) -> Result<Arc<dyn FileReader>, SourceError> {
+        if let Some(file) = cache.get(&p.cache_key()) {
+            let known = self
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&p.oid);
+            if known || file_sha256(&file, p.size).as_deref() == Some(p.oid.as_str()) {
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.oid.clone());
+                return Ok(Arc::new(LocalFile {
+                    file,
+                    size: p.size,
+                }));
+            }
+            tracing::warn!(repo = %self.repo, oid = %p.oid, "cached LFS object is corrupt; downloading it again");
+            cache.remove(&p.cache_key());
+        }
+        let dl = {
+            let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+            match downloads.get(&p.oid) {
+                Some(d) if !d.failed() => d.clone(),
+                _ => {
+                    let d = self.start(transport, cache, rt, p)?;
+                    downloads.insert(p.oid.clone(), d.clone());
+                    d
+                }
+            }
+        };
+        Ok(Arc::new(TransferReader {
+            transfer: dl,
+            size: p.size,
+            rt: rt.clone(),
+            stall_limit: self.stall_limit,
+        }))
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        transport: Arc<Transport>,
+        cache: Arc<Cache>,
+        rt: &tokio::runtime::Handle,
+        p: &Pointer,
+    ) -> Result<Arc<Transfer>, SourceError> {
+        let w = cache
+            .writer(&p.cache_key())
+            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+        // Readers read the temp file as it grows; after the rename on
+        // commit this descriptor still reads the same (now cached) file.
+        let file = std::fs::File::open(w.path())
+            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+        let (tx, transfer) = Transfer::new(Some(file));
+        let me = self.clone();
+        let p = p.clone();
+        rt.spawn(async move {
+            let state = match me.fetch_into(&transport, &cache, w, &p, &tx).await {
+                Ok(()) => TransferState::Done,
+                Err(e) => {
+                    tracing::error!(repo = %me.repo, oid = %p.oid, "LFS download failed: {e}");
+                    TransferState::Failed(e)
+                }
+            };
+            let _ = tx.send(state);
+            me.downloads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&p.oid);
+        });
+        Ok(transfer)
+    }
+
+    /// Downloads into the cache writer, verifying size and sha256 before
+    /// committing. An expired or rejected href is renewed once.
+    async fn fetch_into(
+        &self,
+        transport: &Transport,
+        cache: &Cache,
+        mut w: crate::cache::CacheWriter,
+        p: &Pointer,
+        tx: &TransferSender,
+    ) -> Result<(), SourceError> {
+        let mut hasher = sha2::Sha256::new();
+        let mut written: u64 = 0;
+        let mut renewed = false;
+        let mut attempts = 0;
+        'outer: loop {
+            attempts += 1;
+            let action = self.action(transport, cache, p).await?;
+            let mut resp = match transport
+                .lfs_download(&action.href, &action.headers, written)
+                .await
+            {
+                Ok(r) => r,
+                Err(RemoteError::Auth { status, .. })
+                | Err(RemoteError::Http {
+                    status: status @ 410,
+                    ..
+                }) if !renewed => {
+                    tracing::info!(repo = %self.repo, oid = %p.oid, "LFS href refused (HTTP {status}); renewing it");
+                    self.actions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&p.oid);
+                    renewed = true;
+                    continue;
+                }
+                Err(RemoteError::Auth { status, .. }) => {
+                    return Err(SourceError::Denied(format!(
+                        "LFS object {}: the download URL was refused (HTTP {status}) even after renewing it{}",
+                        p.oid,
+                        self.denied_hint()
+                    )));
+                }
+                Err(e) if e.retryable() && attempts < 3 => {
+                    tracing::warn!(repo = %self.repo, oid = %p.oid, "LFS download: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(300 * attempts)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(SourceError::Unavailable(format!(
+                        "LFS object {}: {e}",
+                        p.oid
+                    )));
+                }
+            };
+            // Bytes of this response that are already in the file: readers
+            // may have seen them, so they are never rewritten, only checked.
+            let mut again = 0u64;
+            if written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                // The server ignored the range and starts over: hash from the
+                // start, and compare what we already have instead of writing it.
+                hasher = sha2::Sha256::new();
+                again = written;
+            }
+            let mut seen = 0u64;
+            loop {
+                let chunk = match transport.next_chunk(&mut resp, &action.href).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break 'outer,
+                    Err(e) if e.retryable() && attempts < 3 => {
+                        tracing::warn!(repo = %self.repo, oid = %p.oid, written, "LFS download interrupted: {e}; resuming");
+                        continue 'outer;
+                    }
+                    Err(e) => {
+                        return Err(SourceError::Unavailable(format!(
+                            "LFS object {}: {e}",
+                            p.oid
+                        )));
+                    }
+                };
+                let mut chunk = &chunk[..];
+                if seen < again {
+                    let n = (again - seen).min(chunk.len() as u64) as usize;
+                    let mut have = vec![0u8; n];
+                    w.flush()
+                        .and_then(|_| std::fs::File::open(w.path()))
+                        .and_then(|f| f.read_exact_at(&mut have, seen))
+                        .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+                    if have != chunk[..n] {
+                        return Err(SourceError::Corrupt(format!(
+                            "LFS object {}: the server sent different bytes when the download restarted",
+                            p.oid
+                        )));
+                    }
+                    hasher.update(&chunk[..n]);
+                    seen += n as u64;
+                    chunk = &chunk[n..];
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                }
+                if chunk.len() as u64 > p.size.saturating_sub(written) {
+                    return Err(SourceError::Corrupt(format!(
+                        "LFS object {}: the server sent more than the pointer's {} bytes",
+                        p.oid, p.size
+                    )));
+                }
+                hasher.update(chunk);
+                w.write_all(chunk)
+                    .and_then(|_| w.flush())
+                    .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+                written += chunk.len() as u64;
+                let _ = tx.send(TransferState::Progress(written));
+            }
+        }
+        if written != p.size {
+            return Err(SourceError::Corrupt(format!(
+                "LFS object {}: got {written} bytes, the pointer says {}",
+                p.oid, p.size
+            )));
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != p.oid {
+            return Err(SourceError::Corrupt(format!(
+                "LFS object {}: sha256 mismatch (the download hashes to {got}); not cached",
+                p.oid
+            )));
+        }
+        w.commit()
+            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+        Ok(())
+    }
+}
+
+/// The sha256 of a file that must be `size` bytes long.
+fn file_sha256(file: &std::fs::File, size: u64) -> Option<String> {
+    if file.metadata().ok()?.len() != size {
+        return None;
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = file.read_at(&mut buf, off).ok()?;
+        if n == 0 {
+            return None;
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    Some(hex::encode(hasher.finalize()))
+}
+
+
