@@ -183,6 +183,33 @@ fn rate_limited_github_api_falls_back_to_git() {
     d.stop();
 }
 
+/// A host API that reports wrong sizes: the contents win. A file listed
+/// too short still reads whole, and its size is corrected.
+#[test]
+fn sizes_from_a_lying_api_are_corrected_by_the_contents() {
+    let _heavy = one_at_a_time();
+    let f = fixture(2 * MB);
+    for skew in ["-3", "5"] {
+        let server = GitServer::start(&f.srv, &["--profile", "github", "--github-size-skew", skew]);
+        let p = &PROFILES[0];
+        let (cfg, m) = config(&f, &format!("skew{skew}"), server.port, p);
+        let mut d = Daemon::start(&cfg, &[m.clone()], &f.dir.join(format!("skew{skew}.log")));
+        let listed = std::fs::metadata(m.join("models/model-1.bin")).unwrap().len();
+        let real = (2 * MB + 1) as u64;
+        assert_eq!(listed as i64, real as i64 + skew.parse::<i64>().unwrap(), "the API's size is shown until the contents arrive");
+        let got = std::fs::read(m.join("models/model-1.bin")).unwrap();
+        assert!(got == std::fs::read(f.work.join("models/model-1.bin")).unwrap(), "skew {skew}: wrong bytes ({} read)", got.len());
+        assert!(d.log_text().contains("disagrees with the contents"), "{}", d.log_text());
+        // The kernel was told to forget the old size.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(m.join("models/model-1.bin")).unwrap().len() != real {
+            assert!(std::time::Instant::now() < deadline, "skew {skew}: the size was never corrected");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d.stop();
+    }
+}
+
 #[test]
 fn kill_during_a_large_fetch_leaves_nothing_behind_and_damaged_sizes_never_shorten() {
     let _heavy = one_at_a_time();

@@ -311,9 +311,11 @@ impl fuser::Filesystem for RepoFs {
         }
         match self.source.open(&node) {
             Ok(reader) => {
+                let mut corrected = false;
                 if let (Some(real), NodeKind::File { size, .. }) = (reader.size(), node.kind) {
                     if real != size {
                         self.correct_size(ino.0, real);
+                        corrected = true;
                     }
                 }
                 let keep = {
@@ -331,7 +333,11 @@ impl fuser::Filesystem for RepoFs {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(fh, reader);
-                let flags = if self.source.immutable() && keep {
+                let flags = if corrected {
+                    // The kernel may still hold the listed size: direct I/O
+                    // reads past it, so this open sees every true byte.
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else if self.source.immutable() && keep {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()

@@ -33,12 +33,22 @@ pub struct Transfer {
     pub state: watch::Receiver<TransferState>,
     /// The file being written, when readers may follow it as it grows.
     pub file: Option<std::fs::File>,
+    /// The content's exact size, once the writer knows it (before its
+    /// first byte, for a blob: the pack entry's header says it).
+    pub size: std::sync::OnceLock<u64>,
 }
 
 impl Transfer {
     pub fn new(file: Option<std::fs::File>) -> (TransferSender, Arc<Transfer>) {
         let (tx, rx) = watch::channel(TransferState::Progress(0));
-        (tx, Arc::new(Transfer { state: rx, file }))
+        (
+            tx,
+            Arc::new(Transfer {
+                state: rx,
+                file,
+                size: std::sync::OnceLock::new(),
+            }),
+        )
     }
 
     pub fn failed(&self) -> bool {
@@ -101,6 +111,10 @@ pub struct TransferReader {
 impl FileReader for TransferReader {
     fn cacheable(&self) -> bool {
         false
+    }
+
+    fn size(&self) -> Option<u64> {
+        Some(self.size)
     }
 
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {

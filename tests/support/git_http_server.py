@@ -37,7 +37,8 @@ as password; the APIs accept what their host accepts (see host_api.py).
 Host APIs (host_api.py), answered from the bare repository, counted per repo:
 - GitHub: GET /api/v3/repos/{owner}/{repo}/git/trees/{sha}[?recursive=1],
   x-ratelimit-* headers, --github-rate-limit N calls per hour (default 5000,
-  then 403), --github-tree-limit N entries of a recursive answer (default
+  then 403), --github-size-skew N adds N to every size it reports (an API
+  that lies, for tests), --github-tree-limit N entries of a recursive answer (default
   100000, then "truncated": true);
 - Bitbucket Server: GET /rest/api/1.0/projects/{KEY}/repos/{slug}/browse/
   {path}?at=&start=&limit= for <root>/scm/{key lowercased}/{slug}.git,
@@ -552,6 +553,7 @@ def main():
     ap.add_argument("--no-filter", action="store_true")
     ap.add_argument("--no-object-info", action="store_true", help="no effect: the default")
     ap.add_argument("--github-tree-limit", type=int, default=100000)
+    ap.add_argument("--github-size-skew", type=int, default=0)
     ap.add_argument("--github-rate-limit", type=int, default=5000)
     ap.add_argument("--page-max", type=int, default=500)
     ap.add_argument("--lfs-upstream", default="")
@@ -568,6 +570,7 @@ def main():
     srv.object_info = a.object_info
     srv.no_filter = a.no_filter
     srv.github_tree_limit = a.github_tree_limit
+    srv.github_size_skew = a.github_size_skew
     srv.github_rate_limit = a.github_rate_limit
     srv.page_max = max(1, a.page_max)
     srv.lfs_upstream = a.lfs_upstream.rstrip("/")

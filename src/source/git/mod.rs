@@ -567,12 +567,17 @@ impl Source for GitSource {
                 }
                 Ok(Arc::new(LocalFile { file: f, size: real }))
             }
-            objects::Opened::Streaming(transfer, size) => Ok(Arc::new(TransferReader {
+            objects::Opened::Streaming(transfer, size) => {
+                if size != listed {
+                    self.size_corrected(&oid, listed, size);
+                }
+                Ok(Arc::new(TransferReader {
                 transfer,
                 size,
                 rt: self.rt.clone(),
                 stall_limit: self.stall_limit,
-            })),
+            }))
+            }
         }
     }
 

@@ -177,6 +177,7 @@ impl Objects {
                 Arc::new(Transfer {
                     state: tx.subscribe(),
                     file: None,
+                    size: std::sync::OnceLock::new(),
                 })
             }));
             let me = me.clone();
@@ -270,9 +271,10 @@ impl Objects {
             };
             if let Some((tx, writer)) = start {
                 let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+                let t = transfer.clone();
                 self.rt.spawn(async move {
                     match writer {
-                        Some(w) => me.fetch_streaming(oid, tx, w).await,
+                        Some(w) => me.fetch_streaming(oid, tx, w, t).await,
                         None => {
                             me.fetch_batch(vec![(oid, tx)], None).await;
                         }
@@ -280,7 +282,13 @@ impl Objects {
                 });
             }
             if transfer.file.is_some() {
-                return Ok(Opened::Streaming(transfer, size));
+                // The pack entry's header gives the exact size before any byte.
+                let t = transfer.clone();
+                transfer
+                    .wait(self.stall_limit, move |_| t.size.get().is_some())
+                    .await?;
+                let real = transfer.size.get().copied().unwrap_or(size);
+                return Ok(Opened::Streaming(transfer, real));
             }
             transfer.finished(self.stall_limit).await?;
         }
@@ -289,13 +297,14 @@ impl Objects {
 
     /// Fetches one large blob alone, streaming it into `writer` so readers
     /// can follow. Not retried once bytes are written: a new open starts over.
-    async fn fetch_streaming(&self, oid: ObjectId, tx: TransferSender, writer: CacheWriter) {
+    async fn fetch_streaming(&self, oid: ObjectId, tx: TransferSender, writer: CacheWriter, transfer: Arc<Transfer>) {
         tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
         let mut sink = StreamSink {
             objects: self,
             want: oid,
             writer: Some(writer),
             tx: &tx,
+            transfer: &transfer,
             done: false,
         };
         let r = self
@@ -528,17 +537,20 @@ struct StreamSink<'a> {
     want: ObjectId,
     writer: Option<CacheWriter>,
     tx: &'a TransferSender,
+    transfer: &'a Transfer,
     done: bool,
 }
 
 impl ObjectSink for StreamSink<'_> {
-    fn begin(&mut self, kind: Kind, _size: u64) -> Result<Take, PackError> {
+    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
         if kind != Kind::Blob || self.writer.is_none() {
             return Err(PackError(format!(
                 "the server sent more than the one blob {} asked for",
                 self.want
             )));
         }
+        let _ = self.transfer.size.set(size);
+        let _ = self.tx.send(TransferState::Progress(0));
         Ok(Take::Stream)
     }
 
