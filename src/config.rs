@@ -377,6 +377,28 @@ impl Config {
             }
             repositories.push(repo);
         }
+        // A mount inside another would be hidden by it (or hide it), and a
+        // cache inside a mount could not be written: refuse both up front.
+        for a in &repositories {
+            for b in &repositories {
+                if a.name != b.name && a.mount_point.starts_with(&b.mount_point) {
+                    return Err(err(format!(
+                        "repository '{}': key `mount_point`: {} is inside the mount point {} of repository '{}'; mount points must not be nested",
+                        a.name,
+                        a.mount_point.display(),
+                        b.mount_point.display(),
+                        b.name
+                    )));
+                }
+            }
+            if cache_dir.starts_with(&a.mount_point) {
+                return Err(err(format!(
+                    "key `cache_dir`: {} is inside the mount point of repository '{}' (read-only); choose a directory outside every mount point",
+                    cache_dir.display(),
+                    a.name
+                )));
+            }
+        }
         Ok(Config {
             path: path.to_owned(),
             mount_root,
@@ -941,6 +963,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn nested_mount_points_are_refused() {
+        let e = parse(&format!(
+            "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"http://h/a\"\nmount_point = \"/srv/a\"\n\
+             [[repository]]\nname = \"b\"\nprovider = \"git\"\nurl = \"http://h/b\"\nmount_point = \"/srv/a/b\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("repository 'b'") && e.contains("nested"), "{e}");
+        // Siblings with a common prefix in their names are fine.
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"http://h/a\"\nmount_point = \"/srv/a\"\n\
+             [[repository]]\nname = \"b\"\nprovider = \"git\"\nurl = \"http://h/b\"\nmount_point = \"/srv/ab\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -30,7 +30,7 @@ enum RepoState {
         source: Arc<dyn Source>,
         /// The git side, for refresh and shutdown.
         git: Option<Arc<GitSource>>,
-        _session: fuser::BackgroundSession,
+        session: fuser::BackgroundSession,
     },
     Failed(String),
 }
@@ -186,7 +186,7 @@ fn mount_repo(
             RepoState::Mounted {
                 source,
                 git,
-                _session: session,
+                session,
             }
         }
         Err(e) => {
@@ -263,8 +263,10 @@ fn reload(
                     tracing::error!(repo = %name, "cannot unmount: {e}");
                 }
             }
-            // Keep a lazily unmounted session alive for its open files.
-            std::mem::forget(old);
+            // The lazily unmounted session serves the files still open; it
+            // ends when the kernel drops the connection (the last of them is
+            // closed), and then its threads and descriptors are released.
+            release_when_unused(old);
             if wanted.contains_key(name.as_str()) {
                 changed += 1;
             } else {
@@ -339,6 +341,27 @@ pub fn notify(message: &str) {
     }
 }
 
+/// Waits, on a thread of its own, for an unmounted repository's session to
+/// end, then drops it (its /dev/fuse descriptor, threads and source).
+fn release_when_unused(old: Repo) {
+    let name = old.config.name.clone();
+    let RepoState::Mounted { session, source, git } = old.state else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("release-{name}"))
+        .spawn(move || {
+            if let Err(e) = session.join() {
+                tracing::warn!(repo = %name, "the old session ended with an error: {e}");
+            }
+            drop((source, git));
+            tracing::debug!(repo = %name, "the old session is released");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a thread to release an old session: {e}");
+    }
+}
+
 /// Where the daemon publishes its state for `repofs status`.
 pub fn status_path(config: &Config) -> PathBuf {
     config.cache_dir.join("state").join("status.json")
@@ -358,8 +381,12 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
                     "name": name,
                     "state": "mounted",
                     "mount_point": r.config.mount_point,
-                    "ref": r.config.reference.as_deref().unwrap_or("HEAD"),
+                    "ref": match &r.config.s3 {
+                        Some(_) => "bucket",
+                        None => r.config.reference.as_deref().unwrap_or("HEAD"),
+                    },
                     "commit": source.version(),
+                    "versioned": r.config.s3.is_none(),
                     "requests": requests,
                     "bytes_received": bytes,
                 })

@@ -43,9 +43,13 @@ pub fn show(config: &Config) -> Result<String, String> {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         if s("state") == "mounted" {
+            // Buckets have no commit; a git repository has one once its
+            // first load finished (reads wait for it, never for a refresh).
+            let versioned = r.get("versioned").and_then(|v| v.as_bool()).unwrap_or(true);
             let commit = match r.get("commit").and_then(|c| c.as_str()) {
                 Some(c) => c.to_string(),
-                None => "(not loaded yet)".to_string(),
+                None if versioned => "(loading)".to_string(),
+                None => "live listing".to_string(),
             };
             out.push_str(&format!(
                 "  {:<20} mounted at {}  {} -> {}  ({} requests, {})\n",

@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -122,6 +122,55 @@ fn ready_is_sent_after_the_mounts_are_up() {
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(msg.contains("STATUS=2 repositories mounted"), "{msg}");
     assert!(all_mounted, "READY=1 came before the mounts were up");
+    d.stop();
+}
+
+/// Each reload that remounts a repository closes the old session: open
+/// descriptors and memory stay flat over 100 reloads.
+#[test]
+fn a_hundred_reloads_leak_no_descriptors() {
+    let e = env();
+    let m = mnt(&e, "a");
+    let config = cfg(&e, &[entry(&e, "a", "ref = \"main\"")]);
+    let mut d = Daemon::start(&config, &[m.clone()], &e.dir.join("daemon.log"));
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let rss = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let mut before = (0, 0);
+    for i in 1..=100 {
+        let branch = if i % 2 == 0 { "main" } else { "dev" };
+        cfg(&e, &[entry(&e, "a", &format!("ref = \"{branch}\""))]);
+        d.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.log_text().matches("config reloaded").count() < i {
+            assert!(Instant::now() < deadline, "reload {i} did not finish:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if i % 10 == 0 {
+            assert_eq!(
+                std::fs::read_to_string(m.join("file.txt")).unwrap(),
+                format!("a on {branch}\n")
+            );
+        }
+        if i == 10 {
+            std::thread::sleep(Duration::from_millis(500));
+            before = (fds(d.pid()), rss(d.pid()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = (fds(d.pid()), rss(d.pid()));
+    eprintln!("descriptors {} -> {}, RSS {} kB -> {} kB", before.0, after.0, before.1, after.1);
+    // Every old source was released, not only its session.
+    d.wait_log("repository source released", 10);
+    assert!(d.log_text().matches("repository source released").count() >= 90, "{}", d.log_text());
+    assert!(after.0 <= before.0 + 4, "descriptors grew from {} to {} over 90 reloads", before.0, after.0);
+    assert!(after.1 <= before.1 + 60_000, "RSS grew from {} kB to {} kB over 90 reloads", before.1, after.1);
     d.stop();
 }
 

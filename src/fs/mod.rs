@@ -486,6 +486,23 @@ impl fuser::Filesystem for RepoFs {
         reply.error(Errno::from_i32(libc::ENODATA));
     }
 
+    /// No ioctl applies to these files (Python's `open()` asks TCGETS of
+    /// every file): "not a terminal", quietly, as a regular file answers.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
         if size == 0 {
             reply.size(0);

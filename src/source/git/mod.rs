@@ -183,23 +183,40 @@ impl GitSource {
         let Some(every) = self.repo.refresh else {
             return;
         };
+        // Hold the source only while working, so that an unmounted one is
+        // released without waiting for the next refresh.
+        let weak = Arc::downgrade(&self);
+        drop(self);
         loop {
             tokio::time::sleep(every).await;
-            if self.stopped.load(Ordering::Relaxed) {
+            let Some(this) = weak.upgrade() else {
+                return;
+            };
+            if !this.refresh_once().await {
                 return;
             }
+        }
+    }
+
+    /// One refresh: resolves the ref and swaps in a new commit. False once
+    /// the source is shut down.
+    async fn refresh_once(self: &Arc<Self>) -> bool {
+        {
+            if self.stopped.load(Ordering::Relaxed) {
+                return false;
+            }
             let Some(current) = self.current_commit() else {
-                continue; // not loaded yet: the first access loads it
+                return true; // not loaded yet: the first access loads it
             };
             let commit = match self.remote.resolve_ref().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(repo = %self.repo.name, "refresh: cannot resolve the ref: {e}");
-                    continue;
+                    return true;
                 }
             };
             if commit == current {
-                continue;
+                return true;
             }
             match self.snapshot_for(commit).await {
                 Ok(s) => {
@@ -213,6 +230,7 @@ impl GitSource {
                 }
             }
         }
+        true
     }
 
     /// Stops background work (refresh) for a repository being unmounted.
@@ -628,5 +646,11 @@ impl Source for GitSource {
 
     fn immutable(&self) -> bool {
         true
+    }
+}
+
+impl Drop for GitSource {
+    fn drop(&mut self) {
+        tracing::debug!(repo = %self.repo.name, "repository source released");
     }
 }
