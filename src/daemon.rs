@@ -403,7 +403,13 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
     let doc = serde_json::json!({
         "pid": std::process::id(),
         "updated": now,
-        "cache": {"bytes": stats.bytes, "entries": stats.entries, "cap": stats.cap},
+        "cache": {
+            "bytes": stats.bytes,
+            "entries": stats.entries,
+            "cap": stats.cap,
+            "disk_free": cache.disk().map(|d| d.0),
+            "disk_total": cache.disk().map(|d| d.1),
+        },
         "repositories": list,
     });
     let path = status_path(config);

@@ -80,6 +80,21 @@ pub fn show(config: &Config) -> Result<String, String> {
         },
         c.get("entries").and_then(|e| e.as_u64()).unwrap_or(0)
     ));
+    if let (Some(free), Some(total)) = (
+        c.get("disk_free").and_then(|b| b.as_u64()),
+        c.get("disk_total").and_then(|b| b.as_u64()),
+    ) {
+        out.push_str(&format!(
+            "disk: {} free of {}{}\n",
+            human(free),
+            human(total),
+            if free < cap.saturating_sub(bytes) {
+                " (less than the cap allows: the disk limits the cache)"
+            } else {
+                ""
+            }
+        ));
+    }
     Ok(out)
 }
 

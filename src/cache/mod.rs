@@ -19,6 +19,12 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+mod disk;
+mod memory;
+pub use disk::space as disk_space;
+pub use memory::Memory;
+use disk::Disk;
+
 /// The content store. Cloning it is cheap and shares the index.
 #[derive(Clone)]
 pub struct Cache {
@@ -26,6 +32,7 @@ pub struct Cache {
     cap: u64,
     index: Arc<Mutex<Index>>,
     tmp_counter: Arc<AtomicU64>,
+    disk: Arc<Disk>,
 }
 
 struct Index {
@@ -102,6 +109,7 @@ impl Cache {
             cap,
             index: Arc::new(Mutex::new(index)),
             tmp_counter: Arc::new(AtomicU64::new(0)),
+            disk: Arc::new(Disk::new(root)),
         };
         cache.evict(0);
         Ok(cache)
@@ -158,13 +166,16 @@ impl Cache {
             .root
             .join("tmp")
             .join(format!("{}-{}-{key}", std::process::id(), n));
-        let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
+        let file = self
+            .retry_full(0, || File::create(&tmp_path))
+            .map_err(io_err(&tmp_path))?;
         Ok(CacheWriter {
             cache: self.clone(),
             key: key.to_owned(),
             tmp_path,
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             len: 0,
+            committed: false,
         })
     }
 
@@ -194,7 +205,13 @@ impl Cache {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Evicts least recently used entries until `incoming` more bytes fit.
+    /// Free and total bytes of the cache's disk (for status output).
+    pub fn disk(&self) -> Option<(u64, u64)> {
+        self.disk.space()
+    }
+
+    /// Evicts least recently used entries until `incoming` more bytes fit
+    /// under the cap and on the disk (keeping its reserve free).
     fn evict(&self, incoming: u64) {
         let mut victims = Vec::new();
         {
@@ -213,6 +230,59 @@ impl Cache {
             tracing::debug!(key = %k, "cache: evicting");
             let _ = fs::remove_file(self.path_of(&k));
         }
+        self.make_room(incoming);
+    }
+
+    /// Evicts least recently used entries until the disk has `need` bytes
+    /// of room above its reserve (or nothing is left to evict). Whether
+    /// there is room now.
+    pub fn make_room(&self, need: u64) -> bool {
+        let mut warned = false;
+        loop {
+            match self.disk.room() {
+                Some(room) if room >= need => return true,
+                None => return true, // cannot tell: let the write say
+                Some(_) => {}
+            }
+            if !warned {
+                self.disk.warn_full(self.cap, "the disk, not cache_size, limits the cache");
+                warned = true;
+            }
+            let victim = {
+                let mut idx = self.lock();
+                let v = idx.lru.pop_lru();
+                if let Some((_, len)) = &v {
+                    idx.total -= len;
+                }
+                v
+            };
+            match victim {
+                Some((k, _)) => {
+                    tracing::debug!(key = %k, "cache: evicting to make room on the disk");
+                    let _ = fs::remove_file(self.path_of(&k));
+                }
+                None => return false,
+            }
+        }
+    }
+
+    /// Runs a write; when the disk is full, makes room and tries once more.
+    fn retry_full<T>(&self, need: u64, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if disk::is_full(&e) => {
+                if !self.make_room(need.saturating_add(1 << 20)) {
+                    self.disk.warn_full(self.cap, "nothing left to evict");
+                    return Err(e);
+                }
+                op()
+            }
+            other => other,
+        }
+    }
+
+    /// Logs (at most once a minute) that something could not be cached.
+    pub fn warn_full(&self, why: &str) {
+        self.disk.warn_full(self.cap, why);
     }
 }
 
@@ -223,6 +293,7 @@ pub struct CacheWriter {
     tmp_path: PathBuf,
     file: Option<io::BufWriter<File>>,
     len: u64,
+    committed: bool,
 }
 
 impl Write for CacheWriter {
@@ -231,13 +302,14 @@ impl Write for CacheWriter {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("cache writer already committed"))?;
-        let n = f.write(buf)?;
+        let cache = &self.cache;
+        let n = cache.retry_full(buf.len() as u64, || f.write(buf))?;
         self.len += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         match self.file.as_mut() {
-            Some(f) => f.flush(),
+            Some(f) => self.cache.retry_full(256 * 1024, || f.flush()),
             None => Ok(()),
         }
     }
@@ -279,6 +351,7 @@ impl CacheWriter {
 
     /// Makes the entry visible (rename into place) and returns it opened.
     pub fn commit(mut self) -> Result<File, CacheError> {
+        self.flush().map_err(io_err(&self.tmp_path))?;
         let Some(buf) = self.file.take() else {
             return Err(CacheError::Io {
                 path: self.tmp_path.clone(),
@@ -294,6 +367,7 @@ impl CacheWriter {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
         fs::rename(&self.tmp_path, &dest).map_err(io_err(&dest))?;
+        self.committed = true;
         let file = File::open(&dest).map_err(io_err(&dest))?;
         let mut idx = self.cache.lock();
         if let Some(old) = idx.lru.put(self.key.clone(), self.len) {
@@ -306,7 +380,8 @@ impl CacheWriter {
 
 impl Drop for CacheWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        // Whatever failed (a full disk, a rename), no temp file outlives it.
+        if !self.committed {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }

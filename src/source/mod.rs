@@ -92,6 +92,20 @@ impl FileReader for LocalFile {
     }
 }
 
+/// Complete, verified contents held in memory.
+pub struct MemoryFile(pub Arc<[u8]>);
+
+impl FileReader for MemoryFile {
+    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        let end = start.saturating_add(size as usize).min(self.0.len());
+        Ok(self.0[start..end].to_vec())
+    }
+    fn size(&self) -> Option<u64> {
+        Some(self.0.len() as u64)
+    }
+}
+
 /// Reads up to `size` bytes at `offset` of a local (cache) file; fewer only at its end.
 pub fn read_file_range(
     file: &std::fs::File,

@@ -38,7 +38,7 @@ use gix_object::tree::EntryKind;
 use crate::cache::Cache;
 use crate::config::{Config, RepoConfig};
 use crate::source::transfer::TransferReader;
-use crate::source::{Entry, FileReader, LocalFile, Node, NodeKind, Source, SourceError};
+use crate::source::{Entry, FileReader, LocalFile, MemoryFile, Node, NodeKind, Source, SourceError};
 pub use remote::Remote;
 use snapshot::{Snapshot, State};
 use transport::RemoteError;
@@ -339,6 +339,7 @@ impl GitSource {
     async fn read_small_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         let mut f = match self.objects.open(oid, 0).await? {
             objects::Opened::File(f) => f,
+            objects::Opened::Memory(m) => return Ok(m.to_vec()),
             objects::Opened::Streaming(..) => {
                 return Err(SourceError::Corrupt(format!("blob {oid} is not small")));
             }
@@ -584,6 +585,13 @@ impl Source for GitSource {
                     self.size_corrected(&oid, listed, real);
                 }
                 Ok(Arc::new(LocalFile { file: f, size: real }))
+            }
+            objects::Opened::Memory(m) => {
+                let real = m.len() as u64;
+                if real != listed {
+                    self.size_corrected(&oid, listed, real);
+                }
+                Ok(Arc::new(MemoryFile(m)))
             }
             objects::Opened::Streaming(transfer, size) => {
                 if size != listed {

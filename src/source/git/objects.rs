@@ -41,6 +41,10 @@ pub const BATCH: usize = 1000;
 const MEMORY_MAX: u64 = 1 << 20;
 /// Size probes of single blobs run at most this many at once.
 const PROBE_PARALLEL: usize = 8;
+/// When the disk cache cannot take a blob, blobs up to this size are kept
+/// in memory instead (up to `MEMORY_STORE` bytes in all).
+const MEMORY_FALLBACK: u64 = 64 << 20;
+const MEMORY_STORE: u64 = 256 << 20;
 
 pub fn blob_key(oid: &ObjectId) -> String {
     format!("git-{oid}")
@@ -56,6 +60,8 @@ pub enum Opened {
     File(std::fs::File),
     /// Arriving: follow the transfer (its file grows); `u64` is the size.
     Streaming(Arc<Transfer>, u64),
+    /// Verified, held in memory (the disk cache could not take it).
+    Memory(Arc<[u8]>),
 }
 
 /// The object fetcher of one repository.
@@ -69,6 +75,8 @@ pub struct Objects {
     verified: Mutex<HashSet<ObjectId>>,
     /// Sizes of large blobs learned by probes (their contents were not fetched).
     probed: Mutex<HashMap<ObjectId, u64>>,
+    /// Blobs the disk cache could not take.
+    memory: crate::cache::Memory,
     stall_limit: Duration,
 }
 
@@ -89,6 +97,7 @@ impl Objects {
             flights: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
             probed: Mutex::new(HashMap::new()),
+            memory: crate::cache::Memory::new(MEMORY_STORE),
             stall_limit,
         })
     }
@@ -120,6 +129,9 @@ impl Objects {
     /// The size of a cached blob (trusted as far as the file system; a
     /// damaged file is caught when it is opened).
     pub fn cached_size(&self, oid: &ObjectId) -> Option<u64> {
+        if let Some(m) = self.memory.get(&blob_key(oid)) {
+            return Some(m.len() as u64);
+        }
         if !self.cache.contains(&blob_key(oid)) {
             return None;
         }
@@ -134,7 +146,7 @@ impl Objects {
         let mut flights = lock(&self.flights);
         let mut seen = HashSet::new();
         for oid in oids {
-            if !seen.insert(*oid) || self.cache.contains(&blob_key(oid)) {
+            if !seen.insert(*oid) || self.have(oid) {
                 continue;
             }
             match flights.get(oid) {
@@ -147,6 +159,17 @@ impl Objects {
             }
         }
         (owned, waiting)
+    }
+
+    /// Whether the blob is at hand (disk cache or memory).
+    fn have(&self, oid: &ObjectId) -> bool {
+        self.memory.contains(&blob_key(oid)) || self.cache.contains(&blob_key(oid))
+    }
+
+    /// Keeps a verified blob the disk cache refused, in memory.
+    fn keep_in_memory(&self, oid: &ObjectId, data: Arc<[u8]>, why: &dyn std::fmt::Display) {
+        self.cache.warn_full(&format!("blob {oid}: {why}"));
+        self.memory.put(&blob_key(oid), data);
     }
 
     fn land(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
@@ -207,6 +230,7 @@ impl Objects {
             stopped_at: None,
             writer: None,
             trees: None,
+            local_error: None,
         };
         let result = self
             .remote
@@ -215,10 +239,14 @@ impl Objects {
         let error = match result {
             Ok(Flow::Stopped) => None,
             Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(repo = %self.repo, wants = ids.len(), "fetch failed: {e}");
-                Some(e.into_source_error())
-            }
+            Err(e) => match &sink.local_error {
+                // The disk, not the server: say so.
+                Some(local) => Some(SourceError::Unavailable(format!("cannot store fetched blobs: {local}"))),
+                None => {
+                    tracing::warn!(repo = %self.repo, wants = ids.len(), "fetch failed: {e}");
+                    Some(e.into_source_error())
+                }
+            },
         };
         let stopped = sink.stopped_at.is_some();
         if let (Some(size), [only]) = (sink.stopped_at, &ids[..]) {
@@ -244,6 +272,9 @@ impl Objects {
         // Joining a probe's flight ends in `Released` quickly; a few rounds
         // are plenty, and every round either starts a fetch or joins one.
         for _ in 0..8 {
+            if let Some(m) = self.memory.get(&blob_key(&oid)) {
+                return Ok(Opened::Memory(m));
+            }
             if let Some(f) = self.cached(&oid) {
                 return Ok(Opened::File(f));
             }
@@ -252,16 +283,31 @@ impl Objects {
                 match flights.get(&oid) {
                     Some(t) if !t.failed() => (t.clone(), None),
                     _ => {
-                        let (file, writer) = if size > MEMORY_MAX {
-                            let w = self.cache.writer("pending-blob").map_err(|e| {
-                                SourceError::Unavailable(format!("cache: {e}"))
-                            })?;
-                            let f = std::fs::File::open(w.path()).map_err(|e| {
-                                SourceError::Unavailable(format!("cache: {e}"))
-                            })?;
-                            (Some(f), Some(w))
+                        let streamed = if size > MEMORY_MAX {
+                            match self.cache.writer("pending-blob").and_then(|w| {
+                                let f = std::fs::File::open(w.path()).map_err(|e| {
+                                    crate::cache::CacheError::Io { path: w.path().to_owned(), source: e }
+                                })?;
+                                Ok((f, w))
+                            }) {
+                                Ok(fw) => Some(fw),
+                                // No room on the disk: fetch it into memory if it fits there.
+                                Err(e) if size <= MEMORY_FALLBACK => {
+                                    self.cache.warn_full(&format!("blob {oid}: {e}"));
+                                    None
+                                }
+                                Err(e) => {
+                                    return Err(SourceError::Unavailable(format!(
+                                        "cannot cache blob {oid} ({size} bytes, too large to serve from memory): {e}"
+                                    )));
+                                }
+                            }
                         } else {
-                            (None, None)
+                            None
+                        };
+                        let (file, writer) = match streamed {
+                            Some((f, w)) => (Some(f), Some(w)),
+                            None => (None, None),
                         };
                         let (tx, t) = Transfer::new(file);
                         flights.insert(oid, t.clone());
@@ -306,6 +352,7 @@ impl Objects {
             tx: &tx,
             transfer: &transfer,
             done: false,
+            local_error: None,
         };
         let r = self
             .remote
@@ -316,6 +363,11 @@ impl Objects {
             (Ok(_), false) => TransferState::Failed(SourceError::Corrupt(format!(
                 "the server did not send blob {oid}"
             ))),
+            (Err(_), _) if sink.local_error.is_some() => {
+                let local = sink.local_error.take().unwrap_or_default();
+                tracing::error!(repo = %self.repo, %oid, "cannot store a blob in the cache: {local}");
+                TransferState::Failed(SourceError::Unavailable(format!("cannot store blob {oid} in the cache: {local}")))
+            }
             (Err(e), _) => {
                 tracing::error!(repo = %self.repo, %oid, "fetching a blob failed: {e}");
                 TransferState::Failed(e.into_source_error())
@@ -441,6 +493,7 @@ impl Objects {
             stopped_at: None,
             writer: None,
             trees: Some(HashMap::new()),
+            local_error: None,
         };
         let limits = Limits {
             retain_max: 64 << 20,
@@ -465,6 +518,8 @@ struct BatchSink<'a> {
     writer: Option<CacheWriter>,
     /// Collects commits and trees (for a commit fetch).
     trees: Option<HashMap<ObjectId, Arc<[u8]>>>,
+    /// A failure of the disk cache (not of the server).
+    local_error: Option<String>,
 }
 
 fn cache_err(e: impl std::fmt::Display) -> PackError {
@@ -483,13 +538,26 @@ impl ObjectSink for BatchSink<'_> {
         if size <= MEMORY_MAX {
             return Ok(Take::Memory);
         }
-        self.writer = Some(self.objects.cache.writer("pending-blob").map_err(cache_err)?);
-        Ok(Take::Stream)
+        match self.objects.cache.writer("pending-blob") {
+            Ok(w) => {
+                self.writer = Some(w);
+                Ok(Take::Stream)
+            }
+            // No room on the disk: keep it in memory if it fits there.
+            Err(_) if size <= MEMORY_FALLBACK => Ok(Take::Memory),
+            Err(e) => {
+                self.local_error = Some(e.to_string());
+                Err(cache_err(e))
+            }
+        }
     }
 
     fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
         match &mut self.writer {
-            Some(w) => w.write_all(data).map_err(cache_err),
+            Some(w) => w.write_all(data).map_err(|e| {
+                self.local_error = Some(e.to_string());
+                cache_err(e)
+            }),
             None => Ok(()),
         }
     }
@@ -500,12 +568,17 @@ impl ObjectSink for BatchSink<'_> {
                 let key = blob_key(&oid);
                 let size = match (data, self.writer.take()) {
                     (Some(d), _) => {
-                        self.objects.cache.insert(&key, d).map_err(cache_err)?;
+                        if let Err(e) = self.objects.cache.insert(&key, d) {
+                            self.objects.keep_in_memory(&oid, d.clone(), &e);
+                        }
                         d.len() as u64
                     }
                     (None, Some(w)) => {
                         let n = w.written();
-                        w.commit_as(&key).map_err(cache_err)?;
+                        if let Err(e) = w.commit_as(&key) {
+                            self.local_error = Some(e.to_string());
+                            return Err(cache_err(e));
+                        }
                         n
                     }
                     (None, None) => return Err(PackError("a streamed blob has no writer".into())),
@@ -539,6 +612,8 @@ struct StreamSink<'a> {
     tx: &'a TransferSender,
     transfer: &'a Transfer,
     done: bool,
+    /// A failure of the disk cache (not of the server).
+    local_error: Option<String>,
 }
 
 impl ObjectSink for StreamSink<'_> {
@@ -556,7 +631,10 @@ impl ObjectSink for StreamSink<'_> {
 
     fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
         let w = self.writer.as_mut().ok_or_else(|| PackError("no writer".into()))?;
-        w.write_all(data).and_then(|_| w.flush()).map_err(cache_err)?;
+        if let Err(e) = w.write_all(data).and_then(|_| w.flush()) {
+            self.local_error = Some(e.to_string());
+            return Err(cache_err(e));
+        }
         let _ = self.tx.send(TransferState::Progress(w.written()));
         Ok(())
     }
@@ -569,7 +647,10 @@ impl ObjectSink for StreamSink<'_> {
             )));
         }
         let w = self.writer.take().ok_or_else(|| PackError("no writer".into()))?;
-        w.commit_as(&blob_key(&oid)).map_err(cache_err)?;
+        if let Err(e) = w.commit_as(&blob_key(&oid)) {
+            self.local_error = Some(e.to_string());
+            return Err(cache_err(e));
+        }
         lock(&self.objects.verified).insert(oid);
         self.done = true;
         Ok(())
