@@ -20,6 +20,8 @@ use fuser::{
 
 use crate::source::{FileReader, Node, NodeKind, Source, SourceError};
 
+mod quiet;
+
 const ROOT: u64 = 1;
 
 struct Inode {
@@ -50,6 +52,7 @@ pub struct RepoFs {
     next_fh: AtomicU64,
     /// Set once mounted: tells the kernel to drop attributes it cached.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    quiet: quiet::Quiet,
     uid: u32,
     gid: u32,
 }
@@ -78,6 +81,7 @@ impl RepoFs {
             page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
+            quiet: quiet::Quiet::default(),
             uid,
             gid,
         }
@@ -146,7 +150,13 @@ impl RepoFs {
             SourceError::NotFound(_) => {
                 tracing::debug!(repo = %self.source.name(), path = %path.display(), "{op}: {e}")
             }
-            _ => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e}"),
+            // The same failure for path after path (a server that is down)
+            // is logged once per window, with a count of the rest.
+            _ => match self.quiet.admit(&format!("{op}: {e}")) {
+                Some(0) => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e}"),
+                Some(held) => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e} ({held} more like this held back)"),
+                None => {}
+            },
         }
         Errno::from_i32(e.errno())
     }
