@@ -292,6 +292,34 @@ fn a_cut_download_restarts_without_rewriting_what_readers_saw() {
     d.stop();
 }
 
+/// The cache's disk is smaller than the objects: each is still read whole
+/// and right; one that cannot fit even after eviction is served from memory.
+#[test]
+fn lfs_objects_read_right_on_a_full_disk() {
+    let s = setup();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("d/f{i}.bin"), noise(200 + i, 6_000_000)))
+        .chain([("big.bin".to_string(), noise(300, 16_000_000))])
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    lfs_repo(&s, "full", &refs);
+    let _disk = Tmpfs::mount(&s.dir.join("cache"), "12m");
+    let (cfg, m) = config(&s, "full");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+    for round in 0..2 {
+        for (name, data) in &files {
+            let got = std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("round {round}: {name}: {e}\n{}", d.log_text()));
+            assert!(&got == data, "round {round}: {name}: wrong bytes ({} read)", got.len());
+        }
+    }
+    let log = d.log_text();
+    assert!(log.contains("the cache is full"), "{log}");
+    assert!(log.contains("served from memory"), "{log}");
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    d.stop();
+}
+
 #[test]
 fn lfs_failures_are_reported_and_hrefs_renewed() {
     let s = setup();

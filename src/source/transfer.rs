@@ -36,6 +36,9 @@ pub struct Transfer {
     /// The content's exact size, once the writer knows it (before its
     /// first byte, for a blob: the pack entry's header says it).
     pub size: std::sync::OnceLock<u64>,
+    /// Set (before `Done`) when the content ended up in memory instead of
+    /// the file (the disk was full): readers then read it from here.
+    pub memory: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 impl Transfer {
@@ -47,6 +50,7 @@ impl Transfer {
                 state: rx,
                 file,
                 size: std::sync::OnceLock::new(),
+                memory: std::sync::OnceLock::new(),
             }),
         )
     }
@@ -132,6 +136,9 @@ impl FileReader for TransferReader {
             )),
             _ => Ok(()),
         })?;
+        if let Some(m) = self.transfer.memory.get() {
+            return super::MemoryFile(m.clone()).read_at(offset, size);
+        }
         let file = self
             .transfer
             .file

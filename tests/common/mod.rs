@@ -565,3 +565,26 @@ pub fn sh(cmd: &str, limit: Duration) -> (i32, String, String) {
     let status = child.wait().unwrap();
     (status.code().unwrap_or(-1), out, err)
 }
+
+/// A tmpfs of a given size mounted for a test (needs root), unmounted on drop.
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "cannot mount a tmpfs at {} (the test needs root)", path.display());
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+

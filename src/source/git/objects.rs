@@ -169,6 +169,7 @@ impl Objects {
     /// Keeps a verified blob the disk cache refused, in memory.
     fn keep_in_memory(&self, oid: &ObjectId, data: Arc<[u8]>, why: &dyn std::fmt::Display) {
         self.cache.warn_full(&format!("blob {oid}: {why}"));
+        tracing::debug!(repo = %self.repo, %oid, "no room in the cache: the blob is served from memory ({why})");
         self.memory.put(&blob_key(oid), data);
     }
 
@@ -201,6 +202,7 @@ impl Objects {
                     state: tx.subscribe(),
                     file: None,
                     size: std::sync::OnceLock::new(),
+                    memory: std::sync::OnceLock::new(),
                 })
             }));
             let me = me.clone();

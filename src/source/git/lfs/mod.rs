@@ -36,6 +36,10 @@ use crate::source::transfer::{Transfer, TransferReader, TransferSender, Transfer
 use crate::source::{FileReader, LocalFile, SourceError};
 
 const BATCH_MAX: usize = 100;
+/// When the disk cache cannot take an object, objects up to this size are
+/// downloaded into memory instead (up to `MEMORY_STORE` bytes in all).
+const MEMORY_FALLBACK: u64 = 64 << 20;
+const MEMORY_STORE: u64 = 256 << 20;
 #[derive(Debug, Clone)]
 struct Action {
     href: String,
@@ -50,6 +54,8 @@ pub struct Lfs {
     repo: String,
     actions: Mutex<HashMap<String, Action>>,
     downloads: Mutex<HashMap<String, Arc<Transfer>>>,
+    /// Verified objects the disk cache could not take.
+    memory: crate::cache::Memory,
     /// The LFS objects listed together in a directory, by object: the first
     /// download in a directory asks the batch API for all of them at once.
     groups: Mutex<HashMap<String, Arc<Vec<Pointer>>>>,
@@ -67,6 +73,7 @@ impl Lfs {
             repo: repo.to_string(),
             actions: Mutex::new(HashMap::new()),
             downloads: Mutex::new(HashMap::new()),
+            memory: crate::cache::Memory::new(MEMORY_STORE),
             verified: Mutex::new(std::collections::HashSet::new()),
             groups: Mutex::new(HashMap::new()),
             stall_limit,
@@ -268,6 +275,9 @@ impl Lfs {
         rt: &tokio::runtime::Handle,
         p: &Pointer,
     ) -> Result<Arc<dyn FileReader>, SourceError> {
+        if let Some(m) = self.memory.get(&p.cache_key()) {
+            return Ok(Arc::new(crate::source::MemoryFile(m)));
+        }
         if let Some(file) = cache.get(&p.cache_key()) {
             let known = self
                 .verified
@@ -321,10 +331,11 @@ impl Lfs {
         let file = std::fs::File::open(w.path())
             .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
         let (tx, transfer) = Transfer::new(Some(file));
+        let t = transfer.clone();
         let me = self.clone();
         let p = p.clone();
         rt.spawn(async move {
-            let state = match me.fetch_into(&transport, &cache, w, &p, &tx).await {
+            let state = match me.fetch_into(&transport, &cache, w, &p, &tx, &t).await {
                 Ok(()) => TransferState::Done,
                 Err(e) => {
                     tracing::error!(repo = %me.repo, oid = %p.oid, "LFS download failed: {e}");
@@ -346,10 +357,15 @@ impl Lfs {
         &self,
         transport: &Transport,
         cache: &Cache,
-        mut w: crate::cache::CacheWriter,
+        w: crate::cache::CacheWriter,
         p: &Pointer,
         tx: &TransferSender,
+        transfer: &Transfer,
     ) -> Result<(), SourceError> {
+        // The disk cache, until it cannot take more; then memory (small
+        // objects only), with readers switched over once it is verified.
+        let mut w = Some(w);
+        let mut mem: Option<Vec<u8>> = None;
         let mut hasher = sha2::Sha256::new();
         let mut written: u64 = 0;
         let mut renewed = false;
@@ -422,11 +438,11 @@ impl Lfs {
                 let mut chunk = &chunk[..];
                 if seen < again {
                     let n = (again - seen).min(chunk.len() as u64) as usize;
-                    let mut have = vec![0u8; n];
-                    w.flush()
-                        .and_then(|_| std::fs::File::open(w.path()))
-                        .and_then(|f| f.read_exact_at(&mut have, seen))
-                        .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+                    let have = match (&mut w, &mem) {
+                        (_, Some(m)) => m[seen as usize..seen as usize + n].to_vec(),
+                        (Some(w), None) => read_back(w, seen, n, true)?,
+                        (None, None) => Vec::new(),
+                    };
                     if have != chunk[..n] {
                         return Err(SourceError::Corrupt(format!(
                             "LFS object {}: the server sent different bytes when the download restarted",
@@ -447,11 +463,11 @@ impl Lfs {
                     )));
                 }
                 hasher.update(chunk);
-                w.write_all(chunk)
-                    .and_then(|_| w.flush())
-                    .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+                let on_disk = self.store(cache, &mut w, &mut mem, chunk, written, p)?;
                 written += chunk.len() as u64;
-                let _ = tx.send(TransferState::Progress(written));
+                if on_disk {
+                    let _ = tx.send(TransferState::Progress(written));
+                }
             }
         }
         if written != p.size {
@@ -467,10 +483,71 @@ impl Lfs {
                 p.oid
             )));
         }
-        w.commit()
-            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+        match (w, mem) {
+            (_, Some(m)) => {
+                let m: Arc<[u8]> = m.into();
+                self.memory.put(&p.cache_key(), m.clone());
+                let _ = transfer.memory.set(m);
+            }
+            (Some(w), None) => {
+                w.commit()
+                    .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+            }
+            (None, None) => return Err(SourceError::Unavailable("the download lost its storage".into())),
+        }
         Ok(())
     }
+
+    /// Stores a verified-so-far piece: in the cache file, or, once the disk
+    /// cannot take more and the object is small enough, in memory. Whether
+    /// it went to the file (readers can follow it there).
+    fn store(
+        &self,
+        cache: &Cache,
+        w: &mut Option<crate::cache::CacheWriter>,
+        mem: &mut Option<Vec<u8>>,
+        chunk: &[u8],
+        written: u64,
+        p: &Pointer,
+    ) -> Result<bool, SourceError> {
+        if let Some(m) = mem {
+            m.extend_from_slice(chunk);
+            return Ok(false);
+        }
+        let Some(file) = w.as_mut() else {
+            return Err(SourceError::Unavailable("the download lost its storage".into()));
+        };
+        let Err(e) = file.write_all(chunk).and_then(|_| file.flush()) else {
+            return Ok(true);
+        };
+        if p.size > MEMORY_FALLBACK {
+            cache.warn_full(&format!("LFS object {} ({} bytes) cannot be served from memory", p.oid, p.size));
+            return Err(SourceError::Unavailable(format!(
+                "LFS object {}: the cache is full and the object ({} bytes) is too large to serve from memory: {e}",
+                p.oid, p.size
+            )));
+        }
+        cache.warn_full(&format!("LFS object {}", p.oid));
+        tracing::warn!(repo = %self.repo, oid = %p.oid, size = p.size, "no room in the cache even after evicting: the LFS object is served from memory ({e})");
+        let mut m = read_back(file, 0, written as usize, false)?;
+        m.reserve(p.size.saturating_sub(written) as usize);
+        m.extend_from_slice(chunk);
+        *mem = Some(m);
+        *w = None; // drops the temp file
+        Ok(false)
+    }
+}
+
+/// Reads `n` bytes at `offset` back from a cache writer's temp file.
+/// Without `flush`, only what earlier flushes wrote is there (after a
+/// failed write, flushing would only fail again).
+fn read_back(w: &mut crate::cache::CacheWriter, offset: u64, n: usize, flush: bool) -> Result<Vec<u8>, SourceError> {
+    let mut have = vec![0u8; n];
+    (if flush { w.flush() } else { Ok(()) })
+        .and_then(|_| std::fs::File::open(w.path()))
+        .and_then(|f| f.read_exact_at(&mut have, offset))
+        .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
+    Ok(have)
 }
 
 /// The sha256 of a file that must be `size` bytes long.
