@@ -114,14 +114,10 @@ async fn check_s3(repo: &RepoConfig, config: &Config) -> CheckLine {
         Ok(c) => c,
         Err(e) => return line(false, e),
     };
-    let listed = client
-        .list_objects_v2()
-        .bucket(&cfg.bucket)
-        .prefix(&cfg.prefix)
-        .max_keys(20)
-        .send()
-        .await;
-    let out = match listed {
+    // The same URL-encoded listing as the mount (keys with control
+    // characters come back decoded).
+    let listed = crate::source::s3::sample_keys(&client, &cfg.bucket, &cfg.prefix, 20).await;
+    let keys = match listed {
         Ok(o) => o,
         Err(e) => {
             let err = describe(&e, &cfg.bucket, "ListObjectsV2");
@@ -132,12 +128,7 @@ async fn check_s3(repo: &RepoConfig, config: &Config) -> CheckLine {
             return line(false, msg);
         }
     };
-    let first = out
-        .contents()
-        .iter()
-        .find(|o| o.key().is_some_and(|k| !k.ends_with('/')))
-        .and_then(|o| o.key())
-        .map(str::to_string);
+    let first = keys.into_iter().find(|k| !k.ends_with('/'));
     if let Some(key) = first {
         if let Err(e) = client
             .get_object()

@@ -1,6 +1,7 @@
 //! End-to-end tests of S3 mounts against moto's S3 server on loopback:
-//! S3's odd key semantics, pagination, large objects read sequentially and
-//! at random offsets, ETag-pinned reads, metadata_ttl, and `repofs check`.
+//! S3's odd key semantics (control characters included), pagination, large
+//! objects read sequentially and at random offsets, ETag-pinned reads,
+//! metadata_ttl, missing buckets and wrong regions, and `repofs check`.
 
 mod common;
 
@@ -371,6 +372,210 @@ eu.put_object(Bucket='far-away', Key='hello.txt', Body=b'hello from eu-west-1')
     assert!(
         log.contains("bucket region detected") && log.contains("eu-west-1"),
         "{log}"
+    );
+    d.stop();
+}
+
+/// Lines of the log that contain `text`.
+fn count(log: &str, text: &str) -> usize {
+    log.lines().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn control_characters_in_keys_are_names_and_nul_is_skipped() {
+    let s = setup();
+    // Without encoding-type=url these keys make S3's XML unreadable, and
+    // the whole directory (siblings included) used to fail with EIO.
+    s.s3.py(r#"
+s3.create_bucket(Bucket='hostile')
+keys = ['d/ok.txt', 'd/z-last.txt', 'd/a\x01b', 'd/nul\x00x', 'd/cr\rx', 'd/lf\nx', 'd/tab\tx',
+        'd/sp ace+plus%25', 'd/sub\x01dir/f', 'd/nul\x00dir/g', 'top\x01.txt']
+for k in keys:
+    s3.put_object(Bucket='hostile', Key=k, Body=k.encode(), ACL='public-read')
+"#);
+    let cfg = config(
+        &s,
+        &[(
+            "hostile",
+            "bucket = \"hostile\"\ncredentials = \"anonymous\"\nmetadata_ttl = \"1s\"",
+        )],
+    );
+    let m = s.dir.join("mnt/hostile");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+
+    assert_eq!(names(&m), ["d", "top\x01.txt"]);
+    let expected = [
+        "a\x01b",
+        "cr\rx",
+        "lf\nx",
+        "ok.txt",
+        "sp ace+plus%25",
+        "sub\x01dir",
+        "tab\tx",
+        "z-last.txt",
+    ];
+    let (code, out, err) = sh(
+        &format!("ls -A {}", m.join("d").display()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "ls failed: {out}{err}");
+    assert!(
+        out.contains("ok.txt") && out.contains("z-last.txt"),
+        "{out}"
+    );
+    // Listed twice, the second time after metadata_ttl: still one warning
+    // per skipped key.
+    for round in 0..2 {
+        assert_eq!(names(&m.join("d")), expected, "round {round}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    for name in expected.iter().filter(|n| **n != "sub\x01dir") {
+        let bytes = std::fs::read(m.join("d").join(name))
+            .unwrap_or_else(|e| panic!("reading {name:?}: {e}"));
+        assert_eq!(bytes, format!("d/{name}").as_bytes(), "{name:?}");
+    }
+    assert_eq!(
+        std::fs::read(m.join("d/sub\x01dir/f")).unwrap(),
+        b"d/sub\x01dir/f"
+    );
+    assert_eq!(
+        std::fs::read(m.join("top\x01.txt")).unwrap(),
+        b"top\x01.txt"
+    );
+
+    let log = d.log_text();
+    assert_eq!(count(&log, "a NUL byte in the key"), 2, "{log}");
+    // Keys are escaped in the log (a newline in a key cannot forge a line).
+    assert_eq!(count(&log, r#"key="d/nul\0x""#), 1, "{log}");
+    assert_eq!(count(&log, r#"key="d/nul\0dir/""#), 1, "{log}");
+    assert!(!log.contains("ListObjectsV2 on bucket hostile"), "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+    // `repofs check` lists the same way.
+    let (code, out, err) = sh(
+        &format!("{} --config {} check", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok"), "{out}");
+    d.stop();
+}
+
+#[test]
+fn a_missing_bucket_is_an_error_not_an_empty_directory() {
+    let s = setup();
+    s.s3.py("s3.create_bucket(Bucket='present')\ns3.put_object(Bucket='present', Key='hello.txt', Body=b'hello', ACL='public-read')");
+    let cfg = config(
+        &s,
+        &[
+            (
+                "gone",
+                "bucket = \"no-such-bucket\"\ncredentials = \"anonymous\"",
+            ),
+            ("here", "bucket = \"present\"\ncredentials = \"anonymous\""),
+        ],
+    );
+    let (code, out, err) = sh(
+        &format!("{} --config {} check", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let gone = out.lines().find(|l| l.contains(" gone:")).unwrap();
+    assert!(
+        gone.starts_with("FAIL")
+            && gone.contains("no-such-bucket")
+            && gone.contains("does not exist"),
+        "{out}"
+    );
+    let here = out.lines().find(|l| l.contains(" here:")).unwrap();
+    assert!(here.starts_with("ok"), "{out}");
+
+    let (gm, hm) = (s.dir.join("mnt/gone"), s.dir.join("mnt/here"));
+    let mut d = Daemon::start(&cfg, &[gm.clone(), hm.clone()], &s.dir.join("daemon.log"));
+    // Not an empty directory: ls fails, and so does every read of the root.
+    let (code, out, err) = sh(&format!("ls {}", gm.display()), Duration::from_secs(30));
+    assert_ne!(code, 0, "ls of a missing bucket succeeded: {out:?}");
+    assert!(err.contains("Input/output error"), "{err}");
+    let e = std::fs::read_dir(&gm)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = std::fs::metadata(gm.join("anything")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("no-such-bucket")
+            && l.contains("does not exist")
+            && l.contains("`bucket`")),
+        "{log}"
+    );
+    // The other repository of the same configuration is unaffected.
+    assert_eq!(
+        std::fs::read_to_string(hm.join("hello.txt")).unwrap(),
+        "hello"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_bucket_in_another_region_names_its_region() {
+    let s = setup();
+    // The test server answers a request signed for the wrong region as S3
+    // does: 301 PermanentRedirect with x-amz-bucket-region.
+    s.s3.py(
+        r#"
+eu = boto3.client('s3', endpoint_url=s3.meta.endpoint_url, region_name='eu-west-1', aws_access_key_id='test', aws_secret_access_key='test')
+eu.create_bucket(Bucket='far-away', CreateBucketConfiguration={'LocationConstraint': 'eu-west-1'})
+eu.put_object(Bucket='far-away', Key='hello.txt', Body=b'hello from eu-west-1')
+"#,
+    );
+    let keys = "access_key_id = \"test\"\nsecret_access_key = \"s3cr3t-value\"";
+    let cfg = config(
+        &s,
+        &[
+            (
+                "wrong",
+                &format!("bucket = \"far-away\"\nregion = \"us-east-1\"\n{keys}"),
+            ),
+            ("detected", &format!("bucket = \"far-away\"\n{keys}")),
+        ],
+    );
+    let (code, out, err) = sh(
+        &format!("{} --config {} check", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let wrong = out.lines().find(|l| l.contains(" wrong:")).unwrap();
+    assert!(
+        wrong.starts_with("FAIL") && wrong.contains("region = \"eu-west-1\""),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains(" detected:")),
+        "{out}"
+    );
+
+    let (wm, dm) = (s.dir.join("mnt/wrong"), s.dir.join("mnt/detected"));
+    let mut d = Daemon::start(&cfg, &[wm.clone(), dm.clone()], &s.dir.join("daemon.log"));
+    let e = std::fs::read_dir(&wm)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dm.join("hello.txt")).unwrap(),
+        "hello from eu-west-1"
+    );
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("bucket far-away is in region eu-west-1")
+            && l.contains("region = \"eu-west-1\"")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cr3t-value") && !out.contains("s3cr3t-value"),
+        "a secret leaked"
     );
     d.stop();
 }
