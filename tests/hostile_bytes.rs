@@ -419,29 +419,44 @@ fn random_line(rng: &mut Rng, dict: &[Vec<u8>]) -> Line {
     }
 }
 
+/// Line-level mutations shared by every line-based format, chosen by
+/// `roll`: 0 drops a line, 1 repeats one, 2 swaps two, 3 inserts `new`.
+/// Whether `roll` was one of these (and applicable).
+fn reorder<T: Clone>(rng: &mut Rng, lines: &mut Vec<T>, roll: usize, new: impl FnOnce(&mut Rng) -> T) -> bool {
+    let n = lines.len();
+    match roll {
+        0 if n > 0 => {
+            lines.remove(rng.below(n));
+        }
+        1 if n > 0 => {
+            let line = lines[rng.below(n)].clone();
+            let at = rng.below(n + 1);
+            lines.insert(at, line);
+        }
+        2 if n > 1 => {
+            let (a, b) = (rng.below(n), rng.below(n));
+            lines.swap(a, b);
+        }
+        3 => {
+            let at = rng.below(n + 1);
+            let line = new(rng);
+            lines.insert(at, line);
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// One to three line-level mutations: framing stays valid, contents change.
 fn mutate_lines(rng: &mut Rng, lines: &mut Vec<Line>, dict: &[Vec<u8>]) {
     let rounds = 1 + rng.below(3);
     for _ in 0..rounds {
         let n = lines.len();
-        match rng.below(9) {
-            0 if n > 0 => {
-                lines.remove(rng.below(n));
-            }
-            1 if n > 0 => {
-                let line = lines[rng.below(n)].clone();
-                let at = rng.below(n + 1);
-                lines.insert(at, line);
-            }
-            2 if n > 1 => {
-                let (a, b) = (rng.below(n), rng.below(n));
-                lines.swap(a, b);
-            }
-            3 => {
-                let at = rng.below(n + 1);
-                let line = random_line(rng, dict);
-                lines.insert(at, line);
-            }
+        let roll = rng.below(9);
+        if reorder(rng, lines, roll, |rng| random_line(rng, dict)) {
+            continue;
+        }
+        match roll {
             4..=6 if n > 0 => {
                 let i = rng.below(n);
                 if let Line::Data(d) = &mut lines[i] {
@@ -929,24 +944,11 @@ fn mutate_pointer_lines(rng: &mut Rng, lines: &mut Vec<Vec<u8>>, dict: &[Vec<u8>
     let rounds = 1 + rng.below(3);
     for _ in 0..rounds {
         let n = lines.len();
-        match rng.below(9) {
-            0 if n > 0 => {
-                lines.remove(rng.below(n));
-            }
-            1 if n > 0 => {
-                let line = lines[rng.below(n)].clone();
-                let at = rng.below(n + 1);
-                lines.insert(at, line);
-            }
-            2 if n > 1 => {
-                let (a, b) = (rng.below(n), rng.below(n));
-                lines.swap(a, b);
-            }
-            3 => {
-                let at = rng.below(n + 1);
-                let line = rng.pick(dict).clone();
-                lines.insert(at, line);
-            }
+        let roll = rng.below(9);
+        if reorder(rng, lines, roll, |rng| rng.pick(dict).clone()) {
+            continue;
+        }
+        match roll {
             4 | 5 if n > 0 => {
                 // Keep the key, change the value.
                 let i = rng.below(n);
