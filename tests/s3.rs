@@ -579,3 +579,41 @@ eu.put_object(Bucket='far-away', Key='hello.txt', Body=b'hello from eu-west-1')
     );
     d.stop();
 }
+
+/// The cache's disk is smaller than the bucket: every object still reads
+/// right (from the network when the disk cannot take it), and no temp file
+/// is left behind.
+#[test]
+fn objects_read_right_on_a_full_disk() {
+    let s = setup();
+    s.s3.py(r#"
+import hashlib
+s3.create_bucket(Bucket='fill')
+for i in range(6):
+    data = hashlib.sha256(str(i).encode()).digest() * (5 * 1024 * 1024 // 32)
+    s3.put_object(Bucket='fill', Key='d/o%d.bin' % i, Body=data, ACL='public-read')
+"#);
+    let _disk = Tmpfs::mount(&s.dir.join("cache"), "12m");
+    let cfg = config(&s, &[("fill", "bucket = \"fill\"\ncredentials = \"anonymous\"")]);
+    let m = s.dir.join("mnt/fill");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+    let want = |i: u32| -> Vec<u8> {
+        let out = s.s3.py(&format!(
+            "import sys\nsys.stdout.write(hashlib.sha256(str({i}).encode()).hexdigest())"
+        ));
+        out.trim().to_string().into_bytes()
+    };
+    for round in 0..2 {
+        for i in 0..6u32 {
+            let got = std::fs::read(m.join(format!("d/o{i}.bin")))
+                .unwrap_or_else(|e| panic!("round {round}: o{i}: {e}\n{}", d.log_text()));
+            assert_eq!(got.len(), 5 * 1024 * 1024, "round {round}: o{i}");
+            let first: String = got[..32].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(first.as_bytes(), &want(i)[..], "round {round}: o{i}");
+            assert!(got.chunks(32).all(|c| c == &got[..32]), "round {round}: o{i}: wrong bytes");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    d.stop();
+}

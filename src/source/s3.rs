@@ -240,17 +240,20 @@ impl S3Reader {
         }
         if st.writer.is_some() {
             if st.written == at {
-                let ok = st
-                    .writer
-                    .as_mut()
-                    .is_some_and(|w| w.write_all(data).is_ok());
+                let wrote = match st.writer.as_mut() {
+                    Some(w) => w.write_all(data),
+                    None => Ok(()),
+                };
                 st.written += data.len() as u64;
-                if !ok {
+                if let Err(e) = wrote {
+                    // Reads go on from the network; only the caching stops
+                    // (the writer's drop removes its temp file).
+                    self.src.cache.warn_full(&format!("S3 object {:?}: {e}", self.key));
                     st.writer = None;
                 } else if st.written == self.size {
                     if let Some(w) = st.writer.take() {
                         if let Err(e) = w.commit() {
-                            tracing::warn!(repo = %self.src.name, "cannot cache {}: {e}", self.key);
+                            tracing::warn!(repo = %self.src.name, "cannot cache {:?}: {e}", self.key);
                         }
                     }
                 }
