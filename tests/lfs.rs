@@ -301,7 +301,9 @@ fn lfs_objects_read_right_on_a_full_disk() {
         .map(|i| (format!("d/f{i}.bin"), noise(200 + i, 6_000_000)))
         .chain([("big.bin".to_string(), noise(300, 16_000_000))])
         .collect();
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    // Read only once the cache's disk has become read-only.
+    let later: Vec<(String, Vec<u8>)> = (0..2).map(|i| (format!("e/g{i}.bin"), noise(400 + i, 3_000_000))).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().chain(&later).map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     lfs_repo(&s, "full", &refs);
     let _disk = Tmpfs::mount(&s.dir.join("cache"), "12m");
     let (cfg, m) = config(&s, "full");
@@ -311,6 +313,17 @@ fn lfs_objects_read_right_on_a_full_disk() {
             let got = std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("round {round}: {name}: {e}\n{}", d.log_text()));
             assert!(&got == data, "round {round}: {name}: wrong bytes ({} read)", got.len());
         }
+    }
+    // The cache directory becomes unwritable: reads still come back right.
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(s.dir.join("cache"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (name, data) in &later {
+        let got = std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("read-only cache: {name}: {e}\n{}", d.log_text()));
+        assert!(&got == data, "read-only cache: {name}: wrong bytes ({} read)", got.len());
     }
     let log = d.log_text();
     assert!(log.contains("the cache is full"), "{log}");

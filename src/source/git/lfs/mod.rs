@@ -323,14 +323,31 @@ impl Lfs {
         rt: &tokio::runtime::Handle,
         p: &Pointer,
     ) -> Result<Arc<Transfer>, SourceError> {
-        let w = cache
-            .writer(&p.cache_key())
-            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
         // Readers read the temp file as it grows; after the rename on
         // commit this descriptor still reads the same (now cached) file.
-        let file = std::fs::File::open(w.path())
-            .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
-        let (tx, transfer) = Transfer::new(Some(file));
+        let opened = cache.writer(&p.cache_key()).and_then(|w| {
+            let f = std::fs::File::open(w.path()).map_err(|e| crate::cache::CacheError::Io {
+                path: w.path().to_owned(),
+                source: e,
+            })?;
+            Ok((w, f))
+        });
+        let (w, file) = match opened {
+            Ok((w, f)) => (Some(w), Some(f)),
+            // The cache cannot take a file at all (full, or unwritable):
+            // a small enough object is downloaded into memory.
+            Err(e) if p.size <= MEMORY_FALLBACK => {
+                cache.warn_full(&format!("LFS object {}: {e}", p.oid));
+                (None, None)
+            }
+            Err(e) => {
+                return Err(SourceError::Unavailable(format!(
+                    "LFS object {}: cannot cache it ({e}) and it is too large ({} bytes) to serve from memory",
+                    p.oid, p.size
+                )));
+            }
+        };
+        let (tx, transfer) = Transfer::new(file);
         let t = transfer.clone();
         let me = self.clone();
         let p = p.clone();
@@ -357,15 +374,18 @@ impl Lfs {
         &self,
         transport: &Transport,
         cache: &Cache,
-        w: crate::cache::CacheWriter,
+        mut w: Option<crate::cache::CacheWriter>,
         p: &Pointer,
         tx: &TransferSender,
         transfer: &Transfer,
     ) -> Result<(), SourceError> {
         // The disk cache, until it cannot take more; then memory (small
         // objects only), with readers switched over once it is verified.
-        let mut w = Some(w);
-        let mut mem: Option<Vec<u8>> = None;
+        let mut mem: Option<Vec<u8>> = match w {
+            Some(_) => None,
+            None => Some(Vec::with_capacity(p.size.min(MEMORY_FALLBACK) as usize)),
+        };
+        let mut on_disk = 0u64;
         let mut hasher = sha2::Sha256::new();
         let mut written: u64 = 0;
         let mut renewed = false;
@@ -463,11 +483,14 @@ impl Lfs {
                     )));
                 }
                 hasher.update(chunk);
-                let on_disk = self.store(cache, &mut w, &mut mem, chunk, written, p)?;
+                let to_file = self.store(cache, &mut w, &mut mem, chunk, written, p)?;
                 written += chunk.len() as u64;
-                if on_disk {
-                    let _ = tx.send(TransferState::Progress(written));
+                if to_file {
+                    on_disk = written;
                 }
+                // Also a heartbeat while the bytes go to memory: readers
+                // wait for the end then, and must not take it for a stall.
+                let _ = tx.send(TransferState::Progress(on_disk));
             }
         }
         if written != p.size {
