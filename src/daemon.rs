@@ -31,6 +31,8 @@ enum RepoState {
         /// The git side, for refresh and shutdown.
         git: Option<Arc<GitSource>>,
         session: fuser::BackgroundSession,
+        /// The last failure the mount answered with.
+        last_error: crate::fs::LastError,
     },
     Failed(String),
 }
@@ -170,6 +172,7 @@ fn mount_repo(
     options.clone_fd = true;
     let fs = RepoFs::new(source.clone());
     let notifier = fs.notifier_slot();
+    let last_error = fs.last_error();
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
             let _ = notifier.set(session.notifier());
@@ -187,6 +190,7 @@ fn mount_repo(
                 source,
                 git,
                 session,
+                last_error,
             }
         }
         Err(e) => {
@@ -345,7 +349,10 @@ pub fn notify(message: &str) {
 /// end, then drops it (its /dev/fuse descriptor, threads and source).
 fn release_when_unused(old: Repo) {
     let name = old.config.name.clone();
-    let RepoState::Mounted { session, source, git } = old.state else {
+    let RepoState::Mounted {
+        session, source, git, ..
+    } = old.state
+    else {
         return;
     };
     let spawned = std::thread::Builder::new()
@@ -375,8 +382,18 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
     let list: Vec<serde_json::Value> = repos
         .iter()
         .map(|(name, r)| match &r.state {
-            RepoState::Mounted { source, .. } => {
+            RepoState::Mounted {
+                source, last_error, ..
+            } => {
                 let (requests, bytes) = source.traffic();
+                let last = last_error.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let last = last.map(|(when, what)| {
+                    let secs = SystemTime::now()
+                        .duration_since(when)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    serde_json::json!({"seconds_ago": secs, "what": what})
+                });
                 serde_json::json!({
                     "name": name,
                     "state": "mounted",
@@ -387,6 +404,7 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
                     },
                     "commit": source.version(),
                     "versioned": r.config.s3.is_none(),
+                    "last_error": last,
                     "requests": requests,
                     "bytes_received": bytes,
                 })

@@ -60,6 +60,14 @@ pub fn show(config: &Config) -> Result<String, String> {
                 n("requests"),
                 human(n("bytes_received"))
             ));
+            if let Some(e) = r.get("last_error").filter(|e| !e.is_null()) {
+                out.push_str(&format!(
+                    "  {:<20} last error {}s ago: {}\n",
+                    "",
+                    e.get("seconds_ago").and_then(|v| v.as_u64()).unwrap_or(0),
+                    e.get("what").and_then(|v| v.as_str()).unwrap_or("")
+                ));
+            }
         } else {
             out.push_str(&format!("  {:<20} FAILED: {}\n", s("name"), s("reason")));
         }

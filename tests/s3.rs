@@ -514,6 +514,16 @@ fn a_missing_bucket_is_an_error_not_an_empty_directory() {
         std::fs::read_to_string(hm.join("hello.txt")).unwrap(),
         "hello"
     );
+    // `repofs status` names the failure (it is refreshed every 10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out, _) = sh(&format!("{} --config {} status", repofs_bin(), cfg.display()), Duration::from_secs(10));
+        if out.contains("last error") && out.contains("does not exist") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "status never showed the error:\n{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     d.stop();
 }
 

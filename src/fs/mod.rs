@@ -40,6 +40,10 @@ struct Table {
     next: u64,
 }
 
+/// The last failure of a mount and when it happened.
+#[derive(Clone, Default)]
+pub struct LastError(pub Arc<Mutex<Option<(SystemTime, String)>>>);
+
 /// A mounted source.
 pub struct RepoFs {
     source: Arc<dyn Source>,
@@ -53,6 +57,8 @@ pub struct RepoFs {
     /// Set once mounted: tells the kernel to drop attributes it cached.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     quiet: quiet::Quiet,
+    /// The last failure answered to a caller (for `repofs status`).
+    last_error: LastError,
     uid: u32,
     gid: u32,
 }
@@ -82,9 +88,15 @@ impl RepoFs {
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
             quiet: quiet::Quiet::default(),
+            last_error: LastError::default(),
             uid,
             gid,
         }
+    }
+
+    /// The last failure this mount answered with (shared with the daemon).
+    pub fn last_error(&self) -> LastError {
+        self.last_error.clone()
     }
 
     /// Where the daemon puts the session's notifier after mounting.
@@ -157,6 +169,10 @@ impl RepoFs {
                 Some(held) => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e} ({held} more like this held back)"),
                 None => {}
             },
+        }
+        if !matches!(e, SourceError::NotFound(_)) {
+            *self.last_error.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((SystemTime::now(), format!("{op} {}: {e}", path.display())));
         }
         Errno::from_i32(e.errno())
     }
