@@ -23,6 +23,9 @@ fn a_full_disk_never_costs_a_byte() {
         std::fs::write(work.join(&rel), noise(i, 4_000_000)).unwrap();
         files.push((rel, i, 4_000_000usize));
     }
+    // Larger than the whole disk: it can only be served from memory.
+    std::fs::write(work.join("big/huge.bin"), noise(99, 25_000_000)).unwrap();
+    files.push(("big/huge.bin".to_string(), 99, 25_000_000));
     for i in 0..200u64 {
         let rel = format!("small/s{i:03}.txt");
         std::fs::create_dir_all(work.join("small")).unwrap();
@@ -34,11 +37,23 @@ fn a_full_disk_never_costs_a_byte() {
     publish_repo(&srv, &work, "full");
     let server = GitServer::start(&srv, &[]);
 
-    // 20 MB of disk for a 52 MB repository, with cache_size at 2 GiB.
+    // 20 MB of disk for a 77 MB repository, with cache_size at 2 GiB.
     let disk = Tmpfs::mount(&dir.join("disk"), "20m");
     let cache = disk.0.join("cache");
     let mnt = dir.join("mnt");
-    let config = write_config(dir, &mnt, &cache, &[RepoEntry { name: "full".into(), url: server.url("full"), extra: String::new() }], "");
+    // The server needs a few seconds to start a pack of this many large
+    // blobs (git searches for deltas first): a timeout that allows it.
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mount_root = \"{}\"\ncache_dir = \"{}\"\ncache_size = \"2GiB\"\nrequest_timeout = \"30s\"\n\n[[repository]]\nname = \"full\"\nprovider = \"git\"\nurl = \"{}\"\n",
+            mnt.display(),
+            cache.display(),
+            server.url("full")
+        ),
+    )
+    .unwrap();
     let m = mnt.join("full");
     let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
     for round in 0..2 {

@@ -59,6 +59,13 @@ impl Transfer {
         matches!(&*self.state.borrow(), TransferState::Failed(_))
     }
 
+    /// Whether joining this transfer can still lead anywhere: not failed,
+    /// and its writer still there (a writer that vanished without a last
+    /// word, say a cancelled task, leaves a transfer nobody will finish).
+    pub fn alive(&self) -> bool {
+        !self.failed() && self.state.has_changed().is_ok()
+    }
+
     /// Waits until `ready` says the state is good enough, an error, or the
     /// stall limit passes without any change.
     pub async fn wait(

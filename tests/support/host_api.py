@@ -319,7 +319,16 @@ def gitlab(h):
         for p, line in zip(wanted, out.decode().splitlines()):
             typ, _, size = line.partition(" ")
             if typ == "blob":
-                found.append({"path": p, "rawSize": size})
+                # As GitLab: `size` is the blob's, `rawSize` "the blob target
+                # if stored externally" (an LFS object's size).
+                raw = size
+                if int(size) < 1024:
+                    text = git(rdir, "cat-file", "-p", "%s:%s" % (commit, p)) or b""
+                    if text.startswith(b"version https://git-lfs.github.com/spec/v1"):
+                        for l in text.decode("utf-8", "replace").splitlines():
+                            if l.startswith("size "):
+                                raw = l[5:].strip()
+                found.append({"path": p, "size": size, "rawSize": raw})
     m = re.search(r"blobs\([^)]*first:\s*(\d+)", query)
     first = min(int(m.group(1)), 100) if m else 100
     try:

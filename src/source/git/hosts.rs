@@ -5,8 +5,9 @@
 //!   non-recursive call per directory listed;
 //! - Bitbucket Server / DC: `GET {base}/rest/api/1.0/projects/{key}/repos/{slug}/browse/{path}?at={commit}`,
 //!   paged, per directory;
-//! - GitLab: GraphQL `project(fullPath:) { repository { blobs(ref:, paths:) { nodes { path rawSize } } } }`,
-//!   per directory, paged.
+//! - GitLab: GraphQL `project(fullPath:) { repository { blobs(ref:, paths:) { nodes { path size } } } }`,
+//!   per directory, paged (`size` is the git blob's; `rawSize` is an LFS
+//!   object's, which would hide the pointer).
 //!
 //! Any failure (rate limit, refusal, 5xx, an unexpected answer) is an
 //! [`ApiError`]; the caller falls back to git itself. Answers are read up to
@@ -281,7 +282,7 @@ async fn bitbucket(t: &Transport, base: &str, dir: &DirRef) -> Result<HashMap<Ob
     Ok(out)
 }
 
-const GITLAB_QUERY: &str = "query($p: ID!, $r: String!, $paths: [String!]!, $after: String) { project(fullPath: $p) { repository { blobs(ref: $r, paths: $paths, first: 100, after: $after) { nodes { path rawSize } pageInfo { hasNextPage endCursor } } } } }";
+const GITLAB_QUERY: &str = "query($p: ID!, $r: String!, $paths: [String!]!, $after: String) { project(fullPath: $p) { repository { blobs(ref: $r, paths: $paths, first: 100, after: $after) { nodes { path size } pageInfo { hasNextPage endCursor } } } } }";
 
 async fn gitlab(t: &Transport, endpoint: &str, full_path: &str, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, ApiError> {
     let prefix = if dir.path.is_empty() {
@@ -313,7 +314,8 @@ async fn gitlab(t: &Transport, endpoint: &str, full_path: &str, dir: &DirRef) ->
                 .ok_or_else(|| ApiError::Failed("the project is not visible to the token (GraphQL answered no project)".into()))?;
             for n in blobs.get("nodes").and_then(Value::as_array).into_iter().flatten() {
                 let path = n.get("path").and_then(Value::as_str);
-                let size = n.get("rawSize").and_then(size_of);
+                // `size` is the blob's own; `rawSize` would be an LFS object's.
+                let size = n.get("size").and_then(size_of);
                 if let (Some(p), Some(s)) = (path, size) {
                     if let Some(o) = by_path.get(p) {
                         out.insert(*o, s);

@@ -19,6 +19,7 @@ pub mod objects;
 pub mod pack;
 pub mod protocol;
 pub mod remote;
+mod sinks;
 pub mod sizes;
 pub mod snapshot;
 pub mod transport;
@@ -482,7 +483,10 @@ impl GitSource {
         }
         self.objects.ensure(&candidates).await?;
         for oid in candidates {
-            if let Some(p) = self.read_small_blob(oid).await.ok().and_then(|d| lfs::parse_pointer(&d)) {
+            // A read that fails fails the listing (and is retried with it):
+            // taking the blob for "not a pointer" would show its text.
+            let data = self.read_small_blob(oid).await?;
+            if let Some(p) = lfs::parse_pointer(&data) {
                 out.insert(oid, p);
             }
         }

@@ -20,14 +20,13 @@
 //! others wait on; no lock is held across network I/O.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use gix_hash::ObjectId;
-use gix_object::Kind;
 
-use super::pack::{Flow, Limits, ObjectSink, PackError, Take};
+use super::pack::{Flow, Limits};
+use super::sinks::{BatchSink, StreamSink};
 use super::protocol;
 use super::remote::Remote;
 use super::transport::RemoteError;
@@ -38,19 +37,21 @@ use crate::source::transfer::{Transfer, TransferSender, TransferState};
 /// Most ids in one `fetch`.
 pub const BATCH: usize = 1000;
 /// Blobs up to this size are collected in memory; larger ones are streamed.
-const MEMORY_MAX: u64 = 1 << 20;
+pub(super) const MEMORY_MAX: u64 = 1 << 20;
 /// Size probes of single blobs run at most this many at once.
 const PROBE_PARALLEL: usize = 8;
 /// When the disk cache cannot take a blob, blobs up to this size are kept
 /// in memory instead (up to `MEMORY_STORE` bytes in all).
-const MEMORY_FALLBACK: u64 = 64 << 20;
+pub(super) const MEMORY_FALLBACK: u64 = 64 << 20;
 const MEMORY_STORE: u64 = 256 << 20;
+/// Largest tree or commit accepted (they are held in memory).
+pub(super) const MAX_TREE: u64 = 256 << 20;
 
 pub fn blob_key(oid: &ObjectId) -> String {
     format!("git-{oid}")
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -67,16 +68,16 @@ pub enum Opened {
 /// The object fetcher of one repository.
 pub struct Objects {
     me: Weak<Objects>,
-    repo: String,
+    pub(super) repo: String,
     remote: Arc<Remote>,
-    cache: Arc<Cache>,
+    pub(super) cache: Arc<Cache>,
     rt: tokio::runtime::Handle,
     flights: Mutex<HashMap<ObjectId, Arc<Transfer>>>,
-    verified: Mutex<HashSet<ObjectId>>,
+    pub(super) verified: Mutex<HashSet<ObjectId>>,
     /// Sizes of large blobs learned by probes (their contents were not fetched).
-    probed: Mutex<HashMap<ObjectId, u64>>,
+    pub(super) probed: Mutex<HashMap<ObjectId, u64>>,
     /// Blobs the disk cache could not take.
-    memory: crate::cache::Memory,
+    pub(super) memory: crate::cache::Memory,
     stall_limit: Duration,
 }
 
@@ -150,7 +151,7 @@ impl Objects {
                 continue;
             }
             match flights.get(oid) {
-                Some(t) if !t.failed() => waiting.push(t.clone()),
+                Some(t) if t.alive() => waiting.push(t.clone()),
                 _ => {
                     let (tx, t) = Transfer::new(None);
                     flights.insert(*oid, t);
@@ -167,13 +168,13 @@ impl Objects {
     }
 
     /// Keeps a verified blob the disk cache refused, in memory.
-    fn keep_in_memory(&self, oid: &ObjectId, data: Arc<[u8]>, why: &dyn std::fmt::Display) {
+    pub(super) fn keep_in_memory(&self, oid: &ObjectId, data: Arc<[u8]>, why: &dyn std::fmt::Display) {
         self.cache.warn_full(&format!("blob {oid}: {why}"));
         tracing::debug!(repo = %self.repo, %oid, "no room in the cache: the blob is served from memory ({why})");
         self.memory.put(&blob_key(oid), data);
     }
 
-    fn land(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
+    pub(super) fn land(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
         let _ = tx.send(state);
         let mut flights = lock(&self.flights);
         // Only remove the flight if it is still this sender's.
@@ -233,6 +234,7 @@ impl Objects {
             writer: None,
             trees: None,
             local_error: None,
+            beat: None,
         };
         let result = self
             .remote
@@ -282,8 +284,12 @@ impl Objects {
             }
             let (transfer, start) = {
                 let mut flights = lock(&self.flights);
+                if self.have(&oid) {
+                    // Landed between the checks above and this lock.
+                    continue;
+                }
                 match flights.get(&oid) {
-                    Some(t) if !t.failed() => (t.clone(), None),
+                    Some(t) if t.alive() => (t.clone(), None),
                     _ => {
                         let streamed = if size > MEMORY_MAX {
                             match self.cache.writer("pending-blob").and_then(|w| {
@@ -355,6 +361,8 @@ impl Objects {
             transfer: &transfer,
             done: false,
             local_error: None,
+            flushed: 0,
+            mem: None,
         };
         let r = self
             .remote
@@ -419,7 +427,14 @@ impl Objects {
             let asked: Vec<ObjectId> = owned.iter().map(|(o, _)| *o).collect();
             let mut stopped = None;
             if !owned.is_empty() {
-                let (got, stop, err) = self.fetch_batch(owned, Some(keep)).await;
+                // A task: a listing that gives up must not leave flights
+                // that nobody will finish.
+                let me2 = me.clone();
+                let (got, stop, err) = self
+                    .rt
+                    .spawn(async move { me2.fetch_batch(owned, Some(keep)).await })
+                    .await
+                    .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
                 if let Some(e) = err {
                     return Err(e);
                 }
@@ -427,7 +442,7 @@ impl Objects {
                 stopped = stop;
             }
             for t in waiting {
-                let _ = t.finished(self.stall_limit).await;
+                let _ = self.sized_or_finished(&t).await;
             }
             unknown.retain(|o| match sizes.get(o).copied().or_else(|| known(o)) {
                 Some(s) => {
@@ -456,6 +471,18 @@ impl Objects {
         Ok(sizes)
     }
 
+    /// Waits until another fetch of a blob finished, or (a large blob being
+    /// streamed) until its size is known: a size probe need not wait for
+    /// the whole download.
+    async fn sized_or_finished(&self, t: &Arc<Transfer>) -> Result<(), SourceError> {
+        let t2 = t.clone();
+        t.wait(self.stall_limit, move |s| {
+            matches!(s, TransferState::Done | TransferState::Released) || t2.size.get().is_some()
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
         for _ in 0..3 {
             if let Some(s) = self.cached_size(&oid).or_else(|| lock(&self.probed).get(&oid).copied()) {
@@ -464,7 +491,7 @@ impl Objects {
             let (owned, waiting) = self.claim(&[oid]);
             if owned.is_empty() {
                 for t in waiting {
-                    t.finished(self.stall_limit).await?;
+                    self.sized_or_finished(&t).await?;
                 }
                 continue;
             }
@@ -496,6 +523,7 @@ impl Objects {
             writer: None,
             trees: Some(HashMap::new()),
             local_error: None,
+            beat: None,
         };
         let limits = Limits {
             retain_max: 64 << 20,
@@ -507,155 +535,6 @@ impl Objects {
             .await
             .map_err(RemoteError::into_source_error)?;
         Ok(sink.trees.unwrap_or_default())
-    }
-}
-
-/// Stores what a batch fetch brings.
-struct BatchSink<'a> {
-    objects: &'a Objects,
-    wants: HashMap<ObjectId, TransferSender>,
-    got: HashMap<ObjectId, u64>,
-    stop_over: Option<u64>,
-    stopped_at: Option<u64>,
-    writer: Option<CacheWriter>,
-    /// Collects commits and trees (for a commit fetch).
-    trees: Option<HashMap<ObjectId, Arc<[u8]>>>,
-    /// A failure of the disk cache (not of the server).
-    local_error: Option<String>,
-}
-
-fn cache_err(e: impl std::fmt::Display) -> PackError {
-    PackError(format!("cannot write to the cache: {e}"))
-}
-
-impl ObjectSink for BatchSink<'_> {
-    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
-        if kind != Kind::Blob {
-            return Ok(Take::Memory);
-        }
-        if self.stop_over.is_some_and(|t| size > t) {
-            self.stopped_at = Some(size);
-            return Ok(Take::Stop);
-        }
-        if size <= MEMORY_MAX {
-            return Ok(Take::Memory);
-        }
-        match self.objects.cache.writer("pending-blob") {
-            Ok(w) => {
-                self.writer = Some(w);
-                Ok(Take::Stream)
-            }
-            // No room on the disk: keep it in memory if it fits there.
-            Err(_) if size <= MEMORY_FALLBACK => Ok(Take::Memory),
-            Err(e) => {
-                self.local_error = Some(e.to_string());
-                Err(cache_err(e))
-            }
-        }
-    }
-
-    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
-        match &mut self.writer {
-            Some(w) => w.write_all(data).map_err(|e| {
-                self.local_error = Some(e.to_string());
-                cache_err(e)
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn end(&mut self, oid: ObjectId, kind: Kind, data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
-        match kind {
-            Kind::Blob => {
-                let key = blob_key(&oid);
-                let size = match (data, self.writer.take()) {
-                    (Some(d), _) => {
-                        if let Err(e) = self.objects.cache.insert(&key, d) {
-                            self.objects.keep_in_memory(&oid, d.clone(), &e);
-                        }
-                        d.len() as u64
-                    }
-                    (None, Some(w)) => {
-                        let n = w.written();
-                        if let Err(e) = w.commit_as(&key) {
-                            self.local_error = Some(e.to_string());
-                            return Err(cache_err(e));
-                        }
-                        n
-                    }
-                    (None, None) => return Err(PackError("a streamed blob has no writer".into())),
-                };
-                lock(&self.objects.verified).insert(oid);
-                self.got.insert(oid, size);
-                if let Some(tx) = self.wants.remove(&oid) {
-                    self.objects.land(&oid, &tx, TransferState::Done);
-                }
-            }
-            Kind::Tree | Kind::Commit => {
-                if let (Some(t), Some(d)) = (&mut self.trees, data) {
-                    t.insert(oid, d.clone());
-                }
-            }
-            Kind::Tag => {}
-        }
-        Ok(())
-    }
-
-    fn reopen(&mut self, oid: &ObjectId) -> Option<std::fs::File> {
-        self.objects.cache.get(&blob_key(oid))
-    }
-}
-
-/// Streams one wanted blob into its transfer's file.
-struct StreamSink<'a> {
-    objects: &'a Objects,
-    want: ObjectId,
-    writer: Option<CacheWriter>,
-    tx: &'a TransferSender,
-    transfer: &'a Transfer,
-    done: bool,
-    /// A failure of the disk cache (not of the server).
-    local_error: Option<String>,
-}
-
-impl ObjectSink for StreamSink<'_> {
-    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
-        if kind != Kind::Blob || self.writer.is_none() {
-            return Err(PackError(format!(
-                "the server sent more than the one blob {} asked for",
-                self.want
-            )));
-        }
-        let _ = self.transfer.size.set(size);
-        let _ = self.tx.send(TransferState::Progress(0));
-        Ok(Take::Stream)
-    }
-
-    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
-        let w = self.writer.as_mut().ok_or_else(|| PackError("no writer".into()))?;
-        if let Err(e) = w.write_all(data).and_then(|_| w.flush()) {
-            self.local_error = Some(e.to_string());
-            return Err(cache_err(e));
-        }
-        let _ = self.tx.send(TransferState::Progress(w.written()));
-        Ok(())
-    }
-
-    fn end(&mut self, oid: ObjectId, _kind: Kind, _data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
-        if oid != self.want {
-            return Err(PackError(format!(
-                "asked for blob {}, the server sent {oid}",
-                self.want
-            )));
-        }
-        let w = self.writer.take().ok_or_else(|| PackError("no writer".into()))?;
-        if let Err(e) = w.commit_as(&blob_key(&oid)) {
-            self.local_error = Some(e.to_string());
-            return Err(cache_err(e));
-        }
-        lock(&self.objects.verified).insert(oid);
-        self.done = true;
-        Ok(())
     }
 }
 

@@ -75,6 +75,9 @@ pub trait ObjectSink {
     fn reopen(&mut self, _oid: &ObjectId) -> Option<std::fs::File> {
         None
     }
+    /// Called as bytes arrive (whatever they hold): a sink can tell those
+    /// waiting on it that the fetch is alive.
+    fn progress(&mut self) {}
 }
 
 /// Where decoding stands after a `feed`.
@@ -457,7 +460,9 @@ impl PackDecoder {
                 hasher.update(&gix_object::encode::loose_header(base.0, size));
                 let mut mem = Vec::new();
                 if take == Take::Memory {
-                    mem.reserve(size.min(self.limits.max_object) as usize);
+                    // Grown as the result is produced: a stated size is no
+                    // reason to allocate.
+                    mem.reserve(size.min(1 << 20) as usize);
                 }
                 delta::apply(&buf, &base_data, &mut |piece| {
                     hasher.update(piece);

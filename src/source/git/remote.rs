@@ -90,6 +90,7 @@ impl Remote {
                     }
                 })
             });
+            sink.progress();
             if let Some(e) = pack_error {
                 return Err(RemoteError::Protocol(format!("{url}: {e}")));
             }

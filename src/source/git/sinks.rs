@@ -1,0 +1,234 @@
+//! The receiving ends of fetches: [`BatchSink`] stores every blob of a
+//! batch as it arrives (small ones from memory, large ones streamed to a
+//! cache temp file, each committed under the id its bytes hash to; the
+//! blobs the disk cannot take are kept in memory) and collects trees for a
+//! commit fetch; [`StreamSink`] streams one wanted blob into the file its
+//! readers follow, switching to memory if the disk fills up on the way.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use super::objects::{MAX_TREE, MEMORY_FALLBACK, MEMORY_MAX, Objects, blob_key, lock};
+use super::pack::{ObjectSink, PackError, Take};
+use crate::cache::CacheWriter;
+use crate::source::transfer::{Transfer, TransferSender, TransferState};
+
+/// Stores what a batch fetch brings.
+pub(super) struct BatchSink<'a> {
+    pub(super) objects: &'a Objects,
+    pub(super) wants: HashMap<ObjectId, TransferSender>,
+    pub(super) got: HashMap<ObjectId, u64>,
+    pub(super) stop_over: Option<u64>,
+    pub(super) stopped_at: Option<u64>,
+    pub(super) writer: Option<CacheWriter>,
+    /// Collects commits and trees (for a commit fetch).
+    pub(super) trees: Option<HashMap<ObjectId, Arc<[u8]>>>,
+    /// A failure of the disk cache (not of the server).
+    pub(super) local_error: Option<String>,
+    /// When waiters were last told the fetch is alive.
+    pub(super) beat: Option<std::time::Instant>,
+}
+
+fn cache_err(e: impl std::fmt::Display) -> PackError {
+    PackError(format!("cannot write to the cache: {e}"))
+}
+
+impl ObjectSink for BatchSink<'_> {
+    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
+        if kind != Kind::Blob {
+            // Trees and commits are held in memory: no honest one is this big.
+            if size > MAX_TREE {
+                return Err(PackError(format!(
+                    "a {kind} of {size} bytes is larger than the limit of {MAX_TREE} bytes"
+                )));
+            }
+            return Ok(Take::Memory);
+        }
+        if self.stop_over.is_some_and(|t| size > t) {
+            self.stopped_at = Some(size);
+            return Ok(Take::Stop);
+        }
+        if size <= MEMORY_MAX {
+            return Ok(Take::Memory);
+        }
+        match self.objects.cache.writer("pending-blob") {
+            Ok(w) => {
+                self.writer = Some(w);
+                Ok(Take::Stream)
+            }
+            // No room on the disk: keep it in memory if it fits there.
+            Err(_) if size <= MEMORY_FALLBACK => Ok(Take::Memory),
+            Err(e) => {
+                self.local_error = Some(e.to_string());
+                Err(cache_err(e))
+            }
+        }
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
+        match &mut self.writer {
+            Some(w) => w.write_all(data).map_err(|e| {
+                self.local_error = Some(e.to_string());
+                cache_err(e)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn end(&mut self, oid: ObjectId, kind: Kind, data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+        match kind {
+            Kind::Blob => {
+                let key = blob_key(&oid);
+                let size = match (data, self.writer.take()) {
+                    (Some(d), _) => {
+                        if let Err(e) = self.objects.cache.insert(&key, d) {
+                            self.objects.keep_in_memory(&oid, d.clone(), &e);
+                        }
+                        d.len() as u64
+                    }
+                    (None, Some(w)) => {
+                        let n = w.written();
+                        if let Err(e) = w.commit_as(&key) {
+                            self.local_error = Some(e.to_string());
+                            return Err(cache_err(e));
+                        }
+                        n
+                    }
+                    (None, None) => return Err(PackError("a streamed blob has no writer".into())),
+                };
+                lock(&self.objects.verified).insert(oid);
+                self.got.insert(oid, size);
+                if let Some(tx) = self.wants.remove(&oid) {
+                    self.objects.land(&oid, &tx, TransferState::Done);
+                }
+            }
+            Kind::Tree | Kind::Commit => {
+                if let (Some(t), Some(d)) = (&mut self.trees, data) {
+                    t.insert(oid, d.clone());
+                }
+            }
+            Kind::Tag => {}
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self, oid: &ObjectId) -> Option<std::fs::File> {
+        self.objects.cache.get(&blob_key(oid))
+    }
+
+    /// A heartbeat (at most once a second) for those waiting on blobs of
+    /// this batch that have not arrived yet: the fetch is alive.
+    fn progress(&mut self) {
+        if self.beat.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.beat = Some(std::time::Instant::now());
+        for tx in self.wants.values() {
+            tx.send_modify(|_| {});
+        }
+    }
+}
+
+/// Streams one wanted blob into its transfer's file.
+pub(super) struct StreamSink<'a> {
+    pub(super) objects: &'a Objects,
+    pub(super) want: ObjectId,
+    pub(super) writer: Option<CacheWriter>,
+    pub(super) tx: &'a TransferSender,
+    pub(super) transfer: &'a Transfer,
+    pub(super) done: bool,
+    /// A failure of the disk cache (not of the server).
+    pub(super) local_error: Option<String>,
+    /// Bytes of the file readers may follow (all flushed).
+    pub(super) flushed: u64,
+    /// The blob, once the disk could not take more of it (small ones only).
+    pub(super) mem: Option<Vec<u8>>,
+}
+
+impl StreamSink<'_> {
+    /// The disk is full mid-blob: a blob small enough continues in memory
+    /// (what is already in the file is read back), else the fetch fails.
+    fn to_memory(&mut self, data: &[u8], e: std::io::Error) -> Result<(), PackError> {
+        let size = self.transfer.size.get().copied().unwrap_or(u64::MAX);
+        let read_back = (size <= MEMORY_FALLBACK)
+            .then(|| self.writer.as_ref().map(|w| w.path().to_owned()))
+            .flatten()
+            .and_then(|path| {
+                let mut have = vec![0u8; self.flushed as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(path).ok()?, &mut have, 0).ok()?;
+                Some(have)
+            });
+        let Some(mut have) = read_back else {
+            self.local_error = Some(e.to_string());
+            return Err(cache_err(e));
+        };
+        self.objects.cache.warn_full(&format!("blob {}: {e}", self.want));
+        tracing::debug!(repo = %self.objects.repo, oid = %self.want, "no room in the cache: the blob continues in memory");
+        have.extend_from_slice(data);
+        self.mem = Some(have);
+        self.writer = None; // removes the temp file
+        Ok(())
+    }
+}
+
+impl ObjectSink for StreamSink<'_> {
+    fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
+        if kind != Kind::Blob || self.writer.is_none() || self.done {
+            return Err(PackError(format!(
+                "the server sent more than the one blob {} asked for",
+                self.want
+            )));
+        }
+        let _ = self.transfer.size.set(size);
+        lock(&self.objects.probed).insert(self.want, size);
+        let _ = self.tx.send(TransferState::Progress(0));
+        Ok(Take::Stream)
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
+        if let Some(m) = &mut self.mem {
+            m.extend_from_slice(data);
+            // A heartbeat: readers wait for the end, not for a stall.
+            let _ = self.tx.send(TransferState::Progress(self.flushed));
+            return Ok(());
+        }
+        let w = self.writer.as_mut().ok_or_else(|| PackError("no writer".into()))?;
+        if let Err(e) = w.write_all(data).and_then(|_| w.flush()) {
+            return self.to_memory(data, e);
+        }
+        self.flushed = w.written();
+        let _ = self.tx.send(TransferState::Progress(self.flushed));
+        Ok(())
+    }
+
+    fn end(&mut self, oid: ObjectId, _kind: Kind, _data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+        if oid != self.want {
+            return Err(PackError(format!(
+                "asked for blob {}, the server sent {oid}",
+                self.want
+            )));
+        }
+        if let Some(m) = self.mem.take() {
+            // Verified (the id matched): readers switch to memory.
+            let m: Arc<[u8]> = m.into();
+            self.objects.memory.put(&blob_key(&oid), m.clone());
+            let _ = self.transfer.memory.set(m);
+            self.done = true;
+            return Ok(());
+        }
+        let w = self.writer.take().ok_or_else(|| PackError("no writer".into()))?;
+        if let Err(e) = w.commit_as(&blob_key(&oid)) {
+            self.local_error = Some(e.to_string());
+            return Err(cache_err(e));
+        }
+        lock(&self.objects.verified).insert(oid);
+        self.done = true;
+        Ok(())
+    }
+}
+
