@@ -211,7 +211,7 @@ impl Cache {
     }
 
     /// Evicts least recently used entries until `incoming` more bytes fit
-    /// under the cap and on the disk (keeping its reserve free).
+    /// under the cap, and the disk keeps its reserve free.
     fn evict(&self, incoming: u64) {
         let mut victims = Vec::new();
         {
@@ -230,7 +230,9 @@ impl Cache {
             tracing::debug!(key = %k, "cache: evicting");
             let _ = fs::remove_file(self.path_of(&k));
         }
-        self.make_room(incoming);
+        // The incoming bytes are already on the disk (in their temp file):
+        // only the reserve is to be kept.
+        self.make_room(0);
     }
 
     /// Evicts least recently used entries until the disk has `need` bytes
@@ -240,7 +242,8 @@ impl Cache {
         let mut warned = false;
         loop {
             match self.disk.room() {
-                Some(room) if room >= need => return true,
+                // Zero room means at (or below) the reserve: make some.
+                Some(room) if room >= need.max(1) => return true,
                 None => return true, // cannot tell: let the write say
                 Some(_) => {}
             }

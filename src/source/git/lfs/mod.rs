@@ -128,6 +128,7 @@ impl Lfs {
             SourceError::Corrupt(format!("LFS batch response from {url} is not JSON: {e}"))
         })?;
         let mut found = HashMap::new();
+        let mut errors: HashMap<String, SourceError> = HashMap::new();
         for o in v
             .get("objects")
             .and_then(|o| o.as_array())
@@ -150,7 +151,10 @@ impl Lfs {
                     )),
                     _ => SourceError::Unavailable(format!("LFS object {oid}: error {code}: {msg}")),
                 };
-                return Err(e);
+                // Only the object asked for fails; the others of the
+                // directory still get their actions.
+                errors.insert(oid.to_string(), e);
+                continue;
             }
             let Some(dl) = o.get("actions").and_then(|a| a.get("download")) else {
                 continue;
@@ -178,16 +182,21 @@ impl Lfs {
             );
         }
         let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
-        for p in objects {
-            match found.remove(&p.oid) {
-                Some(a) => {
+        // The first object is the one a reader waits for; the rest ride along.
+        for (i, p) in objects.iter().enumerate() {
+            match (found.remove(&p.oid), errors.remove(&p.oid)) {
+                (Some(a), _) => {
                     actions.insert(p.oid.clone(), a);
                 }
-                None => {
+                (None, Some(e)) if i == 0 => return Err(e),
+                (None, None) if i == 0 => {
                     return Err(SourceError::Corrupt(format!(
                         "the LFS server gave no download action for {}",
                         p.oid
                     )));
+                }
+                (None, e) => {
+                    tracing::debug!(repo = %self.repo, oid = %p.oid, "no LFS action for an object batched along: {e:?}");
                 }
             }
         }
@@ -360,10 +369,11 @@ impl Lfs {
                 }
             };
             let _ = tx.send(state);
-            me.downloads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&p.oid);
+            let mut downloads = me.downloads.lock().unwrap_or_else(|e| e.into_inner());
+            // Only this download: a newer one may have replaced a failed one.
+            if downloads.get(&p.oid).is_some_and(|d| Arc::ptr_eq(d, &t)) {
+                downloads.remove(&p.oid);
+            }
         });
         Ok(transfer)
     }
@@ -433,6 +443,24 @@ impl Lfs {
             // Bytes of this response that are already in the file: readers
             // may have seen them, so they are never rewritten, only checked.
             let mut again = 0u64;
+            if written > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+                // The range must start where we stopped, or its bytes would
+                // land at the wrong offset (readers would see them before
+                // the sha256 could object).
+                let start = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if start != Some(written) {
+                    return Err(SourceError::Corrupt(format!(
+                        "LFS object {}: asked to resume at byte {written}, the server answered range {start:?}",
+                        p.oid
+                    )));
+                }
+            }
             if written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
                 // The server ignored the range and starts over: hash from the
                 // start, and compare what we already have instead of writing it.
