@@ -350,7 +350,10 @@ pub fn notify(message: &str) {
 fn release_when_unused(old: Repo) {
     let name = old.config.name.clone();
     let RepoState::Mounted {
-        session, source, git, ..
+        session,
+        source,
+        git,
+        ..
     } = old.state
     else {
         return;
@@ -386,7 +389,11 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
                 source, last_error, ..
             } => {
                 let (requests, bytes) = source.traffic();
-                let last = last_error.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let last = last_error
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 let last = last.map(|(when, what)| {
                     let secs = SystemTime::now()
                         .duration_since(when)

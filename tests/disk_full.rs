@@ -58,17 +58,27 @@ fn a_full_disk_never_costs_a_byte() {
     let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
     for round in 0..2 {
         for (rel, seed, size) in &files {
-            let got = std::fs::read(m.join(rel)).unwrap_or_else(|e| panic!("round {round}: {rel}: {e}\n{}", d.log_text()));
-            assert!(got == noise(*seed, *size), "round {round}: {rel}: wrong bytes ({} read)", got.len());
+            let got = std::fs::read(m.join(rel))
+                .unwrap_or_else(|e| panic!("round {round}: {rel}: {e}\n{}", d.log_text()));
+            assert!(
+                got == noise(*seed, *size),
+                "round {round}: {rel}: wrong bytes ({} read)",
+                got.len()
+            );
         }
     }
     let log = d.log_text();
     assert!(log.contains("the cache is full"), "{log}");
     assert!(!log.contains("invalid data from the server"), "{log}");
-    let leftovers: Vec<_> = std::fs::read_dir(cache.join("content/tmp")).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("content/tmp"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     std::thread::sleep(Duration::from_secs(2)); // the status file is refreshed
-    let (code, out, err) = sh(&format!("{} --config {} status", repofs_bin(), config.display()), Duration::from_secs(20));
+    let (code, out, err) = sh(
+        &format!("{} --config {} status", repofs_bin(), config.display()),
+        Duration::from_secs(20),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("disk:") && out.contains("free of"), "{out}");
     d.stop();

@@ -47,7 +47,11 @@ fn fixture(large: usize) -> Fixture {
         let sub = work.join(format!("src/pkg{d}/inner"));
         std::fs::create_dir_all(&sub).unwrap();
         for i in 0..20 {
-            std::fs::write(sub.join(format!("m{i}.py")), noise((d * 100 + i) as u64, 300 + i * 37)).unwrap();
+            std::fs::write(
+                sub.join(format!("m{i}.py")),
+                noise((d * 100 + i) as u64, 300 + i * 37),
+            )
+            .unwrap();
         }
     }
     std::fs::write(work.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
@@ -59,7 +63,10 @@ fn fixture(large: usize) -> Fixture {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "models"]);
     for dest in ["acme/models.git", "scm/acme/models.git"] {
-        git(&srv, &["clone", "-q", "--bare", work.to_str().unwrap(), dest]);
+        git(
+            &srv,
+            &["clone", "-q", "--bare", work.to_str().unwrap(), dest],
+        );
     }
     Fixture {
         _tmp: tmp,
@@ -77,11 +84,36 @@ struct Profile {
 }
 
 const PROFILES: &[Profile] = &[
-    Profile { name: "github", server_args: &["--profile", "github"], provider: "github-enterprise", path: "acme/models" },
-    Profile { name: "gitlab", server_args: &[], provider: "gitlab-enterprise", path: "acme/models" },
-    Profile { name: "bitbucket", server_args: &[], provider: "bitbucket-server", path: "projects/ACME/repos/models" },
-    Profile { name: "git", server_args: &[], provider: "git", path: "acme/models.git" },
-    Profile { name: "git-object-info", server_args: &["--object-info"], provider: "git", path: "acme/models.git" },
+    Profile {
+        name: "github",
+        server_args: &["--profile", "github"],
+        provider: "github-enterprise",
+        path: "acme/models",
+    },
+    Profile {
+        name: "gitlab",
+        server_args: &[],
+        provider: "gitlab-enterprise",
+        path: "acme/models",
+    },
+    Profile {
+        name: "bitbucket",
+        server_args: &[],
+        provider: "bitbucket-server",
+        path: "projects/ACME/repos/models",
+    },
+    Profile {
+        name: "git",
+        server_args: &[],
+        provider: "git",
+        path: "acme/models.git",
+    },
+    Profile {
+        name: "git-object-info",
+        server_args: &["--object-info"],
+        provider: "git",
+        path: "acme/models.git",
+    },
 ];
 
 fn config(f: &Fixture, tag: &str, port: u16, p: &Profile) -> (PathBuf, PathBuf) {
@@ -105,16 +137,31 @@ fn config(f: &Fixture, tag: &str, port: u16, p: &Profile) -> (PathBuf, PathBuf) 
 /// executable bit, symlink target and contents, and nothing else is.
 fn same_tree(want: &Path, got: &Path) {
     let (code, out, err) = sh(
-        &format!("diff -r --no-dereference {} {} -x .git", want.display(), got.display()),
+        &format!(
+            "diff -r --no-dereference {} {} -x .git",
+            want.display(),
+            got.display()
+        ),
         Duration::from_secs(600),
     );
     if code != 0 {
-        let (_, links, _) = sh(&format!("readlink {}/config-link {}/config-link; ls -la {}", want.display(), got.display(), got.display()), Duration::from_secs(10));
+        let (_, links, _) = sh(
+            &format!(
+                "readlink {}/config-link {}/config-link; ls -la {}",
+                want.display(),
+                got.display(),
+                got.display()
+            ),
+            Duration::from_secs(10),
+        );
         panic!("diff -r differs:\n{out}{err}\n{links}");
     }
     let list = |root: &Path| {
         let (code, out, _) = sh(
-            &format!("cd {} && find . -path ./.git -prune -o -printf '%y %s %m %p %l\\n' | sort", root.display()),
+            &format!(
+                "cd {} && find . -path ./.git -prune -o -printf '%y %s %m %p %l\\n' | sort",
+                root.display()
+            ),
             Duration::from_secs(60),
         );
         assert_eq!(code, 0);
@@ -126,7 +173,11 @@ fn same_tree(want: &Path, got: &Path) {
                 if parts[0] == "d" {
                     parts[1] = String::new(); // directory sizes are not content
                 }
-                parts[2] = if parts[0] == "f" { ((u32::from_str_radix(&parts[2], 8).unwrap() & 0o100) != 0).to_string() } else { String::new() };
+                parts[2] = if parts[0] == "f" {
+                    ((u32::from_str_radix(&parts[2], 8).unwrap() & 0o100) != 0).to_string()
+                } else {
+                    String::new()
+                };
                 parts.join(" ")
             })
             .collect::<Vec<_>>()
@@ -145,26 +196,42 @@ fn every_host_profile_lists_large_files_without_downloading_them() {
         let (code, _, err) = sh(&format!("ls {}", m.display()), Duration::from_secs(60));
         assert_eq!(code, 0, "{}: {err}", p.name);
         server.reset_stats();
-        let (code, out, err) = sh(&format!("ls -l {}/models", m.display()), Duration::from_secs(60));
+        let (code, out, err) = sh(
+            &format!("ls -l {}/models", m.display()),
+            Duration::from_secs(60),
+        );
         assert_eq!(code, 0, "{}: {err}\n{}", p.name, d.log_text());
         for i in 1..=3 {
             let size = 80 * MB + i;
             assert!(
-                out.lines().any(|l| l.contains(&format!(" {size} ")) && l.ends_with(&format!("model-{i}.bin"))),
+                out.lines()
+                    .any(|l| l.contains(&format!(" {size} "))
+                        && l.ends_with(&format!("model-{i}.bin"))),
                 "{}: model-{i}.bin is not {size} bytes:\n{out}",
                 p.name
             );
         }
         std::thread::sleep(Duration::from_millis(500));
         let (requests, bytes) = server.stats("models");
-        eprintln!("{}: ls -l models/: {requests} requests, {bytes} bytes", p.name);
+        eprintln!(
+            "{}: ls -l models/: {requests} requests, {bytes} bytes",
+            p.name
+        );
         assert!(bytes < 1_000_000, "{}: ls -l moved {bytes} bytes", p.name);
         assert!(requests <= 4, "{}: ls -l made {requests} requests", p.name);
         // Every byte, mode and link right; nothing delivered twice.
         if std::panic::catch_unwind(|| same_tree(&f.work, &m)).is_err() {
-            panic!("{}: the mount differs from the checkout:\n{}", p.name, d.log_text());
+            panic!(
+                "{}: the mount differs from the checkout:\n{}",
+                p.name,
+                d.log_text()
+            );
         }
-        assert!(server.max_delivered() <= 1, "{}: a blob was fetched twice", p.name);
+        assert!(
+            server.max_delivered() <= 1,
+            "{}: a blob was fetched twice",
+            p.name
+        );
         d.stop();
     }
 }
@@ -194,16 +261,37 @@ fn sizes_from_a_lying_api_are_corrected_by_the_contents() {
         let p = &PROFILES[0];
         let (cfg, m) = config(&f, &format!("skew{skew}"), server.port, p);
         let mut d = Daemon::start(&cfg, &[m.clone()], &f.dir.join(format!("skew{skew}.log")));
-        let listed = std::fs::metadata(m.join("models/model-1.bin")).unwrap().len();
+        let listed = std::fs::metadata(m.join("models/model-1.bin"))
+            .unwrap()
+            .len();
         let real = (2 * MB + 1) as u64;
-        assert_eq!(listed as i64, real as i64 + skew.parse::<i64>().unwrap(), "the API's size is shown until the contents arrive");
+        assert_eq!(
+            listed as i64,
+            real as i64 + skew.parse::<i64>().unwrap(),
+            "the API's size is shown until the contents arrive"
+        );
         let got = std::fs::read(m.join("models/model-1.bin")).unwrap();
-        assert!(got == std::fs::read(f.work.join("models/model-1.bin")).unwrap(), "skew {skew}: wrong bytes ({} read)", got.len());
-        assert!(d.log_text().contains("disagrees with the contents"), "{}", d.log_text());
+        assert!(
+            got == std::fs::read(f.work.join("models/model-1.bin")).unwrap(),
+            "skew {skew}: wrong bytes ({} read)",
+            got.len()
+        );
+        assert!(
+            d.log_text().contains("disagrees with the contents"),
+            "{}",
+            d.log_text()
+        );
         // The kernel was told to forget the old size.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::metadata(m.join("models/model-1.bin")).unwrap().len() != real {
-            assert!(std::time::Instant::now() < deadline, "skew {skew}: the size was never corrected");
+        while std::fs::metadata(m.join("models/model-1.bin"))
+            .unwrap()
+            .len()
+            != real
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "skew {skew}: the size was never corrected"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         d.stop();
@@ -230,14 +318,22 @@ fn kill_during_a_large_fetch_leaves_nothing_behind_and_damaged_sizes_never_short
     d.crash();
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::process::Command::new("fusermount3").args(["-u", "-z"]).arg(&m).status();
+    let _ = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&m)
+        .status();
 
     // Damage every stored sizes entry.
     let mut damaged = 0;
     for shard in std::fs::read_dir(cache.join("objects")).unwrap() {
         for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
             let path = e.unwrap().path();
-            if path.file_name().unwrap().to_string_lossy().starts_with("sizes-") {
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sizes-")
+            {
                 let mut data = std::fs::read(&path).unwrap();
                 let n = data.len();
                 data[n - 40] ^= 0x40; // inside the last record's size
@@ -274,7 +370,11 @@ fn concurrent_readers_and_walkers_on_fresh_mounts_get_every_byte_once() {
             // Every fifth directory starts with a large file: larger than the
             // socket buffers, so a size probe that stops at its header
             // really leaves it behind.
-            let size = if i == 0 && d % 5 == 0 { 12_000_000 } else { 500 + (i * 53) % 3000 };
+            let size = if i == 0 && d % 5 == 0 {
+                12_000_000
+            } else {
+                500 + (i * 53) % 3000
+            };
             let rel = format!("d{d:02}/sub/f{i:03}");
             std::fs::write(work.join(&rel), noise((d * 1000 + i) as u64, size)).unwrap();
             files.push((rel, (d * 1000 + i) as u64, size));
@@ -293,14 +393,26 @@ fn concurrent_readers_and_walkers_on_fresh_mounts_get_every_byte_once() {
             work: work.clone(),
             srv: srv.clone(),
         };
-        let p = Profile { name: "git", server_args: &[], provider: "git", path: "walk.git" };
+        let p = Profile {
+            name: "git",
+            server_args: &[],
+            provider: "git",
+            path: "walk.git",
+        };
         let (cfg, m) = config(&f, &format!("run{run}"), server.port, &p);
-        let mut d = Daemon::start(&cfg, &[m.clone()], &tmp.path().join(format!("run{run}.log")));
+        let mut d = Daemon::start(
+            &cfg,
+            &[m.clone()],
+            &tmp.path().join(format!("run{run}.log")),
+        );
         let mut threads = Vec::new();
         for w in 0..16 {
             let m = m.clone();
             threads.push(std::thread::spawn(move || {
-                let (code, out, err) = sh(&format!("find {} -type f | wc -l", m.display()), Duration::from_secs(300));
+                let (code, out, err) = sh(
+                    &format!("find {} -type f | wc -l", m.display()),
+                    Duration::from_secs(300),
+                );
                 assert_eq!((code, out.trim()), (0, "5000"), "walker {w}: {err}");
             }));
         }
@@ -310,19 +422,27 @@ fn concurrent_readers_and_walkers_on_fresh_mounts_get_every_byte_once() {
             threads.push(std::thread::spawn(move || {
                 for k in 0..files.len() / 16 {
                     let (rel, seed, size) = &files[(r * 7919 + k * 16 + r) % files.len()];
-                    let got = std::fs::read(m.join(rel)).unwrap_or_else(|e| panic!("reader {r}: {rel}: {e}"));
+                    let got = std::fs::read(m.join(rel))
+                        .unwrap_or_else(|e| panic!("reader {r}: {rel}: {e}"));
                     assert!(got == noise(*seed, *size), "reader {r}: {rel}: wrong bytes");
                 }
             }));
         }
         for t in threads {
-            t.join().unwrap_or_else(|_| panic!("run {run} failed:\n{}", d.log_text()));
+            t.join()
+                .unwrap_or_else(|_| panic!("run {run} failed:\n{}", d.log_text()));
         }
         assert!(
             server.max_delivered() <= 1,
             "run {run}: a blob was fetched twice: {}\n{}",
             server.wants_over(1).chars().take(300).collect::<String>(),
-            d.log_text().lines().filter(|l| l.contains("fetching blobs") || l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+            d.log_text()
+                .lines()
+                .filter(|l| l.contains("fetching blobs")
+                    || l.contains("WARN")
+                    || l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         d.stop();
     }

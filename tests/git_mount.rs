@@ -715,15 +715,29 @@ fn python_open_loop_logs_no_warnings() {
     many_files(&work, 3, 20, 1000);
     publish_repo(&server_root, &work, "py");
     let server = GitServer::start(&server_root, &[]);
-    let config = write_config(&f.dir, &f.mnt, &f.cache, &[entry("py", server.url("py"), "")], "");
+    let config = write_config(
+        &f.dir,
+        &f.mnt,
+        &f.cache,
+        &[entry("py", server.url("py"), "")],
+        "",
+    );
     let m = f.mnt.join("py");
     let mut d = Daemon::start(&config, &[m.clone()], &f.dir.join("daemon.log"));
     let script = format!(
         "import os\nn = 0\nfor root, _, files in os.walk({:?}):\n    for name in files:\n        with open(os.path.join(root, name), 'rb') as fh:\n            n += len(fh.read())\n        with open(os.path.join(root, name)) as fh:\n            fh.isatty()\nprint(n)\n",
         m.display().to_string()
     );
-    let out = std::process::Command::new("python3").arg("-c").arg(script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "60000");
     let log = d.log_text();
     assert!(!log.contains("ioctl"), "{log}");

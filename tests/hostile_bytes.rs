@@ -422,7 +422,12 @@ fn random_line(rng: &mut Rng, dict: &[Vec<u8>]) -> Line {
 /// Line-level mutations shared by every line-based format, chosen by
 /// `roll`: 0 drops a line, 1 repeats one, 2 swaps two, 3 inserts `new`.
 /// Whether `roll` was one of these (and applicable).
-fn reorder<T: Clone>(rng: &mut Rng, lines: &mut Vec<T>, roll: usize, new: impl FnOnce(&mut Rng) -> T) -> bool {
+fn reorder<T: Clone>(
+    rng: &mut Rng,
+    lines: &mut Vec<T>,
+    roll: usize,
+    new: impl FnOnce(&mut Rng) -> T,
+) -> bool {
     let n = lines.len();
     match roll {
         0 if n > 0 => {
@@ -1095,7 +1100,11 @@ impl repofs::source::git::pack::ObjectSink for NullSink {
         size: u64,
     ) -> Result<repofs::source::git::pack::Take, repofs::source::git::pack::PackError> {
         use repofs::source::git::pack::Take;
-        Ok(if size > 4096 { Take::Stream } else { Take::Memory })
+        Ok(if size > 4096 {
+            Take::Stream
+        } else {
+            Take::Memory
+        })
     }
     fn chunk(&mut self, _data: &[u8]) -> Result<(), repofs::source::git::pack::PackError> {
         Ok(())
@@ -1117,7 +1126,11 @@ fn pack_decoder_commit_and_tree_parsers_never_panic() {
         let seed = case_seed(50, i);
         let mut rng = Rng::new(seed);
         let n = rng.below(300);
-        let mut input = if rng.below(2) == 0 { b"PACK\0\0\0\x02\0\0\0\x03".to_vec() } else { Vec::new() };
+        let mut input = if rng.below(2) == 0 {
+            b"PACK\0\0\0\x02\0\0\0\x03".to_vec()
+        } else {
+            Vec::new()
+        };
         input.extend(rng.bytes(n));
         let mut d = PackDecoder::new(Limits {
             max_object: 1 << 20,
@@ -1132,13 +1145,31 @@ fn pack_decoder_commit_and_tree_parsers_never_panic() {
                 break;
             }
         }
-        let mut commit = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\ncommitter C <c@d> ".to_vec();
+        let mut commit =
+            b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\ncommitter C <c@d> ".to_vec();
         commit.extend(rng.bytes(n % 40));
-        let _ = guarded("parse_commit", seed, &commit, repofs::source::git::snapshot::parse_commit);
-        let _ = guarded("parse_commit", seed, &input, repofs::source::git::snapshot::parse_commit);
+        let _ = guarded(
+            "parse_commit",
+            seed,
+            &commit,
+            repofs::source::git::snapshot::parse_commit,
+        );
+        let _ = guarded(
+            "parse_commit",
+            seed,
+            &input,
+            repofs::source::git::snapshot::parse_commit,
+        );
         let _ = guarded("tree", seed, &input, |b| {
-            gix_object::TreeRefIter::from_bytes(b, gix_hash::Kind::Sha1).take(1000).count()
+            gix_object::TreeRefIter::from_bytes(b, gix_hash::Kind::Sha1)
+                .take(1000)
+                .count()
         });
-        let _ = guarded("safe_name", seed, &input, repofs::source::git::names::safe_name);
+        let _ = guarded(
+            "safe_name",
+            seed,
+            &input,
+            repofs::source::git::names::safe_name,
+        );
     }
 }

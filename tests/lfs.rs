@@ -284,7 +284,12 @@ fn a_cut_download_restarts_without_rewriting_what_readers_saw() {
         .collect();
     for r in readers {
         let got = r.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
-        assert!(got == data, "a reader got wrong bytes ({} of {})", got.len(), data.len());
+        assert!(
+            got == data,
+            "a reader got wrong bytes ({} of {})",
+            got.len(),
+            data.len()
+        );
     }
     let log = d.log_text();
     assert!(log.contains("resuming"), "the download was not cut:\n{log}");
@@ -302,16 +307,27 @@ fn lfs_objects_read_right_on_a_full_disk() {
         .chain([("big.bin".to_string(), noise(300, 16_000_000))])
         .collect();
     // Read only once the cache's disk has become read-only.
-    let later: Vec<(String, Vec<u8>)> = (0..2).map(|i| (format!("e/g{i}.bin"), noise(400 + i, 3_000_000))).collect();
-    let refs: Vec<(&str, &[u8])> = files.iter().chain(&later).map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let later: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| (format!("e/g{i}.bin"), noise(400 + i, 3_000_000)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .chain(&later)
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
     lfs_repo(&s, "full", &refs);
     let _disk = Tmpfs::mount(&s.dir.join("cache"), "12m");
     let (cfg, m) = config(&s, "full");
     let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
     for round in 0..2 {
         for (name, data) in &files {
-            let got = std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("round {round}: {name}: {e}\n{}", d.log_text()));
-            assert!(&got == data, "round {round}: {name}: wrong bytes ({} read)", got.len());
+            let got = std::fs::read(m.join(name))
+                .unwrap_or_else(|e| panic!("round {round}: {name}: {e}\n{}", d.log_text()));
+            assert!(
+                &got == data,
+                "round {round}: {name}: wrong bytes ({} read)",
+                got.len()
+            );
         }
     }
     // The cache directory becomes unwritable: reads still come back right.
@@ -322,13 +338,20 @@ fn lfs_objects_read_right_on_a_full_disk() {
         .unwrap();
     assert!(st.success());
     for (name, data) in &later {
-        let got = std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("read-only cache: {name}: {e}\n{}", d.log_text()));
-        assert!(&got == data, "read-only cache: {name}: wrong bytes ({} read)", got.len());
+        let got = std::fs::read(m.join(name))
+            .unwrap_or_else(|e| panic!("read-only cache: {name}: {e}\n{}", d.log_text()));
+        assert!(
+            &got == data,
+            "read-only cache: {name}: wrong bytes ({} read)",
+            got.len()
+        );
     }
     let log = d.log_text();
     assert!(log.contains("the cache is full"), "{log}");
     assert!(log.contains("served from memory"), "{log}");
-    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp")).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     d.stop();
 }

@@ -517,11 +517,17 @@ fn a_missing_bucket_is_an_error_not_an_empty_directory() {
     // `repofs status` names the failure (it is refreshed every 10 s).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, out, _) = sh(&format!("{} --config {} status", repofs_bin(), cfg.display()), Duration::from_secs(10));
+        let (_, out, _) = sh(
+            &format!("{} --config {} status", repofs_bin(), cfg.display()),
+            Duration::from_secs(10),
+        );
         if out.contains("last error") && out.contains("does not exist") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "status never showed the error:\n{out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the error:\n{out}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     d.stop();
@@ -604,7 +610,10 @@ for i in range(6):
     s3.put_object(Bucket='fill', Key='d/o%d.bin' % i, Body=data, ACL='public-read')
 "#);
     let _disk = Tmpfs::mount(&s.dir.join("cache"), "12m");
-    let cfg = config(&s, &[("fill", "bucket = \"fill\"\ncredentials = \"anonymous\"")]);
+    let cfg = config(
+        &s,
+        &[("fill", "bucket = \"fill\"\ncredentials = \"anonymous\"")],
+    );
     let m = s.dir.join("mnt/fill");
     let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
     let want = |i: u32| -> Vec<u8> {
@@ -620,10 +629,15 @@ for i in range(6):
             assert_eq!(got.len(), 5 * 1024 * 1024, "round {round}: o{i}");
             let first: String = got[..32].iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(first.as_bytes(), &want(i)[..], "round {round}: o{i}");
-            assert!(got.chunks(32).all(|c| c == &got[..32]), "round {round}: o{i}: wrong bytes");
+            assert!(
+                got.chunks(32).all(|c| c == &got[..32]),
+                "round {round}: o{i}: wrong bytes"
+            );
         }
     }
-    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp")).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("cache/content/tmp"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     d.stop();
 }

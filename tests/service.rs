@@ -133,7 +133,11 @@ fn a_hundred_reloads_leak_no_descriptors() {
     let m = mnt(&e, "a");
     let config = cfg(&e, &[entry(&e, "a", "ref = \"main\"")]);
     let mut d = Daemon::start(&config, &[m.clone()], &e.dir.join("daemon.log"));
-    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
     let rss = |pid: u32| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
@@ -149,7 +153,11 @@ fn a_hundred_reloads_leak_no_descriptors() {
         d.signal(libc::SIGHUP);
         let deadline = Instant::now() + Duration::from_secs(30);
         while d.log_text().matches("config reloaded").count() < i {
-            assert!(Instant::now() < deadline, "reload {i} did not finish:\n{}", d.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "reload {i} did not finish:\n{}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         if i % 10 == 0 {
@@ -165,12 +173,29 @@ fn a_hundred_reloads_leak_no_descriptors() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = (fds(d.pid()), rss(d.pid()));
-    eprintln!("descriptors {} -> {}, RSS {} kB -> {} kB", before.0, after.0, before.1, after.1);
+    eprintln!(
+        "descriptors {} -> {}, RSS {} kB -> {} kB",
+        before.0, after.0, before.1, after.1
+    );
     // Every old source was released, not only its session.
     d.wait_log("repository source released", 10);
-    assert!(d.log_text().matches("repository source released").count() >= 90, "{}", d.log_text());
-    assert!(after.0 <= before.0 + 4, "descriptors grew from {} to {} over 90 reloads", before.0, after.0);
-    assert!(after.1 <= before.1 + 60_000, "RSS grew from {} kB to {} kB over 90 reloads", before.1, after.1);
+    assert!(
+        d.log_text().matches("repository source released").count() >= 90,
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        after.0 <= before.0 + 4,
+        "descriptors grew from {} to {} over 90 reloads",
+        before.0,
+        after.0
+    );
+    assert!(
+        after.1 <= before.1 + 60_000,
+        "RSS grew from {} kB to {} kB over 90 reloads",
+        before.1,
+        after.1
+    );
     d.stop();
 }
 

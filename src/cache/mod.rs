@@ -21,9 +21,9 @@ use lru::LruCache;
 
 mod disk;
 mod memory;
+use disk::Disk;
 pub use disk::space as disk_space;
 pub use memory::Memory;
-use disk::Disk;
 
 /// The content store. Cloning it is cheap and shares the index.
 #[derive(Clone)]
@@ -248,7 +248,8 @@ impl Cache {
                 Some(_) => {}
             }
             if !warned {
-                self.disk.warn_full(self.cap, "the disk, not cache_size, limits the cache");
+                self.disk
+                    .warn_full(self.cap, "the disk, not cache_size, limits the cache");
                 warned = true;
             }
             let victim = {

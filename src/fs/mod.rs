@@ -165,8 +165,12 @@ impl RepoFs {
             // The same failure for path after path (a server that is down)
             // is logged once per window, with a count of the rest.
             _ => match self.quiet.admit(&format!("{op}: {e}")) {
-                Some(0) => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e}"),
-                Some(held) => tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e} ({held} more like this held back)"),
+                Some(0) => {
+                    tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e}")
+                }
+                Some(held) => {
+                    tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e} ({held} more like this held back)")
+                }
                 None => {}
             },
         }

@@ -97,7 +97,9 @@ pub struct MemoryFile(pub Arc<[u8]>);
 
 impl FileReader for MemoryFile {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
         let end = start.saturating_add(size as usize).min(self.0.len());
         Ok(self.0[start..end].to_vec())
     }

@@ -248,7 +248,9 @@ impl S3Reader {
                 if let Err(e) = wrote {
                     // Reads go on from the network; only the caching stops
                     // (the writer's drop removes its temp file).
-                    self.src.cache.warn_full(&format!("S3 object {:?}: {e}", self.key));
+                    self.src
+                        .cache
+                        .warn_full(&format!("S3 object {:?}: {e}", self.key));
                     st.writer = None;
                 } else if st.written == self.size {
                     if let Some(w) = st.writer.take() {

@@ -131,18 +131,19 @@ impl FileReader for TransferReader {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         let need = offset.saturating_add(u64::from(size)).min(self.size);
         let total = self.size;
-        self.rt.block_on(self.transfer.wait(self.stall_limit, |s| match s {
-            TransferState::Done => true,
-            // The end is served only once everything is verified.
-            TransferState::Progress(n) => *n >= need && need < total,
-            _ => false,
-        }))
-        .and_then(|s| match s {
-            TransferState::Released => Err(SourceError::Unavailable(
-                "the download was abandoned".into(),
-            )),
-            _ => Ok(()),
-        })?;
+        self.rt
+            .block_on(self.transfer.wait(self.stall_limit, |s| match s {
+                TransferState::Done => true,
+                // The end is served only once everything is verified.
+                TransferState::Progress(n) => *n >= need && need < total,
+                _ => false,
+            }))
+            .and_then(|s| match s {
+                TransferState::Released => Err(SourceError::Unavailable(
+                    "the download was abandoned".into(),
+                )),
+                _ => Ok(()),
+            })?;
         if let Some(m) = self.transfer.memory.get() {
             return super::MemoryFile(m.clone()).read_at(offset, size);
         }

@@ -577,14 +577,20 @@ impl Tmpfs {
             .arg(path)
             .status()
             .expect("run mount");
-        assert!(st.success(), "cannot mount a tmpfs at {} (the test needs root)", path.display());
+        assert!(
+            st.success(),
+            "cannot mount a tmpfs at {} (the test needs root)",
+            path.display()
+        );
         Tmpfs(path.to_path_buf())
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
-

@@ -50,7 +50,9 @@ pub fn parse_entry_header(b: &[u8], offset: u64) -> Result<Option<EntryHeader>, 
         };
         pos += 1;
         if shift > 57 {
-            return Err(perr(format!("entry at offset {offset}: size field too long")));
+            return Err(perr(format!(
+                "entry at offset {offset}: size field too long"
+            )));
         }
         size |= u64::from(next & 0x7f) << shift;
         shift += 7;
@@ -74,7 +76,9 @@ pub fn parse_entry_header(b: &[u8], offset: u64) -> Result<Option<EntryHeader>, 
                     .checked_add(1)
                     .and_then(|d| d.checked_mul(128))
                     .map(|d| d | u64::from(next & 0x7f))
-                    .ok_or_else(|| perr(format!("entry at offset {offset}: base offset overflows")))?;
+                    .ok_or_else(|| {
+                        perr(format!("entry at offset {offset}: base offset overflows"))
+                    })?;
                 c = next;
             }
             if dist == 0 || dist > offset {
@@ -93,7 +97,11 @@ pub fn parse_entry_header(b: &[u8], offset: u64) -> Result<Option<EntryHeader>, 
                 .map_err(|_| perr(format!("entry at offset {offset}: bad base id")))?;
             Some(BaseRef::Id(id))
         }
-        t => return Err(perr(format!("entry at offset {offset}: unknown object type {t}"))),
+        t => {
+            return Err(perr(format!(
+                "entry at offset {offset}: unknown object type {t}"
+            )));
+        }
     };
     Ok(Some(EntryHeader {
         type_id,
@@ -171,14 +179,18 @@ pub fn apply(
             let mut size = 0u64;
             for i in 0..4 {
                 if cmd & (1 << i) != 0 {
-                    let b = *delta.get(pos).ok_or_else(|| perr("delta copy is truncated"))?;
+                    let b = *delta
+                        .get(pos)
+                        .ok_or_else(|| perr("delta copy is truncated"))?;
                     pos += 1;
                     off |= u64::from(b) << (8 * i);
                 }
             }
             for i in 0..3 {
                 if cmd & (0x10 << i) != 0 {
-                    let b = *delta.get(pos).ok_or_else(|| perr("delta copy is truncated"))?;
+                    let b = *delta
+                        .get(pos)
+                        .ok_or_else(|| perr("delta copy is truncated"))?;
                     pos += 1;
                     size |= u64::from(b) << (8 * i);
                 }

@@ -121,7 +121,11 @@ impl HostApi {
     }
 
     /// Sizes of (some of) the directory's blobs.
-    pub async fn sizes(&self, t: &Transport, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, ApiError> {
+    pub async fn sizes(
+        &self,
+        t: &Transport,
+        dir: &DirRef,
+    ) -> Result<HashMap<ObjectId, u64>, ApiError> {
         match self {
             HostApi::None => Ok(HashMap::new()),
             HostApi::Github { base, recursive } => github(t, base, recursive, dir).await,
@@ -135,13 +139,28 @@ impl HostApi {
 }
 
 /// GETs or POSTs and parses JSON; rate limits and errors become `ApiError`.
-async fn call(t: &Transport, method: Method, url: &str, body: Option<Value>) -> Result<Value, ApiError> {
+async fn call(
+    t: &Transport,
+    method: Method,
+    url: &str,
+    body: Option<Value>,
+) -> Result<Value, ApiError> {
     let shown = transport::redact_query(url);
     let (status, headers, bytes) = t
-        .api_call(method, url, body.map(|b| b.to_string().into_bytes()), MAX_BODY)
+        .api_call(
+            method,
+            url,
+            body.map(|b| b.to_string().into_bytes()),
+            MAX_BODY,
+        )
         .await
         .map_err(|e| ApiError::Failed(e.to_string()))?;
-    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
     if status == 429 || (status == 403 && header("x-ratelimit-remaining") == Some(0)) {
         let wait = header("retry-after")
             .or_else(|| {
@@ -154,7 +173,9 @@ async fn call(t: &Transport, method: Method, url: &str, body: Option<Value>) -> 
             })
             .unwrap_or(60)
             .clamp(1, 3600);
-        return Err(ApiError::RateLimited(Instant::now() + Duration::from_secs(wait)));
+        return Err(ApiError::RateLimited(
+            Instant::now() + Duration::from_secs(wait),
+        ));
     }
     if !(200..300).contains(&status) {
         let excerpt: String = String::from_utf8_lossy(&bytes)
@@ -162,7 +183,9 @@ async fn call(t: &Transport, method: Method, url: &str, body: Option<Value>) -> 
             .filter(|c| !c.is_control())
             .take(160)
             .collect();
-        return Err(ApiError::Failed(format!("{shown}: HTTP {status}: {excerpt}")));
+        return Err(ApiError::Failed(format!(
+            "{shown}: HTTP {status}: {excerpt}"
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Failed(format!("{shown}: not JSON: {e}")))
 }
@@ -186,7 +209,10 @@ fn github_tree(v: &Value) -> Result<(HashMap<ObjectId, u64>, bool), ApiError> {
     let mut out = HashMap::new();
     for e in entries {
         if e.get("type").and_then(Value::as_str) == Some("blob") {
-            if let (Some(o), Some(s)) = (e.get("sha").and_then(oid_of), e.get("size").and_then(size_of)) {
+            if let (Some(o), Some(s)) = (
+                e.get("sha").and_then(oid_of),
+                e.get("size").and_then(size_of),
+            ) {
                 out.insert(o, s);
             }
         }
@@ -201,11 +227,21 @@ async fn github(
     recursive: &Mutex<HashMap<ObjectId, Arc<(HashMap<ObjectId, u64>, bool)>>>,
     dir: &DirRef,
 ) -> Result<HashMap<ObjectId, u64>, ApiError> {
-    let known = recursive.lock().unwrap_or_else(|p| p.into_inner()).get(&dir.commit).cloned();
+    let known = recursive
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&dir.commit)
+        .cloned();
     let all = match known {
         Some(a) => a,
         None => {
-            let v = call(t, Method::GET, &format!("{base}/git/trees/{}?recursive=1", dir.commit), None).await?;
+            let v = call(
+                t,
+                Method::GET,
+                &format!("{base}/git/trees/{}?recursive=1", dir.commit),
+                None,
+            )
+            .await?;
             let a = Arc::new(github_tree(&v)?);
             recursive
                 .lock()
@@ -221,7 +257,13 @@ async fn github(
         .collect();
     if out.len() < dir.blobs.len() && all.1 {
         // Truncated: this directory on its own.
-        let v = call(t, Method::GET, &format!("{base}/git/trees/{}", dir.tree), None).await?;
+        let v = call(
+            t,
+            Method::GET,
+            &format!("{base}/git/trees/{}", dir.tree),
+            None,
+        )
+        .await?;
         out.extend(github_tree(&v)?.0);
     }
     Ok(out)
@@ -240,38 +282,61 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-async fn bitbucket(t: &Transport, base: &str, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, ApiError> {
+async fn bitbucket(
+    t: &Transport,
+    base: &str,
+    dir: &DirRef,
+) -> Result<HashMap<ObjectId, u64>, ApiError> {
     let path: String = dir
         .path
         .split('/')
         .filter(|s| !s.is_empty())
         .map(|s| format!("/{}", encode_segment(s)))
         .collect();
-    let by_name: HashMap<&[u8], ObjectId> = dir.blobs.iter().map(|(n, o)| (n.as_slice(), *o)).collect();
+    let by_name: HashMap<&[u8], ObjectId> =
+        dir.blobs.iter().map(|(n, o)| (n.as_slice(), *o)).collect();
     let mut out = HashMap::new();
     let mut start = 0u64;
     for _ in 0..MAX_PAGES {
-        let url = format!("{base}/browse{path}?at={}&start={start}&limit=1000", dir.commit);
+        let url = format!(
+            "{base}/browse{path}?at={}&start={start}&limit=1000",
+            dir.commit
+        );
         let v = call(t, Method::GET, &url, None).await?;
         let children = v
             .get("children")
             .ok_or_else(|| ApiError::Failed("the browse answer has no `children`".into()))?;
-        for c in children.get("values").and_then(Value::as_array).into_iter().flatten() {
+        for c in children
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if c.get("type").and_then(Value::as_str) != Some("FILE") {
                 continue;
             }
-            let name = c.get("path").and_then(|p| p.get("name")).and_then(Value::as_str);
+            let name = c
+                .get("path")
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str);
             let (Some(name), Some(size)) = (name, c.get("size").and_then(size_of)) else {
                 continue;
             };
             if let Some(oid) = by_name.get(name.as_bytes()) {
                 // contentId, when given, must be the blob we mean.
-                if c.get("contentId").and_then(oid_of).is_none_or(|id| id == *oid) {
+                if c.get("contentId")
+                    .and_then(oid_of)
+                    .is_none_or(|id| id == *oid)
+                {
                     out.insert(*oid, size);
                 }
             }
         }
-        if children.get("isLastPage").and_then(Value::as_bool).unwrap_or(true) {
+        if children
+            .get("isLastPage")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+        {
             return Ok(out);
         }
         match children.get("nextPageStart").and_then(Value::as_u64) {
@@ -284,7 +349,12 @@ async fn bitbucket(t: &Transport, base: &str, dir: &DirRef) -> Result<HashMap<Ob
 
 const GITLAB_QUERY: &str = "query($p: ID!, $r: String!, $paths: [String!]!, $after: String) { project(fullPath: $p) { repository { blobs(ref: $r, paths: $paths, first: 100, after: $after) { nodes { path size } pageInfo { hasNextPage endCursor } } } } }";
 
-async fn gitlab(t: &Transport, endpoint: &str, full_path: &str, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, ApiError> {
+async fn gitlab(
+    t: &Transport,
+    endpoint: &str,
+    full_path: &str,
+    dir: &DirRef,
+) -> Result<HashMap<ObjectId, u64>, ApiError> {
     let prefix = if dir.path.is_empty() {
         String::new()
     } else {
@@ -307,12 +377,22 @@ async fn gitlab(t: &Transport, endpoint: &str, full_path: &str, dir: &DirRef) ->
             });
             let v = call(t, Method::POST, endpoint, Some(body)).await?;
             if let Some(errors) = v.get("errors") {
-                return Err(ApiError::Failed(format!("GraphQL errors: {}", errors.to_string().chars().take(200).collect::<String>())));
+                return Err(ApiError::Failed(format!(
+                    "GraphQL errors: {}",
+                    errors.to_string().chars().take(200).collect::<String>()
+                )));
             }
-            let blobs = v
-                .pointer("/data/project/repository/blobs")
-                .ok_or_else(|| ApiError::Failed("the project is not visible to the token (GraphQL answered no project)".into()))?;
-            for n in blobs.get("nodes").and_then(Value::as_array).into_iter().flatten() {
+            let blobs = v.pointer("/data/project/repository/blobs").ok_or_else(|| {
+                ApiError::Failed(
+                    "the project is not visible to the token (GraphQL answered no project)".into(),
+                )
+            })?;
+            for n in blobs
+                .get("nodes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let path = n.get("path").and_then(Value::as_str);
                 // `size` is the blob's own; `rawSize` would be an LFS object's.
                 let size = n.get("size").and_then(size_of);
@@ -323,10 +403,17 @@ async fn gitlab(t: &Transport, endpoint: &str, full_path: &str, dir: &DirRef) ->
                 }
             }
             let info = blobs.get("pageInfo");
-            if info.and_then(|i| i.get("hasNextPage")).and_then(Value::as_bool) != Some(true) {
+            if info
+                .and_then(|i| i.get("hasNextPage"))
+                .and_then(Value::as_bool)
+                != Some(true)
+            {
                 break;
             }
-            after = info.and_then(|i| i.get("endCursor")).cloned().unwrap_or(Value::Null);
+            after = info
+                .and_then(|i| i.get("endCursor"))
+                .cloned()
+                .unwrap_or(Value::Null);
         }
     }
     Ok(out)
@@ -338,23 +425,39 @@ mod tests {
 
     #[test]
     fn api_roots_from_clone_urls() {
-        let HostApi::Github { base, .. } = HostApi::for_repo(Provider::GithubEnterprise, "http://h:8/acme/m.git") else {
+        let HostApi::Github { base, .. } =
+            HostApi::for_repo(Provider::GithubEnterprise, "http://h:8/acme/m.git")
+        else {
             panic!()
         };
         assert_eq!(base, "http://h:8/api/v3/repos/acme/m");
-        let HostApi::Github { base, .. } = HostApi::for_repo(Provider::Github, "https://github.com/a/b.git") else {
+        let HostApi::Github { base, .. } =
+            HostApi::for_repo(Provider::Github, "https://github.com/a/b.git")
+        else {
             panic!()
         };
         assert_eq!(base, "https://api.github.com/repos/a/b");
-        let HostApi::Bitbucket { base } = HostApi::for_repo(Provider::BitbucketServer, "https://h/bb/scm/proj/r.git") else {
+        let HostApi::Bitbucket { base } =
+            HostApi::for_repo(Provider::BitbucketServer, "https://h/bb/scm/proj/r.git")
+        else {
             panic!()
         };
         assert_eq!(base, "https://h/bb/rest/api/1.0/projects/PROJ/repos/r");
-        let HostApi::Gitlab { endpoint, full_path } = HostApi::for_repo(Provider::GitlabEnterprise, "https://h/g/sub/p.git") else {
+        let HostApi::Gitlab {
+            endpoint,
+            full_path,
+        } = HostApi::for_repo(Provider::GitlabEnterprise, "https://h/g/sub/p.git")
+        else {
             panic!()
         };
-        assert_eq!((endpoint.as_str(), full_path.as_str()), ("https://h/api/graphql", "g/sub/p"));
-        assert!(matches!(HostApi::for_repo(Provider::Git, "https://h/x.git"), HostApi::None));
+        assert_eq!(
+            (endpoint.as_str(), full_path.as_str()),
+            ("https://h/api/graphql", "g/sub/p")
+        );
+        assert!(matches!(
+            HostApi::for_repo(Provider::Git, "https://h/x.git"),
+            HostApi::None
+        ));
         assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
     }
 

@@ -39,7 +39,9 @@ use gix_object::tree::EntryKind;
 use crate::cache::Cache;
 use crate::config::{Config, RepoConfig};
 use crate::source::transfer::TransferReader;
-use crate::source::{Entry, FileReader, LocalFile, MemoryFile, Node, NodeKind, Source, SourceError};
+use crate::source::{
+    Entry, FileReader, LocalFile, MemoryFile, Node, NodeKind, Source, SourceError,
+};
 pub use remote::Remote;
 use snapshot::{Snapshot, State};
 use transport::RemoteError;
@@ -103,9 +105,21 @@ impl GitSource {
         // Packs from older versions were written here; nothing is any more.
         let _ = std::fs::remove_dir_all(config.cache_dir.join("scratch"));
         let stall_limit = config.request_timeout * config.max_attempts + Duration::from_secs(5);
-        let objects = objects::Objects::new(&repo.name, remote.clone(), cache.clone(), rt.clone(), stall_limit);
+        let objects = objects::Objects::new(
+            &repo.name,
+            remote.clone(),
+            cache.clone(),
+            rt.clone(),
+            stall_limit,
+        );
         let api = hosts::HostApi::for_repo(repo.provider, &remote.transport.clone_url);
-        let sizes = sizes::Sizes::new(&repo.name, cache.clone(), remote.clone(), objects.clone(), api);
+        let sizes = sizes::Sizes::new(
+            &repo.name,
+            cache.clone(),
+            remote.clone(),
+            objects.clone(),
+            api,
+        );
         let state = State {
             path: state_dir.join(format!("{}.ref", repo.name)),
             line: format!(
@@ -140,7 +154,10 @@ impl GitSource {
     /// Requests made and bytes received so far.
     pub fn counters(&self) -> (u64, u64) {
         let c = &self.remote.transport.counters;
-        (c.requests.load(Ordering::Relaxed), c.bytes_received.load(Ordering::Relaxed))
+        (
+            c.requests.load(Ordering::Relaxed),
+            c.bytes_received.load(Ordering::Relaxed),
+        )
     }
 
     pub fn clone_url(&self) -> &str {
@@ -278,19 +295,26 @@ impl GitSource {
         let trees = match snapshot::cached_trees(&self.cache, &self.repo.name, &commit) {
             Some(t) => t,
             None => {
-                let caps = self.remote.capabilities().await.map_err(RemoteError::into_source_error)?;
+                let caps = self
+                    .remote
+                    .capabilities()
+                    .await
+                    .map_err(RemoteError::into_source_error)?;
                 let filter = caps.supports_filter();
                 if !filter && !self.filter_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(repo = %self.repo.name, "the server does not support `filter`: falling back to a shallow fetch that downloads every file of the commit once");
                 }
-                let trees = self.objects.fetch_commit(commit, caps.supports_shallow(), filter).await?;
+                let trees = self
+                    .objects
+                    .fetch_commit(commit, caps.supports_shallow(), filter)
+                    .await?;
                 snapshot::store_trees(&self.cache, &self.repo.name, &commit, &trees);
                 trees
             }
         };
-        let commit_data = trees
-            .get(&commit)
-            .ok_or_else(|| SourceError::Corrupt(format!("the server did not send commit {commit}")))?;
+        let commit_data = trees.get(&commit).ok_or_else(|| {
+            SourceError::Corrupt(format!("the server did not send commit {commit}"))
+        })?;
         let (root_tree, mtime) = snapshot::parse_commit(commit_data)
             .ok_or_else(|| SourceError::Corrupt(format!("commit {commit} cannot be parsed")))?;
         if !trees.contains_key(&root_tree) {
@@ -316,7 +340,11 @@ impl GitSource {
     }
 
     /// The LFS endpoint, honouring a committed `.lfsconfig` in the root tree.
-    async fn find_lfs_endpoint(&self, trees: &HashMap<ObjectId, Arc<[u8]>>, root: &ObjectId) -> String {
+    async fn find_lfs_endpoint(
+        &self,
+        trees: &HashMap<ObjectId, Arc<[u8]>>,
+        root: &ObjectId,
+    ) -> String {
         let clone_url = &self.remote.transport.clone_url;
         let lfsconfig = trees.get(root).and_then(|data| {
             gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
@@ -367,10 +395,9 @@ impl GitSource {
 
     async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
         let snap = self.snapshot().await?;
-        let data = snap
-            .trees
-            .get(&tree)
-            .ok_or_else(|| SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit")))?;
+        let data = snap.trees.get(&tree).ok_or_else(|| {
+            SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
+        })?;
         let path = lock(&self.paths).get(&tree).cloned();
         let mut raw = Vec::new();
         let mut seen = HashSet::new();
@@ -402,7 +429,12 @@ impl GitSource {
         }
         let blobs: Vec<(Vec<u8>, ObjectId)> = raw
             .iter()
-            .filter(|(_, k, _)| matches!(k, EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link))
+            .filter(|(_, k, _)| {
+                matches!(
+                    k,
+                    EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link
+                )
+            })
             .map(|(n, _, o)| (n.clone(), *o))
             .collect();
         let dir = hosts::DirRef {
@@ -413,14 +445,14 @@ impl GitSource {
         };
         let sizes = self.sizes.of_dir(&dir).await?;
         let pointers = self.lfs_pointers(&raw, &sizes).await?;
-        snap.lfs.note_directory(pointers.values().cloned().collect());
+        snap.lfs
+            .note_directory(pointers.values().cloned().collect());
         let mut entries = Vec::with_capacity(raw.len());
         for (name, kind, oid) in raw {
             let size = || {
-                sizes
-                    .get(&oid)
-                    .copied()
-                    .ok_or_else(|| SourceError::Unavailable(format!("the size of {oid} is unknown")))
+                sizes.get(&oid).copied().ok_or_else(|| {
+                    SourceError::Unavailable(format!("the size of {oid} is unknown"))
+                })
             };
             let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
                 EntryKind::Blob | EntryKind::BlobExecutable if pointers.contains_key(&oid) => {
@@ -495,8 +527,12 @@ impl GitSource {
 
     fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
         let snap = self.block_on(self.snapshot())?;
-        snap.lfs
-            .open(self.remote.transport.clone(), self.cache.clone(), &self.rt, p)
+        snap.lfs.open(
+            self.remote.transport.clone(),
+            self.cache.clone(),
+            &self.rt,
+            p,
+        )
     }
 
     /// Fetches the small, not yet cached files of `tree` in one request.
@@ -531,7 +567,10 @@ impl GitSource {
         lock(&self.dirs).clear();
     }
 
-    fn block_on<T>(&self, fut: impl std::future::Future<Output = Result<T, SourceError>>) -> Result<T, SourceError> {
+    fn block_on<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
         self.rt.block_on(async {
             match tokio::time::timeout(CALL_LIMIT, fut).await {
                 Ok(r) => r,
@@ -588,7 +627,10 @@ impl Source for GitSource {
                 if real != listed {
                     self.size_corrected(&oid, listed, real);
                 }
-                Ok(Arc::new(LocalFile { file: f, size: real }))
+                Ok(Arc::new(LocalFile {
+                    file: f,
+                    size: real,
+                }))
             }
             objects::Opened::Memory(m) => {
                 let real = m.len() as u64;
@@ -602,11 +644,11 @@ impl Source for GitSource {
                     self.size_corrected(&oid, listed, size);
                 }
                 Ok(Arc::new(TransferReader {
-                transfer,
-                size,
-                rt: self.rt.clone(),
-                stall_limit: self.stall_limit,
-            }))
+                    transfer,
+                    size,
+                    rt: self.rt.clone(),
+                    stall_limit: self.stall_limit,
+                }))
             }
         }
     }

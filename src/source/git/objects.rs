@@ -26,9 +26,9 @@ use std::time::Duration;
 use gix_hash::ObjectId;
 
 use super::pack::{Flow, Limits};
-use super::sinks::{BatchSink, StreamSink};
 use super::protocol;
 use super::remote::Remote;
+use super::sinks::{BatchSink, StreamSink};
 use super::transport::RemoteError;
 use crate::cache::{Cache, CacheWriter};
 use crate::source::SourceError;
@@ -136,7 +136,11 @@ impl Objects {
         if !self.cache.contains(&blob_key(oid)) {
             return None;
         }
-        self.cache.get(&blob_key(oid))?.metadata().ok().map(|m| m.len())
+        self.cache
+            .get(&blob_key(oid))?
+            .metadata()
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Registers flights for the ids nobody is fetching yet; returns those
@@ -168,7 +172,12 @@ impl Objects {
     }
 
     /// Keeps a verified blob the disk cache refused, in memory.
-    pub(super) fn keep_in_memory(&self, oid: &ObjectId, data: Arc<[u8]>, why: &dyn std::fmt::Display) {
+    pub(super) fn keep_in_memory(
+        &self,
+        oid: &ObjectId,
+        data: Arc<[u8]>,
+        why: &dyn std::fmt::Display,
+    ) {
         self.cache.warn_full(&format!("blob {oid}: {why}"));
         tracing::debug!(repo = %self.repo, %oid, "no room in the cache: the blob is served from memory ({why})");
         self.memory.put(&blob_key(oid), data);
@@ -190,7 +199,10 @@ impl Objects {
     /// batches, as tasks) and waits for those others are fetching.
     pub async fn ensure(&self, oids: &[ObjectId]) -> Result<(), SourceError> {
         let (owned, mut waiting) = self.claim(oids);
-        let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
         let mut owned = owned.into_iter();
         loop {
             let batch: Vec<_> = owned.by_ref().take(BATCH).collect();
@@ -207,7 +219,8 @@ impl Objects {
                 })
             }));
             let me = me.clone();
-            self.rt.spawn(async move { me.fetch_batch(batch, None).await });
+            self.rt
+                .spawn(async move { me.fetch_batch(batch, None).await });
         }
         for t in waiting {
             t.finished(self.stall_limit).await?;
@@ -238,14 +251,20 @@ impl Objects {
         };
         let result = self
             .remote
-            .fetch(protocol::fetch_args(&ids, false, false), self.limits(), &mut sink)
+            .fetch(
+                protocol::fetch_args(&ids, false, false),
+                self.limits(),
+                &mut sink,
+            )
             .await;
         let error = match result {
             Ok(Flow::Stopped) => None,
             Ok(_) => None,
             Err(e) => match &sink.local_error {
                 // The disk, not the server: say so.
-                Some(local) => Some(SourceError::Unavailable(format!("cannot store fetched blobs: {local}"))),
+                Some(local) => Some(SourceError::Unavailable(format!(
+                    "cannot store fetched blobs: {local}"
+                ))),
                 None => {
                     tracing::warn!(repo = %self.repo, wants = ids.len(), "fetch failed: {e}");
                     Some(e.into_source_error())
@@ -294,7 +313,10 @@ impl Objects {
                         let streamed = if size > MEMORY_MAX {
                             match self.cache.writer("pending-blob").and_then(|w| {
                                 let f = std::fs::File::open(w.path()).map_err(|e| {
-                                    crate::cache::CacheError::Io { path: w.path().to_owned(), source: e }
+                                    crate::cache::CacheError::Io {
+                                        path: w.path().to_owned(),
+                                        source: e,
+                                    }
                                 })?;
                                 Ok((f, w))
                             }) {
@@ -324,7 +346,10 @@ impl Objects {
                 }
             };
             if let Some((tx, writer)) = start {
-                let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+                let me = self
+                    .me
+                    .upgrade()
+                    .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
                 let t = transfer.clone();
                 self.rt.spawn(async move {
                     match writer {
@@ -346,12 +371,20 @@ impl Objects {
             }
             transfer.finished(self.stall_limit).await?;
         }
-        Err(SourceError::Unavailable(format!("blob {oid} could not be stored in the cache")))
+        Err(SourceError::Unavailable(format!(
+            "blob {oid} could not be stored in the cache"
+        )))
     }
 
     /// Fetches one large blob alone, streaming it into `writer` so readers
     /// can follow. Not retried once bytes are written: a new open starts over.
-    async fn fetch_streaming(&self, oid: ObjectId, tx: TransferSender, writer: CacheWriter, transfer: Arc<Transfer>) {
+    async fn fetch_streaming(
+        &self,
+        oid: ObjectId,
+        tx: TransferSender,
+        writer: CacheWriter,
+        transfer: Arc<Transfer>,
+    ) {
         tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
         let mut sink = StreamSink {
             objects: self,
@@ -366,7 +399,11 @@ impl Objects {
         };
         let r = self
             .remote
-            .fetch(protocol::fetch_args(&[oid], false, false), self.limits(), &mut sink)
+            .fetch(
+                protocol::fetch_args(&[oid], false, false),
+                self.limits(),
+                &mut sink,
+            )
             .await;
         let state = match (r, sink.done) {
             (Ok(_), true) => TransferState::Done,
@@ -376,7 +413,9 @@ impl Objects {
             (Err(_), _) if sink.local_error.is_some() => {
                 let local = sink.local_error.take().unwrap_or_default();
                 tracing::error!(repo = %self.repo, %oid, "cannot store a blob in the cache: {local}");
-                TransferState::Failed(SourceError::Unavailable(format!("cannot store blob {oid} in the cache: {local}")))
+                TransferState::Failed(SourceError::Unavailable(format!(
+                    "cannot store blob {oid} in the cache: {local}"
+                )))
             }
             (Err(e), _) => {
                 tracing::error!(repo = %self.repo, %oid, "fetching a blob failed: {e}");
@@ -389,10 +428,17 @@ impl Objects {
     /// Exact sizes of `oids` without downloading any blob larger than
     /// `keep` (smaller ones are fetched and cached on the way: they are the
     /// directory's prefetch).
-    pub async fn probe(&self, oids: &[ObjectId], keep: u64) -> Result<HashMap<ObjectId, u64>, SourceError> {
+    pub async fn probe(
+        &self,
+        oids: &[ObjectId],
+        keep: u64,
+    ) -> Result<HashMap<ObjectId, u64>, SourceError> {
         let mut sizes = HashMap::new();
         let mut unknown: Vec<ObjectId> = Vec::new();
-        let known = |o: &ObjectId| self.cached_size(o).or_else(|| lock(&self.probed).get(o).copied());
+        let known = |o: &ObjectId| {
+            self.cached_size(o)
+                .or_else(|| lock(&self.probed).get(o).copied())
+        };
         for oid in oids {
             match known(oid) {
                 Some(s) => {
@@ -402,7 +448,10 @@ impl Objects {
                 None => {}
             }
         }
-        let me = self.me.upgrade().ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
         let gate = Arc::new(tokio::sync::Semaphore::new(PROBE_PARALLEL));
         let mut singles = Vec::new();
         let mut single = |oid: ObjectId| {
@@ -453,7 +502,9 @@ impl Objects {
             });
             if stopped.is_none() {
                 if let Some(missing) = asked.iter().find(|o| unknown.contains(o)) {
-                    return Err(SourceError::Corrupt(format!("the server did not send blob {missing}")));
+                    return Err(SourceError::Corrupt(format!(
+                        "the server did not send blob {missing}"
+                    )));
                 }
             } else if !unknown.is_empty() {
                 // Servers send wants in the order asked, so the blob we
@@ -485,7 +536,10 @@ impl Objects {
 
     async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
         for _ in 0..3 {
-            if let Some(s) = self.cached_size(&oid).or_else(|| lock(&self.probed).get(&oid).copied()) {
+            if let Some(s) = self
+                .cached_size(&oid)
+                .or_else(|| lock(&self.probed).get(&oid).copied())
+            {
                 return Ok(s);
             }
             let (owned, waiting) = self.claim(&[oid]);
@@ -503,7 +557,9 @@ impl Objects {
                 return Ok(s);
             }
         }
-        Err(SourceError::Unavailable(format!("cannot learn the size of blob {oid}")))
+        Err(SourceError::Unavailable(format!(
+            "cannot learn the size of blob {oid}"
+        )))
     }
 
     /// Fetches a commit and its trees (and, without `filter`, its blobs,
@@ -531,7 +587,11 @@ impl Objects {
             ..self.limits()
         };
         self.remote
-            .fetch(protocol::fetch_args(&[commit], shallow, filter), limits, &mut sink)
+            .fetch(
+                protocol::fetch_args(&[commit], shallow, filter),
+                limits,
+                &mut sink,
+            )
             .await
             .map_err(RemoteError::into_source_error)?;
         Ok(sink.trees.unwrap_or_default())

@@ -201,7 +201,11 @@ impl PackDecoder {
                 }
                 _ if input.is_empty() => return Ok(Flow::More),
                 Phase::Header | Phase::Trailer => {
-                    let want = if matches!(self.phase, Phase::Header) { 12 } else { 20 };
+                    let want = if matches!(self.phase, Phase::Header) {
+                        12
+                    } else {
+                        20
+                    };
                     let n = (want - self.pending.len()).min(input.len());
                     self.pending.extend_from_slice(&input[..n]);
                     input = &input[n..];
@@ -347,7 +351,11 @@ impl PackDecoder {
     }
 
     /// Inflates from `input`; returns how many bytes it consumed.
-    fn inflate_some(&mut self, input: &[u8], sink: &mut dyn ObjectSink) -> Result<usize, PackError> {
+    fn inflate_some(
+        &mut self,
+        input: &[u8],
+        sink: &mut dyn ObjectSink,
+    ) -> Result<usize, PackError> {
         let Phase::Data(entry) = &mut self.phase else {
             return Ok(0);
         };
@@ -375,7 +383,9 @@ impl PackDecoder {
                     _ => sink.chunk(out)?,
                 }
             }
-            Body::Delta { base, buf, take, .. } => {
+            Body::Delta {
+                base, buf, take, ..
+            } => {
                 buf.extend_from_slice(out);
                 if take.is_none() {
                     if let Some((_, size, _)) = delta::delta_sizes(buf) {
@@ -435,8 +445,8 @@ impl PackDecoder {
                 buf,
                 take,
             } => {
-                let (_, size, _) =
-                    delta::delta_sizes(&buf).ok_or_else(|| perr("a delta's header is truncated"))?;
+                let (_, size, _) = delta::delta_sizes(&buf)
+                    .ok_or_else(|| perr("a delta's header is truncated"))?;
                 let take = match take {
                     Some(t) => t,
                     None => sink.begin(base.0, size)?,
@@ -482,7 +492,14 @@ impl PackDecoder {
         }
     }
 
-    fn keep(&mut self, offset: u64, kind: Kind, oid: ObjectId, size: u64, data: Option<&Arc<[u8]>>) {
+    fn keep(
+        &mut self,
+        offset: u64,
+        kind: Kind,
+        oid: ObjectId,
+        size: u64,
+        data: Option<&Arc<[u8]>>,
+    ) {
         let kept = match data {
             Some(d)
                 if size <= self.limits.retain_max

@@ -48,7 +48,12 @@ impl ObjectSink for Collect {
         self.current.extend_from_slice(data);
         Ok(())
     }
-    fn end(&mut self, oid: ObjectId, kind: Kind, data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+    fn end(
+        &mut self,
+        oid: ObjectId,
+        kind: Kind,
+        data: Option<&Arc<[u8]>>,
+    ) -> Result<(), PackError> {
         let bytes = match data {
             Some(d) => d.to_vec(),
             None => std::mem::take(&mut self.current),
@@ -78,7 +83,9 @@ fn fixture() -> Fixture {
     git(dir.path(), &["init", "-q", "--bare", "r.git"], None);
     let repo = dir.path().join("r.git");
     // Large, nearly identical blobs (stored as deltas of each other) and small ones.
-    let base: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    let base: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
     let mut contents = vec![base.clone()];
     for k in 0..3 {
         let mut c = base.clone();
@@ -93,7 +100,10 @@ fn fixture() -> Fixture {
         let f = dir.path().join(format!("b{i}"));
         std::fs::write(&f, data).unwrap();
         let id = git(&repo, &["hash-object", "-w", f.to_str().unwrap()], None);
-        blobs.push((String::from_utf8(id).unwrap().trim().to_string(), data.clone()));
+        blobs.push((
+            String::from_utf8(id).unwrap().trim().to_string(),
+            data.clone(),
+        ));
     }
     let list: String = blobs.iter().map(|(id, _)| format!("{id}\n")).collect();
     let ofs_pack = git(
@@ -176,14 +186,24 @@ fn truncated_corrupt_and_garbage_packs_are_errors() {
     let cut = &f.ofs_pack[..f.ofs_pack.len() / 2];
     assert_ne!(decode(cut, 4096, &mut sink).ok(), Some(Flow::Done));
     // A flipped byte anywhere is an error (zlib, delta, id or pack checksum).
-    for at in [12, 20, f.ofs_pack.len() / 3, f.ofs_pack.len() / 2, f.ofs_pack.len() - 5] {
+    for at in [
+        12,
+        20,
+        f.ofs_pack.len() / 3,
+        f.ofs_pack.len() / 2,
+        f.ofs_pack.len() - 5,
+    ] {
         let mut bad = f.ofs_pack.clone();
         bad[at] ^= 0x55;
         let mut sink = Collect::default();
         let r = decode(&bad, 4096, &mut sink);
         assert!(!matches!(r, Ok(Flow::Done)), "flip at {at} went unnoticed");
     }
-    for garbage in [&b"PACK"[..], b"not a pack at all, just text", b"PACK\0\0\0\x09\0\0\0\x01"] {
+    for garbage in [
+        &b"PACK"[..],
+        b"not a pack at all, just text",
+        b"PACK\0\0\0\x09\0\0\0\x01",
+    ] {
         let mut sink = Collect::default();
         let r = decode(garbage, 3, &mut sink);
         assert!(!matches!(r, Ok(Flow::Done)), "{garbage:?}");

@@ -80,7 +80,12 @@ impl ObjectSink for BatchSink<'_> {
         }
     }
 
-    fn end(&mut self, oid: ObjectId, kind: Kind, data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+    fn end(
+        &mut self,
+        oid: ObjectId,
+        kind: Kind,
+        data: Option<&Arc<[u8]>>,
+    ) -> Result<(), PackError> {
         match kind {
             Kind::Blob => {
                 let key = blob_key(&oid);
@@ -124,7 +129,10 @@ impl ObjectSink for BatchSink<'_> {
     /// A heartbeat (at most once a second) for those waiting on blobs of
     /// this batch that have not arrived yet: the fetch is alive.
     fn progress(&mut self) {
-        if self.beat.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if self
+            .beat
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         self.beat = Some(std::time::Instant::now());
@@ -160,14 +168,21 @@ impl StreamSink<'_> {
             .flatten()
             .and_then(|path| {
                 let mut have = vec![0u8; self.flushed as usize];
-                std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(path).ok()?, &mut have, 0).ok()?;
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &std::fs::File::open(path).ok()?,
+                    &mut have,
+                    0,
+                )
+                .ok()?;
                 Some(have)
             });
         let Some(mut have) = read_back else {
             self.local_error = Some(e.to_string());
             return Err(cache_err(e));
         };
-        self.objects.cache.warn_full(&format!("blob {}: {e}", self.want));
+        self.objects
+            .cache
+            .warn_full(&format!("blob {}: {e}", self.want));
         tracing::debug!(repo = %self.objects.repo, oid = %self.want, "no room in the cache: the blob continues in memory");
         have.extend_from_slice(data);
         self.mem = Some(have);
@@ -197,7 +212,10 @@ impl ObjectSink for StreamSink<'_> {
             let _ = self.tx.send(TransferState::Progress(self.flushed));
             return Ok(());
         }
-        let w = self.writer.as_mut().ok_or_else(|| PackError("no writer".into()))?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| PackError("no writer".into()))?;
         if let Err(e) = w.write_all(data).and_then(|_| w.flush()) {
             return self.to_memory(data, e);
         }
@@ -206,7 +224,12 @@ impl ObjectSink for StreamSink<'_> {
         Ok(())
     }
 
-    fn end(&mut self, oid: ObjectId, _kind: Kind, _data: Option<&Arc<[u8]>>) -> Result<(), PackError> {
+    fn end(
+        &mut self,
+        oid: ObjectId,
+        _kind: Kind,
+        _data: Option<&Arc<[u8]>>,
+    ) -> Result<(), PackError> {
         if oid != self.want {
             return Err(PackError(format!(
                 "asked for blob {}, the server sent {oid}",
@@ -221,7 +244,10 @@ impl ObjectSink for StreamSink<'_> {
             self.done = true;
             return Ok(());
         }
-        let w = self.writer.take().ok_or_else(|| PackError("no writer".into()))?;
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| PackError("no writer".into()))?;
         if let Err(e) = w.commit_as(&blob_key(&oid)) {
             self.local_error = Some(e.to_string());
             return Err(cache_err(e));
@@ -231,4 +257,3 @@ impl ObjectSink for StreamSink<'_> {
         Ok(())
     }
 }
-

@@ -82,7 +82,13 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    pub fn new(repo: &str, cache: Arc<Cache>, remote: Arc<Remote>, objects: Arc<Objects>, api: HostApi) -> Sizes {
+    pub fn new(
+        repo: &str,
+        cache: Arc<Cache>,
+        remote: Arc<Remote>,
+        objects: Arc<Objects>,
+        api: HostApi,
+    ) -> Sizes {
         Sizes {
             repo: repo.to_string(),
             cache,
@@ -127,7 +133,10 @@ impl Sizes {
 
     /// Records a blob's true size, learned from its contents.
     pub fn correct(&self, oid: ObjectId, size: u64) {
-        self.corrections.lock().unwrap_or_else(|p| p.into_inner()).insert(oid, size);
+        self.corrections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(oid, size);
     }
 
     /// Exact sizes of every blob of `dir`.
@@ -135,7 +144,12 @@ impl Sizes {
         let mut sizes = self.stored(&dir.tree).unwrap_or_default();
         let mut changed = false;
         for (_, oid) in &dir.blobs {
-            let fix = self.corrections.lock().unwrap_or_else(|p| p.into_inner()).get(oid).copied();
+            let fix = self
+                .corrections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(oid)
+                .copied();
             if let Some(real) = fix {
                 changed |= sizes.insert(*oid, real) != Some(real);
             }
@@ -158,7 +172,11 @@ impl Sizes {
         if unknown.is_empty() {
             return Ok(sizes);
         }
-        let caps = self.remote.capabilities().await.map_err(RemoteError::into_source_error)?;
+        let caps = self
+            .remote
+            .capabilities()
+            .await
+            .map_err(RemoteError::into_source_error)?;
         if caps.object_info {
             for batch in unknown.chunks(super::objects::BATCH) {
                 let body = self
@@ -166,7 +184,9 @@ impl Sizes {
                     .command("object-info", protocol::object_info_args(batch))
                     .await
                     .map_err(RemoteError::into_source_error)?;
-                for (oid, size) in protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))? {
+                for (oid, size) in
+                    protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))?
+                {
                     if let (Some(s), true) = (size, batch.contains(&oid)) {
                         sizes.insert(oid, s);
                     }
@@ -191,11 +211,17 @@ impl Sizes {
                 Err(e) => {
                     *self.api_off_until.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now() + Duration::from_secs(60));
-                    self.warn_limited(&format!("{} failed ({e}); learning sizes over git", self.api.name()));
+                    self.warn_limited(&format!(
+                        "{} failed ({e}); learning sizes over git",
+                        self.api.name()
+                    ));
                 }
             }
         }
-        let rest: Vec<ObjectId> = unknown.into_iter().filter(|o| !sizes.contains_key(o)).collect();
+        let rest: Vec<ObjectId> = unknown
+            .into_iter()
+            .filter(|o| !sizes.contains_key(o))
+            .collect();
         if !rest.is_empty() {
             sizes.extend(self.objects.probe(&rest, PROBE_KEEP).await?);
         }

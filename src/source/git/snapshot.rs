@@ -57,7 +57,11 @@ impl State {
 
 /// Reads `trees-<commit>`: records of (20-byte id, u32 length, data), each
 /// verified; a damaged file is removed and `None` returned.
-pub fn cached_trees(cache: &Cache, repo: &str, commit: &ObjectId) -> Option<HashMap<ObjectId, Arc<[u8]>>> {
+pub fn cached_trees(
+    cache: &Cache,
+    repo: &str,
+    commit: &ObjectId,
+) -> Option<HashMap<ObjectId, Arc<[u8]>>> {
     let key = trees_key(commit);
     let mut data = Vec::new();
     cache.get(&key)?.read_to_end(&mut data).ok()?;
@@ -88,7 +92,12 @@ pub fn cached_trees(cache: &Cache, repo: &str, commit: &ObjectId) -> Option<Hash
 }
 
 /// Stores a commit's trees in the cache (see [`cached_trees`]).
-pub fn store_trees(cache: &Cache, repo: &str, commit: &ObjectId, trees: &HashMap<ObjectId, Arc<[u8]>>) {
+pub fn store_trees(
+    cache: &Cache,
+    repo: &str,
+    commit: &ObjectId,
+    trees: &HashMap<ObjectId, Arc<[u8]>>,
+) {
     let mut out = Vec::new();
     for (oid, data) in trees {
         out.extend_from_slice(oid.as_bytes());
@@ -134,7 +143,10 @@ mod tests {
         let c = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1600000000 +0200\ncommitter C <c@d> 1700000000 -0100\n\nmsg\ncommitter fake 1 +0000\n";
         let (t, m) = parse_commit(c).unwrap();
         assert_eq!(t.to_string(), "4b825dc642cb6eb9a060e54bf8d69288fbee4904");
-        assert_eq!(m, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(
+            m,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
         assert!(parse_commit(b"no tree here\n").is_none());
         // A time beyond what SystemTime holds must not panic.
         let huge = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\ncommitter C <c@d> 18446744073709551615 +0000\n\n";

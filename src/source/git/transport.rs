@@ -239,7 +239,10 @@ impl Transport {
     }
 
     /// One authenticated POST to `git-upload-pack` (no retry).
-    async fn post_upload_pack(&self, body: &[u8]) -> Result<(reqwest::Response, String), RemoteError> {
+    async fn post_upload_pack(
+        &self,
+        body: &[u8],
+    ) -> Result<(reqwest::Response, String), RemoteError> {
         let url = format!("{}/git-upload-pack", self.clone_url);
         let rb = self
             .request(reqwest::Method::POST, &url)

@@ -102,7 +102,6 @@ pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
     std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

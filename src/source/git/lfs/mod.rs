@@ -16,10 +16,9 @@
 mod expiry;
 mod pointer;
 
-pub use expiry::parse_rfc3339;
 use expiry::action_expiry;
+pub use expiry::parse_rfc3339;
 pub use pointer::{MAX_POINTER_SIZE, MIN_POINTER_SIZE, Pointer, endpoint, parse_pointer};
-
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -298,10 +297,7 @@ impl Lfs {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(p.oid.clone());
-                return Ok(Arc::new(LocalFile {
-                    file,
-                    size: p.size,
-                }));
+                return Ok(Arc::new(LocalFile { file, size: p.size }));
             }
             tracing::warn!(repo = %self.repo, oid = %p.oid, "cached LFS object is corrupt; downloading it again");
             cache.remove(&p.cache_key());
@@ -544,7 +540,11 @@ impl Lfs {
                 w.commit()
                     .map_err(|e| SourceError::Unavailable(format!("cache: {e}")))?;
             }
-            (None, None) => return Err(SourceError::Unavailable("the download lost its storage".into())),
+            (None, None) => {
+                return Err(SourceError::Unavailable(
+                    "the download lost its storage".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -566,13 +566,18 @@ impl Lfs {
             return Ok(false);
         }
         let Some(file) = w.as_mut() else {
-            return Err(SourceError::Unavailable("the download lost its storage".into()));
+            return Err(SourceError::Unavailable(
+                "the download lost its storage".into(),
+            ));
         };
         let Err(e) = file.write_all(chunk).and_then(|_| file.flush()) else {
             return Ok(true);
         };
         if p.size > MEMORY_FALLBACK {
-            cache.warn_full(&format!("LFS object {} ({} bytes) cannot be served from memory", p.oid, p.size));
+            cache.warn_full(&format!(
+                "LFS object {} ({} bytes) cannot be served from memory",
+                p.oid, p.size
+            ));
             return Err(SourceError::Unavailable(format!(
                 "LFS object {}: the cache is full and the object ({} bytes) is too large to serve from memory: {e}",
                 p.oid, p.size
@@ -592,7 +597,12 @@ impl Lfs {
 /// Reads `n` bytes at `offset` back from a cache writer's temp file.
 /// Without `flush`, only what earlier flushes wrote is there (after a
 /// failed write, flushing would only fail again).
-fn read_back(w: &mut crate::cache::CacheWriter, offset: u64, n: usize, flush: bool) -> Result<Vec<u8>, SourceError> {
+fn read_back(
+    w: &mut crate::cache::CacheWriter,
+    offset: u64,
+    n: usize,
+    flush: bool,
+) -> Result<Vec<u8>, SourceError> {
     let mut have = vec![0u8; n];
     (if flush { w.flush() } else { Ok(()) })
         .and_then(|_| std::fs::File::open(w.path()))
@@ -619,5 +629,3 @@ fn file_sha256(file: &std::fs::File, size: u64) -> Option<String> {
     }
     Some(hex::encode(hasher.finalize()))
 }
-
-

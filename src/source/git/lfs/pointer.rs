@@ -129,7 +129,6 @@ fn lfsconfig_url(data: &[u8]) -> Option<String> {
     None
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +192,4 @@ mod tests {
             "https://h/o/r.git/info/lfs"
         );
     }
-
 }
