@@ -425,6 +425,7 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
         })
         .collect();
     let stats = cache.stats();
+    let disk = cache.disk();
     let doc = serde_json::json!({
         "pid": std::process::id(),
         "updated": now,
@@ -432,8 +433,8 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
             "bytes": stats.bytes,
             "entries": stats.entries,
             "cap": stats.cap,
-            "disk_free": cache.disk().map(|d| d.0),
-            "disk_total": cache.disk().map(|d| d.1),
+            "disk_free": disk.map(|d| d.0),
+            "disk_total": disk.map(|d| d.1),
         },
         "repositories": list,
     });

@@ -326,20 +326,6 @@ impl CacheWriter {
         &self.tmp_path
     }
 
-    /// Discards what was written so far and starts again.
-    pub fn rewind(&mut self) -> io::Result<()> {
-        use std::io::Seek;
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("cache writer already committed"))?;
-        f.flush()?;
-        f.get_mut().set_len(0)?;
-        f.get_mut().seek(io::SeekFrom::Start(0))?;
-        self.len = 0;
-        Ok(())
-    }
-
     /// Commits under another key (for content whose id is known only once
     /// it is all written, such as a blob streamed out of a pack).
     pub fn commit_as(mut self, key: &str) -> Result<File, CacheError> {

@@ -20,7 +20,8 @@ use fuser::{
 
 use crate::source::{FileReader, Node, NodeKind, Source, SourceError};
 
-mod quiet;
+mod report;
+pub use report::LastError;
 
 const ROOT: u64 = 1;
 
@@ -40,10 +41,6 @@ struct Table {
     next: u64,
 }
 
-/// The last failure of a mount and when it happened.
-#[derive(Clone, Default)]
-pub struct LastError(pub Arc<Mutex<Option<(SystemTime, String)>>>);
-
 /// A mounted source.
 pub struct RepoFs {
     source: Arc<dyn Source>,
@@ -56,9 +53,8 @@ pub struct RepoFs {
     next_fh: AtomicU64,
     /// Set once mounted: tells the kernel to drop attributes it cached.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
-    quiet: quiet::Quiet,
-    /// The last failure answered to a caller (for `repofs status`).
-    last_error: LastError,
+    /// Logs failures and keeps the last one (for `repofs status`).
+    reporter: report::Reporter,
     uid: u32,
     gid: u32,
 }
@@ -87,8 +83,7 @@ impl RepoFs {
             page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
-            quiet: quiet::Quiet::default(),
-            last_error: LastError::default(),
+            reporter: report::Reporter::default(),
             uid,
             gid,
         }
@@ -96,7 +91,7 @@ impl RepoFs {
 
     /// The last failure this mount answered with (shared with the daemon).
     pub fn last_error(&self) -> LastError {
-        self.last_error.clone()
+        self.reporter.last.clone()
     }
 
     /// Where the daemon puts the session's notifier after mounting.
@@ -158,26 +153,7 @@ impl RepoFs {
         if let Some(n) = name {
             path.push(n);
         }
-        match e {
-            SourceError::NotFound(_) => {
-                tracing::debug!(repo = %self.source.name(), path = %path.display(), "{op}: {e}")
-            }
-            // The same failure for path after path (a server that is down)
-            // is logged once per window, with a count of the rest.
-            _ => match self.quiet.admit(&format!("{op}: {e}")) {
-                Some(0) => {
-                    tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e}")
-                }
-                Some(held) => {
-                    tracing::error!(repo = %self.source.name(), path = %path.display(), "{op}: {e} ({held} more like this held back)")
-                }
-                None => {}
-            },
-        }
-        if !matches!(e, SourceError::NotFound(_)) {
-            *self.last_error.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((SystemTime::now(), format!("{op} {}: {e}", path.display())));
-        }
+        self.reporter.report(self.source.name(), op, &path, e);
         Errno::from_i32(e.errno())
     }
 

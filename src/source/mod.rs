@@ -77,6 +77,12 @@ pub trait FileReader: Send + Sync {
     }
 }
 
+/// Locks a mutex; a panic elsewhere while it was held leaves the data
+/// usable (every value behind these locks stays consistent between calls).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A complete, verified local (cache) file of known size.
 pub struct LocalFile {
     pub file: std::fs::File,

@@ -30,7 +30,9 @@ use sha2::Digest;
 
 use crate::cache::{Cache, CacheWriter};
 use crate::config::{RepoConfig, S3Config};
-use crate::source::{Entry, FileReader, Node, NodeKind, Source, SourceError, read_file_range};
+use crate::source::{
+    Entry, FileReader, Node, NodeKind, Source, SourceError, lock, read_file_range,
+};
 
 #[path = "s3_client.rs"]
 mod client;
@@ -55,10 +57,6 @@ pub struct S3Source {
     warned: Mutex<HashSet<String>>,
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl S3Source {

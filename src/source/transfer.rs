@@ -55,6 +55,16 @@ impl Transfer {
         )
     }
 
+    /// Another view of the transfer `tx` sends on (no file to follow).
+    pub fn follow(tx: &TransferSender) -> Arc<Transfer> {
+        Arc::new(Transfer {
+            state: tx.subscribe(),
+            file: None,
+            size: std::sync::OnceLock::new(),
+            memory: std::sync::OnceLock::new(),
+        })
+    }
+
     pub fn failed(&self) -> bool {
         matches!(&*self.state.borrow(), TransferState::Failed(_))
     }

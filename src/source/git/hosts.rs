@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::transport::{self, Transport};
 use crate::config::Provider;
+use crate::source::lock;
 
 /// Largest API answer read.
 pub const MAX_BODY: usize = 64 << 20;
@@ -227,11 +228,7 @@ async fn github(
     recursive: &Mutex<HashMap<ObjectId, Arc<(HashMap<ObjectId, u64>, bool)>>>,
     dir: &DirRef,
 ) -> Result<HashMap<ObjectId, u64>, ApiError> {
-    let known = recursive
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&dir.commit)
-        .cloned();
+    let known = lock(&recursive).get(&dir.commit).cloned();
     let all = match known {
         Some(a) => a,
         None => {
@@ -243,10 +240,7 @@ async fn github(
             )
             .await?;
             let a = Arc::new(github_tree(&v)?);
-            recursive
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(dir.commit, a.clone());
+            lock(&recursive).insert(dir.commit, a.clone());
             a
         }
     };

@@ -14,6 +14,7 @@
 pub mod delta;
 pub mod hosts;
 pub mod lfs;
+mod listing;
 pub mod names;
 pub mod objects;
 pub mod pack;
@@ -26,21 +27,18 @@ pub mod transport;
 pub mod url;
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gix_hash::ObjectId;
-use gix_object::tree::EntryKind;
 
 use crate::cache::Cache;
 use crate::config::{Config, RepoConfig};
 use crate::source::transfer::TransferReader;
 use crate::source::{
-    Entry, FileReader, LocalFile, MemoryFile, Node, NodeKind, Source, SourceError,
+    Entry, FileReader, LocalFile, MemoryFile, Node, NodeKind, Source, SourceError, lock,
 };
 pub use remote::Remote;
 use snapshot::{Snapshot, State};
@@ -85,10 +83,6 @@ pub struct GitSource {
     /// Bumped each time a followed branch moves.
     generation: AtomicU64,
     stopped: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl GitSource {
@@ -379,152 +373,6 @@ impl GitSource {
         Ok(data)
     }
 
-    async fn list_tree(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
-        if let Some(e) = lock(&self.dirs).get(&tree) {
-            return Ok(e.clone());
-        }
-        let gate = lock(&self.listing).entry(tree).or_default().clone();
-        let _one = gate.lock().await;
-        if let Some(e) = lock(&self.dirs).get(&tree) {
-            return Ok(e.clone());
-        }
-        let r = self.list_tree_now(tree).await;
-        lock(&self.listing).remove(&tree);
-        r
-    }
-
-    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
-        let snap = self.snapshot().await?;
-        let data = snap.trees.get(&tree).ok_or_else(|| {
-            SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
-        })?;
-        let path = lock(&self.paths).get(&tree).cloned();
-        let mut raw = Vec::new();
-        let mut seen = HashSet::new();
-        for item in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1) {
-            let item = item.map_err(|e| SourceError::Corrupt(format!("tree {tree}: {e}")))?;
-            let name: &[u8] = item.filename.as_ref();
-            if !names::safe_name(name) {
-                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a tree entry whose name cannot be shown (unsafe, or a .git spelling)");
-                continue;
-            }
-            if !seen.insert(name.to_vec()) {
-                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a duplicate tree entry");
-                continue;
-            }
-            raw.push((name.to_vec(), item.mode.kind(), item.oid.to_owned()));
-        }
-        if let Some(p) = &path {
-            let mut paths = lock(&self.paths);
-            for (name, kind, oid) in &raw {
-                if *kind == EntryKind::Tree {
-                    let child = match (p.is_empty(), std::str::from_utf8(name)) {
-                        (_, Err(_)) => continue,
-                        (true, Ok(n)) => n.to_string(),
-                        (false, Ok(n)) => format!("{p}/{n}"),
-                    };
-                    paths.entry(*oid).or_insert(child);
-                }
-            }
-        }
-        let blobs: Vec<(Vec<u8>, ObjectId)> = raw
-            .iter()
-            .filter(|(_, k, _)| {
-                matches!(
-                    k,
-                    EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link
-                )
-            })
-            .map(|(n, _, o)| (n.clone(), *o))
-            .collect();
-        let dir = hosts::DirRef {
-            commit: snap.commit,
-            tree,
-            path: path.unwrap_or_default(),
-            blobs,
-        };
-        let sizes = self.sizes.of_dir(&dir).await?;
-        let pointers = self.lfs_pointers(&raw, &sizes).await?;
-        snap.lfs
-            .note_directory(pointers.values().cloned().collect());
-        let mut entries = Vec::with_capacity(raw.len());
-        for (name, kind, oid) in raw {
-            let size = || {
-                sizes.get(&oid).copied().ok_or_else(|| {
-                    SourceError::Unavailable(format!("the size of {oid} is unknown"))
-                })
-            };
-            let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
-                EntryKind::Blob | EntryKind::BlobExecutable if pointers.contains_key(&oid) => {
-                    let p = &pointers[&oid];
-                    (
-                        p.key().into(),
-                        NodeKind::File {
-                            size: p.size,
-                            executable: kind == EntryKind::BlobExecutable,
-                        },
-                    )
-                }
-                EntryKind::Tree => (oid.as_bytes().into(), NodeKind::Dir),
-                EntryKind::Commit => (SUBMODULE_KEY.into(), NodeKind::Dir),
-                EntryKind::Link => (oid.as_bytes().into(), NodeKind::Symlink { size: size()? }),
-                EntryKind::Blob | EntryKind::BlobExecutable => (
-                    oid.as_bytes().into(),
-                    NodeKind::File {
-                        size: size()?,
-                        executable: kind == EntryKind::BlobExecutable,
-                    },
-                ),
-            };
-            entries.push(Entry {
-                name: OsString::from_vec(name),
-                node: Node {
-                    key,
-                    kind,
-                    mtime: snap.mtime,
-                },
-            });
-        }
-        let entries = Arc::new(entries);
-        lock(&self.dirs).insert(tree, entries.clone());
-        Ok(entries)
-    }
-
-    /// Which regular files of a directory are LFS pointers: blobs whose size
-    /// is in the pointer range are fetched (one batch) and parsed.
-    async fn lfs_pointers(
-        &self,
-        raw: &[(Vec<u8>, EntryKind, ObjectId)],
-        sizes: &HashMap<ObjectId, u64>,
-    ) -> Result<HashMap<ObjectId, lfs::Pointer>, SourceError> {
-        let candidates: Vec<ObjectId> = raw
-            .iter()
-            .filter(|(_, k, _)| matches!(k, EntryKind::Blob | EntryKind::BlobExecutable))
-            .map(|(_, _, o)| *o)
-            .filter(|o| {
-                sizes
-                    .get(o)
-                    .is_some_and(|s| (lfs::MIN_POINTER_SIZE..lfs::MAX_POINTER_SIZE).contains(s))
-            })
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut out = HashMap::new();
-        if candidates.is_empty() {
-            return Ok(out);
-        }
-        self.objects.ensure(&candidates).await?;
-        for oid in candidates {
-            // A read that fails fails the listing (and is retried with it):
-            // taking the blob for "not a pointer" would show its text.
-            let data = self.read_small_blob(oid).await?;
-            if let Some(p) = lfs::parse_pointer(&data) {
-                out.insert(oid, p);
-            }
-        }
-        Ok(out)
-    }
-
     fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
         let snap = self.block_on(self.snapshot())?;
         snap.lfs.open(
@@ -533,30 +381,6 @@ impl GitSource {
             &self.rt,
             p,
         )
-    }
-
-    /// Fetches the small, not yet cached files of `tree` in one request.
-    async fn prefetch_tree(&self, tree: ObjectId) -> Result<usize, SourceError> {
-        let entries = self.list_tree(tree).await?;
-        let mut budget = PREFETCH_DIR_MAX;
-        let mut wants = Vec::new();
-        for e in entries.iter() {
-            if let NodeKind::File { size, .. } = e.node.kind {
-                if size == 0 || size > PREFETCH_FILE_MAX || size > budget {
-                    continue;
-                }
-                let Ok(oid) = ObjectId::try_from(&e.node.key[..]) else {
-                    continue;
-                };
-                if !self.cache.contains(&objects::blob_key(&oid)) {
-                    budget -= size;
-                    wants.push(oid);
-                }
-            }
-        }
-        wants.truncate(objects::BATCH);
-        self.objects.ensure(&wants).await?;
-        Ok(wants.len())
     }
 
     /// A listed size turned out wrong (the contents disagree): log it and
@@ -618,39 +442,27 @@ impl Source for GitSource {
             NodeKind::File { size, .. } | NodeKind::Symlink { size } => size,
             NodeKind::Dir => 0,
         };
-        match self.block_on(self.objects.open(oid, listed))? {
-            objects::Opened::File(f) => {
-                let real = f
+        let reader: Arc<dyn FileReader> = match self.block_on(self.objects.open(oid, listed))? {
+            objects::Opened::File(file) => {
+                let size = file
                     .metadata()
                     .map(|m| m.len())
                     .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
-                if real != listed {
-                    self.size_corrected(&oid, listed, real);
-                }
-                Ok(Arc::new(LocalFile {
-                    file: f,
-                    size: real,
-                }))
+                Arc::new(LocalFile { file, size })
             }
-            objects::Opened::Memory(m) => {
-                let real = m.len() as u64;
-                if real != listed {
-                    self.size_corrected(&oid, listed, real);
-                }
-                Ok(Arc::new(MemoryFile(m)))
-            }
-            objects::Opened::Streaming(transfer, size) => {
-                if size != listed {
-                    self.size_corrected(&oid, listed, size);
-                }
-                Ok(Arc::new(TransferReader {
-                    transfer,
-                    size,
-                    rt: self.rt.clone(),
-                    stall_limit: self.stall_limit,
-                }))
-            }
+            objects::Opened::Memory(m) => Arc::new(MemoryFile(m)),
+            objects::Opened::Streaming(transfer, size) => Arc::new(TransferReader {
+                transfer,
+                size,
+                rt: self.rt.clone(),
+                stall_limit: self.stall_limit,
+            }),
+        };
+        // Every reader knows the true size before its first byte.
+        if let Some(real) = reader.size().filter(|r| *r != listed) {
+            self.size_corrected(&oid, listed, real);
         }
+        Ok(reader)
     }
 
     fn readlink(&self, link: &Node) -> Result<Vec<u8>, SourceError> {

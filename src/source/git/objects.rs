@@ -31,8 +31,8 @@ use super::remote::Remote;
 use super::sinks::{BatchSink, StreamSink};
 use super::transport::RemoteError;
 use crate::cache::{Cache, CacheWriter};
-use crate::source::SourceError;
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
+use crate::source::{SourceError, lock};
 
 /// Most ids in one `fetch`.
 pub const BATCH: usize = 1000;
@@ -49,10 +49,6 @@ pub(super) const MAX_TREE: u64 = 256 << 20;
 
 pub fn blob_key(oid: &ObjectId) -> String {
     format!("git-{oid}")
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How an opened blob is read.
@@ -133,9 +129,6 @@ impl Objects {
         if let Some(m) = self.memory.get(&blob_key(oid)) {
             return Some(m.len() as u64);
         }
-        if !self.cache.contains(&blob_key(oid)) {
-            return None;
-        }
         self.cache
             .get(&blob_key(oid))?
             .metadata()
@@ -210,14 +203,7 @@ impl Objects {
                 break;
             }
             // Waiters follow the flights; the task outlives an impatient caller.
-            waiting.extend(batch.iter().map(|(_, tx)| {
-                Arc::new(Transfer {
-                    state: tx.subscribe(),
-                    file: None,
-                    size: std::sync::OnceLock::new(),
-                    memory: std::sync::OnceLock::new(),
-                })
-            }));
+            waiting.extend(batch.iter().map(|(_, tx)| Transfer::follow(tx)));
             let me = me.clone();
             self.rt
                 .spawn(async move { me.fetch_batch(batch, None).await });

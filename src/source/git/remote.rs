@@ -10,10 +10,7 @@ use super::pack::{Flow, Limits, ObjectSink, PackDecoder};
 use super::protocol::{self, Capabilities, FetchResponseParser};
 use super::transport::{RemoteError, Transport};
 use crate::config::{Config, RepoConfig};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::source::lock;
 
 /// The protocol side of one repository: capabilities, commands, ref resolution.
 pub struct Remote {

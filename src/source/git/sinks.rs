@@ -13,9 +13,10 @@ use std::time::Duration;
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
-use super::objects::{MAX_TREE, MEMORY_FALLBACK, MEMORY_MAX, Objects, blob_key, lock};
+use super::objects::{MAX_TREE, MEMORY_FALLBACK, MEMORY_MAX, Objects, blob_key};
 use super::pack::{ObjectSink, PackError, Take};
 use crate::cache::CacheWriter;
+use crate::source::lock;
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
 
 /// Stores what a batch fetch brings.

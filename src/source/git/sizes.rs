@@ -26,7 +26,7 @@ use super::protocol;
 use super::remote::Remote;
 use super::transport::RemoteError;
 use crate::cache::Cache;
-use crate::source::SourceError;
+use crate::source::{SourceError, lock};
 
 /// Blobs up to this size are fetched by the probe (the prefetch).
 pub const PROBE_KEEP: u64 = 256 * 1024;
@@ -124,7 +124,7 @@ impl Sizes {
     }
 
     fn warn_limited(&self, msg: &str) {
-        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last_warning);
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
             *last = Some(Instant::now());
             tracing::warn!(repo = %self.repo, "{msg}");
@@ -133,10 +133,7 @@ impl Sizes {
 
     /// Records a blob's true size, learned from its contents.
     pub fn correct(&self, oid: ObjectId, size: u64) {
-        self.corrections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(oid, size);
+        lock(&self.corrections).insert(oid, size);
     }
 
     /// Exact sizes of every blob of `dir`.
@@ -144,12 +141,7 @@ impl Sizes {
         let mut sizes = self.stored(&dir.tree).unwrap_or_default();
         let mut changed = false;
         for (_, oid) in &dir.blobs {
-            let fix = self
-                .corrections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(oid)
-                .copied();
+            let fix = lock(&self.corrections).get(oid).copied();
             if let Some(real) = fix {
                 changed |= sizes.insert(*oid, real) != Some(real);
             }
@@ -202,15 +194,14 @@ impl Sizes {
                     }
                 }
                 Err(ApiError::RateLimited(until)) => {
-                    *self.api_off_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+                    *lock(&self.api_off_until) = Some(until);
                     self.warn_limited(&format!(
                         "{} is rate limited; learning sizes over git until it resets",
                         self.api.name()
                     ));
                 }
                 Err(e) => {
-                    *self.api_off_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Instant::now() + Duration::from_secs(60));
+                    *lock(&self.api_off_until) = Some(Instant::now() + Duration::from_secs(60));
                     self.warn_limited(&format!(
                         "{} failed ({e}); learning sizes over git",
                         self.api.name()
@@ -230,7 +221,7 @@ impl Sizes {
     }
 
     fn api_available(&self) -> bool {
-        let mut off = self.api_off_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut off = lock(&self.api_off_until);
         match *off {
             Some(t) if Instant::now() < t => false,
             Some(_) => {

@@ -1,0 +1,189 @@
+//! Listing a tree: its entries with exact sizes (from [`sizes`]), LFS
+//! pointers recognised, hostile names refused ([`names`]), the paths of
+//! subtrees remembered for host APIs that work by path, one listing per
+//! tree at a time; and the prefetch of a listed directory's small files.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::sync::Arc;
+
+use gix_hash::ObjectId;
+use gix_object::tree::EntryKind;
+
+use super::{
+    GitSource, PREFETCH_DIR_MAX, PREFETCH_FILE_MAX, SUBMODULE_KEY, hosts, lfs, names, objects,
+};
+use crate::source::{Entry, Node, NodeKind, SourceError, lock};
+
+impl GitSource {
+    pub(super) async fn list_tree(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
+        if let Some(e) = lock(&self.dirs).get(&tree) {
+            return Ok(e.clone());
+        }
+        let gate = lock(&self.listing).entry(tree).or_default().clone();
+        let _one = gate.lock().await;
+        if let Some(e) = lock(&self.dirs).get(&tree) {
+            return Ok(e.clone());
+        }
+        let r = self.list_tree_now(tree).await;
+        lock(&self.listing).remove(&tree);
+        r
+    }
+
+    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
+        let snap = self.snapshot().await?;
+        let data = snap.trees.get(&tree).ok_or_else(|| {
+            SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
+        })?;
+        let path = lock(&self.paths).get(&tree).cloned();
+        let mut raw = Vec::new();
+        let mut seen = HashSet::new();
+        for item in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1) {
+            let item = item.map_err(|e| SourceError::Corrupt(format!("tree {tree}: {e}")))?;
+            let name: &[u8] = item.filename.as_ref();
+            if !names::safe_name(name) {
+                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a tree entry whose name cannot be shown (unsafe, or a .git spelling)");
+                continue;
+            }
+            if !seen.insert(name.to_vec()) {
+                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a duplicate tree entry");
+                continue;
+            }
+            raw.push((name.to_vec(), item.mode.kind(), item.oid.to_owned()));
+        }
+        if let Some(p) = &path {
+            let mut paths = lock(&self.paths);
+            for (name, kind, oid) in &raw {
+                if *kind == EntryKind::Tree {
+                    let child = match (p.is_empty(), std::str::from_utf8(name)) {
+                        (_, Err(_)) => continue,
+                        (true, Ok(n)) => n.to_string(),
+                        (false, Ok(n)) => format!("{p}/{n}"),
+                    };
+                    paths.entry(*oid).or_insert(child);
+                }
+            }
+        }
+        let blobs: Vec<(Vec<u8>, ObjectId)> = raw
+            .iter()
+            .filter(|(_, k, _)| {
+                matches!(
+                    k,
+                    EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link
+                )
+            })
+            .map(|(n, _, o)| (n.clone(), *o))
+            .collect();
+        let dir = hosts::DirRef {
+            commit: snap.commit,
+            tree,
+            path: path.unwrap_or_default(),
+            blobs,
+        };
+        let sizes = self.sizes.of_dir(&dir).await?;
+        let pointers = self.lfs_pointers(&raw, &sizes).await?;
+        snap.lfs
+            .note_directory(pointers.values().cloned().collect());
+        let mut entries = Vec::with_capacity(raw.len());
+        for (name, kind, oid) in raw {
+            let size = || {
+                sizes.get(&oid).copied().ok_or_else(|| {
+                    SourceError::Unavailable(format!("the size of {oid} is unknown"))
+                })
+            };
+            let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
+                EntryKind::Blob | EntryKind::BlobExecutable if pointers.contains_key(&oid) => {
+                    let p = &pointers[&oid];
+                    (
+                        p.key().into(),
+                        NodeKind::File {
+                            size: p.size,
+                            executable: kind == EntryKind::BlobExecutable,
+                        },
+                    )
+                }
+                EntryKind::Tree => (oid.as_bytes().into(), NodeKind::Dir),
+                EntryKind::Commit => (SUBMODULE_KEY.into(), NodeKind::Dir),
+                EntryKind::Link => (oid.as_bytes().into(), NodeKind::Symlink { size: size()? }),
+                EntryKind::Blob | EntryKind::BlobExecutable => (
+                    oid.as_bytes().into(),
+                    NodeKind::File {
+                        size: size()?,
+                        executable: kind == EntryKind::BlobExecutable,
+                    },
+                ),
+            };
+            entries.push(Entry {
+                name: OsString::from_vec(name),
+                node: Node {
+                    key,
+                    kind,
+                    mtime: snap.mtime,
+                },
+            });
+        }
+        let entries = Arc::new(entries);
+        lock(&self.dirs).insert(tree, entries.clone());
+        Ok(entries)
+    }
+
+    /// Which regular files of a directory are LFS pointers: blobs whose size
+    /// is in the pointer range are fetched (one batch) and parsed.
+    async fn lfs_pointers(
+        &self,
+        raw: &[(Vec<u8>, EntryKind, ObjectId)],
+        sizes: &HashMap<ObjectId, u64>,
+    ) -> Result<HashMap<ObjectId, lfs::Pointer>, SourceError> {
+        let candidates: Vec<ObjectId> = raw
+            .iter()
+            .filter(|(_, k, _)| matches!(k, EntryKind::Blob | EntryKind::BlobExecutable))
+            .map(|(_, _, o)| *o)
+            .filter(|o| {
+                sizes
+                    .get(o)
+                    .is_some_and(|s| (lfs::MIN_POINTER_SIZE..lfs::MAX_POINTER_SIZE).contains(s))
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut out = HashMap::new();
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        self.objects.ensure(&candidates).await?;
+        for oid in candidates {
+            // A read that fails fails the listing (and is retried with it):
+            // taking the blob for "not a pointer" would show its text.
+            let data = self.read_small_blob(oid).await?;
+            if let Some(p) = lfs::parse_pointer(&data) {
+                out.insert(oid, p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches the small, not yet cached files of `tree` in one request.
+    pub(super) async fn prefetch_tree(&self, tree: ObjectId) -> Result<usize, SourceError> {
+        let entries = self.list_tree(tree).await?;
+        let mut budget = PREFETCH_DIR_MAX;
+        let mut wants = Vec::new();
+        for e in entries.iter() {
+            if let NodeKind::File { size, .. } = e.node.kind {
+                if size == 0 || size > PREFETCH_FILE_MAX || size > budget {
+                    continue;
+                }
+                let Ok(oid) = ObjectId::try_from(&e.node.key[..]) else {
+                    continue;
+                };
+                if !self.cache.contains(&objects::blob_key(&oid)) {
+                    budget -= size;
+                    wants.push(oid);
+                }
+            }
+        }
+        wants.truncate(objects::BATCH);
+        self.objects.ensure(&wants).await?;
+        Ok(wants.len())
+    }
+}
