@@ -107,6 +107,8 @@ pub struct RepoConfig {
     pub github_app: Option<crate::auth::GithubAppConfig>,
     /// The bucket side of a `provider = "s3"` entry.
     pub s3: Option<S3Config>,
+    /// Where the daemon puts a writable overlay view of the mount.
+    pub overlay: Option<PathBuf>,
 }
 
 /// How an S3 repository signs its requests.
@@ -154,6 +156,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How many times a failed request (connection error, timeout, 5xx) is tried in all.
     pub max_attempts: u32,
+    /// Where Prometheus metrics are served (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub repositories: Vec<RepoConfig>,
 }
 
@@ -167,6 +171,7 @@ struct RawConfig {
     request_timeout: Option<String>,
     connect_timeout: Option<String>,
     max_attempts: Option<u32>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     repository: Vec<RawRepo>,
 }
@@ -185,6 +190,7 @@ struct RawRepo {
     username: Option<String>,
     description: Option<String>,
     mount_point: Option<PathBuf>,
+    overlay: Option<PathBuf>,
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
     bucket: Option<String>,
@@ -217,6 +223,7 @@ const TOP_KEYS: &[&str] = &[
     "request_timeout",
     "connect_timeout",
     "max_attempts",
+    "metrics_listen",
     "repository",
 ];
 const REPO_KEYS: &[&str] = &[
@@ -230,6 +237,7 @@ const REPO_KEYS: &[&str] = &[
     "username",
     "description",
     "mount_point",
+    "overlay",
     "refresh",
     "github_app",
     "bucket",
@@ -357,6 +365,14 @@ impl Config {
             )));
         }
 
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                err(format!(
+                    "key `metrics_listen`: {a:?} is not an address and port such as \"127.0.0.1:9464\""
+                ))
+            })?),
+        };
         let mut names = HashSet::new();
         let mut mount_points = HashSet::new();
         let mut repositories = Vec::new();
@@ -408,6 +424,7 @@ impl Config {
             request_timeout,
             connect_timeout,
             max_attempts,
+            metrics_listen,
             repositories,
         })
     }
@@ -649,6 +666,7 @@ fn validate_repo(
     Ok(RepoConfig {
         s3: None,
         github_app,
+        overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
         name,
         provider,
@@ -773,7 +791,9 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
     };
     let mount_point = mount_point_of(r.mount_point.clone(), mount_root, &name)
         .map_err(|m| ctx("mount_point", m))?;
+    let overlay = overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?;
     Ok(RepoConfig {
+        overlay,
         url: format!("s3://{bucket}/{prefix}"),
         name,
         provider: Provider::S3,
@@ -795,6 +815,23 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
             inline_secret,
         }),
     })
+}
+
+/// Checks an `overlay` directory: absolute, and neither inside the mount
+/// nor holding it.
+fn overlay_of(dir: Option<PathBuf>, mount_point: &Path) -> Result<Option<PathBuf>, String> {
+    let Some(dir) = dir else { return Ok(None) };
+    if !dir.is_absolute() {
+        return Err(format!("must be an absolute path, got {}", dir.display()));
+    }
+    if dir.starts_with(mount_point) || mount_point.starts_with(&dir) {
+        return Err(format!(
+            "{} and the mount point {} must not contain each other",
+            dir.display(),
+            mount_point.display()
+        ));
+    }
+    Ok(Some(dir))
 }
 
 /// Where a repository is mounted: `mount_point`, else `<mount_root>/<name>`.

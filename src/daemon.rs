@@ -33,6 +33,8 @@ enum RepoState {
         session: fuser::BackgroundSession,
         /// The last failure the mount answered with.
         last_error: crate::fs::LastError,
+        /// Its open files (transfers in flight).
+        monitor: crate::fs::Monitor,
     },
     Failed(String),
 }
@@ -59,6 +61,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         "cache opened"
     );
 
+    // The recorder goes in before the first mount registers its metrics.
+    let registry = Arc::new(crate::metrics::Registry::new(cache.clone()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|_| l))
+            .map_err(|e| anyhow::anyhow!("cannot listen on metrics_listen {addr}: {e}"))?;
+        let handle = crate::metrics::install()?;
+        let registry = registry.clone();
+        rt.spawn(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => crate::metrics::serve(l, handle, registry).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!("metrics listener stopped: {e}");
+            }
+        });
+    }
+
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
     for repo in &config.repositories {
         let state = mount_repo(repo, &config, &cache, rt.handle());
@@ -78,15 +99,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("no repository could be mounted (see the errors above)");
     }
     let mut config = config;
+    registry.set_sources(sources(&repos));
     notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
     tracing::info!("repofs is running: {}", summary(&repos));
     write_status(&config, &cache, &repos);
+    let registration = register(&status_path(&config));
 
     let signal = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // `repofs status` and `repofs prefetch` ask for a fresh status.
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
@@ -95,15 +120,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = hup.recv() => {
                     notify("RELOADING=1");
                     reload(&mut config, &mut repos, &cache, rt.handle());
+                    registry.set_sources(sources(&repos));
                     notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
                     write_status(&config, &cache, &repos);
                 }
+                _ = usr1.recv() => write_status(&config, &cache, &repos),
                 _ = tick.tick() => write_status(&config, &cache, &repos),
             }
         }
     })?;
     tracing::info!("{signal} received: unmounting");
     notify("STOPPING=1");
+    let lowers: Vec<PathBuf> = repos
+        .values()
+        .map(|r| r.config.mount_point.clone())
+        .collect();
+    crate::overlay::remove_over(&config.cache_dir, &lowers);
     for (name, r) in &repos {
         if matches!(r.state, RepoState::Mounted { .. }) {
             match unmount(&r.config.mount_point) {
@@ -115,6 +147,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(status_path(&config));
+    if let Some(r) = registration {
+        let _ = std::fs::remove_file(r);
+    }
     // The sessions end when the process exits and the kernel drops the
     // connections; with lazy unmounts, open files see EIO instead of a hang.
     std::mem::forget(repos);
@@ -173,6 +208,7 @@ fn mount_repo(
     let fs = RepoFs::new(source.clone());
     let notifier = fs.notifier_slot();
     let last_error = fs.last_error();
+    let monitor = fs.monitor();
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
             let _ = notifier.set(session.notifier());
@@ -186,11 +222,20 @@ fn mount_repo(
                 // Branch following (a no-op for pinned commits).
                 rt.spawn(g.clone().follow());
             }
+            if let Some(view) = &repo.overlay {
+                match crate::overlay::create(&repo.mount_point, view, &config.cache_dir) {
+                    Ok(upper) => {
+                        tracing::info!(view = %view.display(), upper = %upper.display(), "writable view mounted")
+                    }
+                    Err(e) => tracing::error!("no writable view: {e}"),
+                }
+            }
             RepoState::Mounted {
                 source,
                 git,
                 session,
                 last_error,
+                monitor,
             }
         }
         Err(e) => {
@@ -216,6 +261,10 @@ fn reload(
     cache: &Arc<Cache>,
     rt: &tokio::runtime::Handle,
 ) {
+    if config.path == Path::new(crate::url_mount::COMMAND_LINE) {
+        tracing::warn!("mounted from the command line: there is no config file to reload");
+        return;
+    }
     let new = match Config::load(&config.path) {
         Ok(c) => c,
         Err(e) => {
@@ -263,6 +312,10 @@ fn reload(
                 if let Some(g) = git {
                     g.shutdown();
                 }
+                crate::overlay::remove_over(
+                    &config.cache_dir,
+                    std::slice::from_ref(&old.config.mount_point),
+                );
                 if let Err(e) = unmount(&old.config.mount_point) {
                     tracing::error!(repo = %name, "cannot unmount: {e}");
                 }
@@ -301,6 +354,17 @@ fn reload(
         "config reloaded: {}",
         summary(repos)
     );
+}
+
+/// The mounted sources by name, for metrics.
+fn sources(repos: &BTreeMap<String, Repo>) -> BTreeMap<String, Arc<dyn Source>> {
+    repos
+        .iter()
+        .filter_map(|(n, r)| match &r.state {
+            RepoState::Mounted { source, .. } => Some((n.clone(), source.clone())),
+            RepoState::Failed(_) => None,
+        })
+        .collect()
 }
 
 fn summary(repos: &BTreeMap<String, Repo>) -> String {
@@ -372,9 +436,70 @@ fn release_when_unused(old: Repo) {
     }
 }
 
+/// Where running daemons say where their status files are, so that
+/// `repofs status` and `repofs prefetch` find a daemon mounted from the
+/// command line with any cache directory.
+fn runtime_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/repofs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("repofs"),
+        _ => std::env::temp_dir().join(format!("repofs-{uid}")),
+    }
+}
+
+/// Records this daemon's status file in the runtime directory.
+fn register(status: &Path) -> Option<PathBuf> {
+    let dir = runtime_dir();
+    let link = dir.join(format!("{}.status", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    match std::fs::create_dir_all(&dir).and_then(|_| std::os::unix::fs::symlink(status, &link)) {
+        Ok(()) => Some(link),
+        Err(e) => {
+            tracing::debug!("cannot register in {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// The status files of the daemons running now (stale records removed).
+pub fn registered() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(runtime_dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_suffix(".status")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            out.push(target);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Where the daemon publishes its state for `repofs status`.
 pub fn status_path(config: &Config) -> PathBuf {
-    config.cache_dir.join("state").join("status.json")
+    status_file(&config.cache_dir)
+}
+
+/// The status file of a daemon using `cache_dir`.
+pub fn status_file(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("state").join("status.json")
 }
 
 fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) {
@@ -386,7 +511,10 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
         .iter()
         .map(|(name, r)| match &r.state {
             RepoState::Mounted {
-                source, last_error, ..
+                source,
+                last_error,
+                monitor,
+                ..
             } => {
                 let (requests, bytes) = source.traffic();
                 let last = last_error
@@ -414,6 +542,7 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
                     "last_error": last,
                     "requests": requests,
                     "bytes_received": bytes,
+                    "transfers": monitor.transfers(),
                 })
             }
             RepoState::Failed(why) => serde_json::json!({
@@ -426,9 +555,13 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
         .collect();
     let stats = cache.stats();
     let disk = cache.disk();
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let doc = serde_json::json!({
         "pid": std::process::id(),
         "updated": now,
+        // Bumped on every write: a reader that asked for a fresh status
+        // (SIGUSR1) knows when it came.
+        "sequence": WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         "cache": {
             "bytes": stats.bytes,
             "entries": stats.entries,

@@ -5,32 +5,78 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use repofs::config::{Config, DEFAULT_CONFIG_PATH};
+use repofs::url_mount::UrlArgs;
+
+/// The version, and the commit the binary was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("REPOFS_COMMIT"), ")");
 
 #[derive(Parser)]
 #[command(
     name = "repofs",
-    version,
+    version = VERSION,
     about = "Mount remote repositories as read-only directory trees"
 )]
 struct Cli {
-    /// Path of the configuration file.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
+    /// Path of the configuration file (default: /etc/repofs/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount every configured repository and serve them until SIGTERM/SIGINT.
-    Mount,
+    /// Mount every configured repository, or the one URL given, and serve
+    /// until SIGTERM/SIGINT.
+    Mount {
+        /// A repository URL (https://..., s3://BUCKET[/PREFIX]); no config file needed.
+        #[arg(requires = "mount_point")]
+        url: Option<String>,
+        /// Where to mount the URL.
+        mount_point: Option<PathBuf>,
+        #[command(flatten)]
+        opts: UrlArgs,
+    },
     /// Test the connection to repositories: reachability, credentials, ref.
     Check {
-        /// Repository names (default: all).
+        /// Repository names (default: all), or one URL.
         names: Vec<String>,
+        #[command(flatten)]
+        opts: UrlArgs,
     },
-    /// Show what a running daemon is serving: each repository and the cache.
-    Status,
+    /// Show what a running daemon is serving: each repository, transfers in
+    /// flight and the cache.
+    Status {
+        /// The daemon's cache directory (instead of the config's).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Fetch every file under the paths into the cache, with progress.
+    Prefetch {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Files read at once.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        /// The daemon's cache directory, to report its traffic.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Mount a throwaway writable view (overlayfs) of a mounted repository.
+    Overlay {
+        /// A configured repository name, or the path of a repofs mount.
+        #[arg(required_unless_present = "remove", requires = "dir")]
+        name: Option<String>,
+        /// Where the view appears.
+        dir: Option<PathBuf>,
+        /// Unmount the view at this directory and delete what was written there.
+        #[arg(long, value_name = "DIR", conflicts_with = "name")]
+        remove: Option<PathBuf>,
+        /// Where the view's writes are kept (default: the config's cache_dir,
+        /// or the default cache directory for a path).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// List or edit the repositories in the config file (comments are kept).
     Repo {
         #[command(subcommand)]
@@ -83,6 +129,11 @@ enum RepoAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let explicit_config = cli.config.is_some();
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REPOFS_LOG")
@@ -91,66 +142,243 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let load = || match Config::load(&cli.config) {
+    let load = || match Config::load(&config_path) {
         Ok(c) => Ok(c),
         Err(e) => {
             eprintln!("repofs: {e}");
             Err(ExitCode::from(2))
         }
     };
-    if let Command::Repo { action } = cli.command {
-        return repo(&cli.config, action, &load);
-    }
-    let config = match load() {
-        Ok(c) => c,
-        Err(code) => return code,
+    // The config file, when the command can do without one.
+    let optional = || {
+        (explicit_config || config_path.exists())
+            .then(|| Config::load(&config_path).ok())
+            .flatten()
+    };
+    let from_url = |url: &str, mount_point: Option<&std::path::Path>, opts: &UrlArgs| {
+        repofs::url_mount::config(url, mount_point, opts).map_err(|e| {
+            eprintln!("repofs: {e}");
+            ExitCode::from(2)
+        })
+    };
+    let config = match cli.command {
+        Command::Repo { action } => return repo(&config_path, action, &load),
+        Command::Prefetch {
+            paths,
+            jobs,
+            cache_dir,
+        } => {
+            let mut status_files: Vec<PathBuf> = optional()
+                .map(|c| repofs::daemon::status_path(&c))
+                .into_iter()
+                .collect();
+            if let Some(dir) = cache_dir {
+                status_files.push(repofs::daemon::status_file(&dir));
+            }
+            status_files.extend(repofs::daemon::registered());
+            return match repofs::prefetch::run(&paths, jobs, &status_files) {
+                Ok(o) if o.failed == 0 => ExitCode::SUCCESS,
+                Ok(o) => {
+                    eprintln!("repofs: {} of {} files failed", o.failed, o.files);
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("repofs: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Overlay {
+            name,
+            dir,
+            remove,
+            cache_dir,
+        } => return overlay(name, dir, remove, cache_dir, &optional, &load),
+        Command::Status {
+            cache_dir: Some(dir),
+        } => return status(&repofs::daemon::status_file(&dir)),
+        Command::Status { cache_dir: None } if !explicit_config && !config_path.exists() => {
+            // No config: every daemon running (mounted from the command line).
+            let found = repofs::daemon::registered();
+            if found.is_empty() {
+                eprintln!(
+                    "repofs: no daemon is running (and there is no config at {})",
+                    config_path.display()
+                );
+                return ExitCode::from(3);
+            }
+            let mut code = ExitCode::SUCCESS;
+            for f in found {
+                if status(&f) != ExitCode::SUCCESS {
+                    code = ExitCode::from(3);
+                }
+            }
+            return code;
+        }
+        Command::Mount {
+            url: Some(ref url),
+            ref mount_point,
+            ref opts,
+        } => match from_url(url, mount_point.as_deref(), opts) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
+        Command::Check {
+            ref names,
+            ref opts,
+        } if names.iter().any(|n| n.contains("://")) => {
+            if names.len() != 1 {
+                eprintln!("repofs: check takes one URL, or repository names");
+                return ExitCode::from(2);
+            }
+            match from_url(&names[0], None, opts) {
+                Ok(c) => c,
+                Err(code) => return code,
+            }
+        }
+        _ => match load() {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
     };
     match cli.command {
-        Command::Repo { .. } => unreachable!("handled above"),
-        Command::Mount => match repofs::daemon::run(config) {
+        Command::Repo { .. } | Command::Prefetch { .. } | Command::Overlay { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Mount { .. } => match repofs::daemon::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("repofs: {e:#}");
                 ExitCode::FAILURE
             }
         },
-        Command::Status => match repofs::status::show(&config) {
-            Ok(text) => {
-                print!("{text}");
+        Command::Status { .. } => status(&repofs::daemon::status_path(&config)),
+        Command::Check { names, .. } => {
+            let names: Vec<String> = if names.iter().any(|n| n.contains("://")) {
+                Vec::new()
+            } else {
+                names
+            };
+            check(&config, &names)
+        }
+    }
+}
+
+fn status(path: &std::path::Path) -> ExitCode {
+    match repofs::status::show(path) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("repofs: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn check(config: &Config, names: &[String]) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("repofs: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(repofs::check::check_all(config, names)) {
+        Ok(lines) => {
+            for l in &lines {
+                println!("{l}");
+            }
+            if lines.iter().all(|l| l.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("repofs: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn overlay(
+    name: Option<String>,
+    dir: Option<PathBuf>,
+    remove: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    optional: &dyn Fn() -> Option<Config>,
+    load: &dyn Fn() -> Result<Config, ExitCode>,
+) -> ExitCode {
+    if let Some(view) = remove {
+        return match repofs::overlay::remove(&view) {
+            Ok(base) => {
+                println!(
+                    "removed the writable view at {} and what was written there ({})",
+                    view.display(),
+                    base.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("repofs: {e}");
-                ExitCode::from(3)
+                ExitCode::FAILURE
             }
-        },
-        Command::Check { names } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("repofs: cannot start: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(repofs::check::check_all(&config, &names)) {
-                Ok(lines) => {
-                    for l in &lines {
-                        println!("{l}");
-                    }
-                    if lines.iter().all(|l| l.ok) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("repofs: {e}");
-                    ExitCode::from(2)
-                }
+        };
+    }
+    let (Some(name), Some(dir)) = (name, dir) else {
+        eprintln!("repofs: overlay takes NAME DIR, or --remove DIR");
+        return ExitCode::from(2);
+    };
+    // A path names a mount directly; a name is looked up in the config.
+    let is_mount = |n: &str| {
+        std::path::Path::new(n)
+            .canonicalize()
+            .is_ok_and(|p| repofs::overlay::mount_at(&p).is_some())
+    };
+    let (lower, config_cache) = if name.contains('/') || is_mount(&name) {
+        match std::path::Path::new(&name).canonicalize() {
+            Ok(p) => (p, optional().map(|c| c.cache_dir)),
+            Err(e) => {
+                eprintln!("repofs: {name}: {e}");
+                return ExitCode::from(2);
             }
+        }
+    } else {
+        let config = match load() {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        match config.repositories.iter().find(|r| r.name == name) {
+            Some(r) => (r.mount_point.clone(), Some(config.cache_dir.clone())),
+            None => {
+                eprintln!(
+                    "repofs: no repository named '{name}' in {}",
+                    config.path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let cache_dir = cache_dir
+        .or(config_cache)
+        .unwrap_or_else(repofs::url_mount::default_cache_dir);
+    match repofs::overlay::create(&lower, &dir, &cache_dir) {
+        Ok(upper) => {
+            println!(
+                "writable view of {name} at {} (changes are kept in {} and never reach the remote)",
+                dir.display(),
+                upper.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("repofs: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,28 +3,51 @@
 //! (mounted or failed with the reason, the commit, traffic) and the cache's
 //! use against its cap. It never prints secrets (the file holds none).
 
-use crate::config::Config;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-/// Renders the status of the daemon serving `config`, or says why there is none.
-pub fn show(config: &Config) -> Result<String, String> {
-    let path = crate::daemon::status_path(config);
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        format!(
-            "repofs is not running for {} (no status at {})",
-            config.path.display(),
-            path.display()
-        )
-    })?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+/// The status a running daemon published at `path`, freshly written: the
+/// daemon is asked (SIGUSR1) to write it now, and the answer is awaited for
+/// up to 2 s (an older one is returned if none comes).
+pub fn fresh(path: &Path) -> Result<serde_json::Value, String> {
+    let read = || -> Result<serde_json::Value, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|_| format!("repofs is not running (no status at {})", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is unreadable: {e}", path.display()))
+    };
+    let doc = read()?;
     let pid = doc.get("pid").and_then(|p| p.as_i64()).unwrap_or(0);
     // SAFETY: kill with signal 0 only checks that the process exists.
-    if pid <= 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+    if pid <= 0 || pid > i64::from(i32::MAX) || unsafe { libc::kill(pid as i32, 0) } != 0 {
         return Err(format!(
             "repofs is not running (the status at {} is from process {pid}, which has exited)",
             path.display()
         ));
     }
+    let seq = |d: &serde_json::Value| d.get("sequence").and_then(|s| s.as_u64());
+    let before = seq(&doc);
+    // SAFETY: sends a signal the daemon handles; fails harmlessly (EPERM)
+    // for a daemon of another user, and then the last status is shown.
+    if before.is_none() || unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+        return Ok(doc);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        // A half-replaced file cannot be seen (it is renamed into place).
+        if let Ok(d) = read() {
+            if seq(&d) != before {
+                return Ok(d);
+            }
+        }
+    }
+    Ok(doc)
+}
+
+/// Renders the status published at `path`, or says why there is none.
+pub fn show(path: &Path) -> Result<String, String> {
+    let doc = fresh(path)?;
+    let pid = doc.get("pid").and_then(|p| p.as_i64()).unwrap_or(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -60,6 +83,22 @@ pub fn show(config: &Config) -> Result<String, String> {
                 n("requests"),
                 human(n("bytes_received"))
             ));
+            for t in r
+                .get("transfers")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let n = |k: &str| t.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                out.push_str(&format!(
+                    "  {:<20} transferring {}: {} of {} ({}/s)\n",
+                    "",
+                    t.get("path").and_then(|p| p.as_str()).unwrap_or("?"),
+                    human(n("done")),
+                    human(n("total")),
+                    human(n("rate"))
+                ));
+            }
             if let Some(e) = r.get("last_error").filter(|e| !e.is_null()) {
                 out.push_str(&format!(
                     "  {:<20} last error {}s ago: {}\n",
@@ -106,7 +145,7 @@ pub fn show(config: &Config) -> Result<String, String> {
     Ok(out)
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

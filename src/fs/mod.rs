@@ -6,8 +6,7 @@
 //! the repository and the path, and answered with the source's errno.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -18,34 +17,25 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request,
 };
 
-use crate::source::{FileReader, Node, NodeKind, Source, SourceError};
+use crate::source::{Node, NodeKind, Source, SourceError, lock};
+use observe::Op;
 
+mod observe;
 mod report;
+mod table;
+pub use observe::{Monitor, TransferInfo};
 pub use report::LastError;
+use table::Table;
 
 const ROOT: u64 = 1;
-
-struct Inode {
-    parent: u64,
-    name: OsString,
-    /// `None` only for the root before the source could be reached.
-    node: Option<Node>,
-    /// The source generation `node` belongs to.
-    generation: u64,
-}
-
-#[derive(Default)]
-struct Table {
-    inodes: HashMap<u64, Inode>,
-    by_name: HashMap<(u64, OsString), u64>,
-    next: u64,
-}
 
 /// A mounted source.
 pub struct RepoFs {
     source: Arc<dyn Source>,
-    table: RwLock<Table>,
-    handles: Mutex<HashMap<u64, Arc<dyn FileReader>>>,
+    table: Arc<RwLock<Table>>,
+    handles: observe::Handles,
+    /// Operation counts, latencies and errors, bytes served.
+    ops: observe::OpMetrics,
     /// What each inode's kernel pages were last filled from: the node key,
     /// or `None` for bytes served before they were verified. An open keeps
     /// the kernel's pages only when they came from the same, verified node.
@@ -61,25 +51,13 @@ pub struct RepoFs {
 
 impl RepoFs {
     pub fn new(source: Arc<dyn Source>) -> RepoFs {
-        let mut table = Table {
-            next: ROOT + 1,
-            ..Default::default()
-        };
-        table.inodes.insert(
-            ROOT,
-            Inode {
-                parent: ROOT,
-                name: OsString::new(),
-                node: None,
-                generation: 0,
-            },
-        );
         // SAFETY: getuid/getgid cannot fail and have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         RepoFs {
+            ops: observe::OpMetrics::new(source.name()),
             source,
-            table: RwLock::new(table),
-            handles: Mutex::new(HashMap::new()),
+            table: Arc::new(RwLock::new(Table::new())),
+            handles: Arc::new(Mutex::new(HashMap::new())),
             page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
@@ -92,6 +70,23 @@ impl RepoFs {
     /// The last failure this mount answered with (shared with the daemon).
     pub fn last_error(&self) -> LastError {
         self.reporter.last.clone()
+    }
+
+    /// A view of the open files, for `repofs status`.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            table: self.table.clone(),
+            handles: self.handles.clone(),
+        }
+    }
+
+    /// The ids published as extended attributes. The kernel allows
+    /// `user.*` attributes only on files and directories.
+    fn ids(&self, node: &Node, ino: u64) -> Vec<(&'static str, String)> {
+        match node.kind {
+            NodeKind::Symlink { .. } => Vec::new(),
+            _ => self.source.ids(node, ino == ROOT),
+        }
     }
 
     /// Where the daemon puts the session's notifier after mounting.
@@ -119,109 +114,20 @@ impl RepoFs {
         }
     }
 
-    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The path of an inode inside the mount, for log lines.
-    fn path_of(&self, ino: u64) -> PathBuf {
-        let t = self.read_table();
-        let mut parts = Vec::new();
-        let mut cur = ino;
-        while cur != ROOT {
-            match t.inodes.get(&cur) {
-                Some(i) => {
-                    parts.push(i.name.clone());
-                    cur = i.parent;
-                }
-                None => break,
-            }
-        }
-        let mut p = PathBuf::from("/");
-        for part in parts.iter().rev() {
-            p.push(part);
-        }
-        p
-    }
-
-    fn fail(&self, op: &str, ino: u64, name: Option<&OsStr>, e: &SourceError) -> Errno {
+    fn fail(
+        &self,
+        t: &observe::Timer,
+        op: &str,
+        ino: u64,
+        name: Option<&OsStr>,
+        e: &SourceError,
+    ) -> Errno {
         let mut path = self.path_of(ino);
         if let Some(n) = name {
             path.push(n);
         }
         self.reporter.report(self.source.name(), op, &path, e);
-        Errno::from_i32(e.errno())
-    }
-
-    /// The node behind an inode. An inode always stands for the same
-    /// content (its node key): when a followed branch moves, changed paths
-    /// get new inodes from `inode_for`, so files and directories already open
-    /// keep their old contents (the kernel's pages are per inode). Only the
-    /// root, which the kernel never looks up again, follows the source's
-    /// generation.
-    fn node(&self, ino: u64) -> Result<Node, SourceError> {
-        let generation = self.source.generation();
-        let cached = {
-            let t = self.read_table();
-            let Some(i) = t.inodes.get(&ino) else {
-                return Err(SourceError::NotFound(format!("inode {ino}")));
-            };
-            i.node
-                .clone()
-                .filter(|_| ino != ROOT || i.generation == generation)
-        };
-        if let Some(n) = cached {
-            return Ok(n);
-        }
-        let root = self.source.root()?;
-        if let Some(i) = self.write_table().inodes.get_mut(&ROOT) {
-            i.node = Some(root.clone());
-            i.generation = generation;
-        }
-        Ok(root)
-    }
-
-    /// The inode for `name` in `parent` holding `node`: the same number as
-    /// before while the content is the same, a new one when it changed.
-    fn inode_for(&self, parent: u64, name: &OsStr, node: &Node) -> u64 {
-        let key = (parent, name.to_owned());
-        let same = |t: &Table, ino: u64| {
-            t.inodes
-                .get(&ino)
-                .and_then(|i| i.node.as_ref())
-                .is_some_and(|n| n.key == node.key && n.kind == node.kind)
-        };
-        {
-            let t = self.read_table();
-            if let Some(&ino) = t.by_name.get(&key) {
-                if same(&t, ino) {
-                    return ino;
-                }
-            }
-        }
-        let mut t = self.write_table();
-        if let Some(&ino) = t.by_name.get(&key) {
-            if same(&t, ino) {
-                return ino;
-            }
-        }
-        let ino = t.next;
-        t.next += 1;
-        t.inodes.insert(
-            ino,
-            Inode {
-                parent,
-                name: name.to_owned(),
-                node: Some(node.clone()),
-                generation: self.source.generation(),
-            },
-        );
-        t.by_name.insert(key, ino);
-        ino
+        t.error(Errno::from_i32(e.errno()))
     }
 
     fn attr(&self, ino: u64, node: Option<&Node>) -> FileAttr {
@@ -262,6 +168,7 @@ impl RepoFs {
 
 impl fuser::Filesystem for RepoFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.ops.start(Op::Lookup);
         let parent = parent.0;
         let result = self
             .node(parent)
@@ -276,43 +183,46 @@ impl fuser::Filesystem for RepoFs {
                     Generation(0),
                 );
             }
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(self.fail("lookup", parent, Some(name), &e)),
+            Ok(None) => reply.error(t.error(Errno::ENOENT)),
+            Err(e) => reply.error(self.fail(&t, "lookup", parent, Some(name), &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = self.ops.start(Op::Getattr);
         let ino = ino.0;
         match self.node(ino) {
             Ok(node) => reply.attr(&self.ttl(), &self.attr(ino, Some(&node))),
             // The mount point itself stays stat-able while the server is unreachable.
             Err(_) if ino == ROOT => reply.attr(&Duration::from_secs(1), &self.attr(ino, None)),
-            Err(e) => reply.error(self.fail("getattr", ino, None, &e)),
+            Err(e) => reply.error(self.fail(&t, "getattr", ino, None, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = self.ops.start(Op::Readlink);
         match self.node(ino.0).and_then(|n| match n.kind {
             NodeKind::Symlink { .. } => self.source.readlink(&n),
             _ => Err(SourceError::NotFound("not a symlink".into())),
         }) {
             Ok(target) => reply.data(&target),
-            Err(SourceError::NotFound(_)) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(self.fail("readlink", ino.0, None, &e)),
+            Err(SourceError::NotFound(_)) => reply.error(t.error(Errno::EINVAL)),
+            Err(e) => reply.error(self.fail(&t, "readlink", ino.0, None, &e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = self.ops.start(Op::Open);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            reply.error(Errno::EROFS);
+            reply.error(t.error(Errno::EROFS));
             return;
         }
         let node = match self.node(ino.0) {
             Ok(n) => n,
-            Err(e) => return reply.error(self.fail("open", ino.0, None, &e)),
+            Err(e) => return reply.error(self.fail(&t, "open", ino.0, None, &e)),
         };
         if !matches!(node.kind, NodeKind::File { .. }) {
-            reply.error(Errno::EISDIR);
+            reply.error(t.error(Errno::EISDIR));
             return;
         }
         match self.source.open(&node) {
@@ -335,10 +245,13 @@ impl fuser::Filesystem for RepoFs {
                     keep
                 };
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.handles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, reader);
+                let file = observe::OpenFile {
+                    done_at_open: reader.progress().map(|p| p.0).unwrap_or(0),
+                    reader,
+                    ino: ino.0,
+                    opened: std::time::Instant::now(),
+                };
+                lock(&self.handles).insert(fh, file);
                 let flags = if corrected {
                     // The kernel may still hold the listed size: direct I/O
                     // reads past it, so this open sees every true byte.
@@ -350,7 +263,7 @@ impl fuser::Filesystem for RepoFs {
                 };
                 reply.opened(FileHandle(fh), flags);
             }
-            Err(e) => reply.error(self.fail("open", ino.0, None, &e)),
+            Err(e) => reply.error(self.fail(&t, "open", ino.0, None, &e)),
         }
     }
 
@@ -365,19 +278,18 @@ impl fuser::Filesystem for RepoFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let reader = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned();
+        let t = self.ops.start(Op::Read);
+        let reader = lock(&self.handles).get(&fh.0).map(|f| f.reader.clone());
         let Some(reader) = reader else {
-            reply.error(Errno::EBADF);
+            reply.error(t.error(Errno::EBADF));
             return;
         };
         match reader.read_at(offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(self.fail("read", ino.0, None, &e)),
+            Ok(data) => {
+                self.ops.served.increment(data.len() as u64);
+                reply.data(&data)
+            }
+            Err(e) => reply.error(self.fail(&t, "read", ino.0, None, &e)),
         }
     }
 
@@ -402,16 +314,15 @@ impl fuser::Filesystem for RepoFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
+        let _t = self.ops.start(Op::Release);
+        lock(&self.handles).remove(&fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = self.ops.start(Op::Opendir);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::EROFS);
+            reply.error(t.error(Errno::EROFS));
             return;
         }
         match self.node(ino.0) {
@@ -424,8 +335,8 @@ impl fuser::Filesystem for RepoFs {
                 };
                 reply.opened(FileHandle(0), flags)
             }
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(self.fail("opendir", ino.0, None, &e)),
+            Ok(_) => reply.error(t.error(Errno::ENOTDIR)),
+            Err(e) => reply.error(self.fail(&t, "opendir", ino.0, None, &e)),
         }
     }
 
@@ -437,10 +348,11 @@ impl fuser::Filesystem for RepoFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let t = self.ops.start(Op::Readdir);
         let ino = ino.0;
         let entries = match self.node(ino).and_then(|n| self.source.list(&n)) {
             Ok(e) => e,
-            Err(e) => return reply.error(self.fail("readdir", ino, None, &e)),
+            Err(e) => return reply.error(self.fail(&t, "readdir", ino, None, &e)),
         };
         let parent = self
             .read_table()
@@ -477,19 +389,32 @@ impl fuser::Filesystem for RepoFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.ops.start(Op::Statfs);
         let files = self.read_table().inodes.len() as u64;
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let t = self.ops.start(Op::Getxattr);
+        if !name
+            .as_encoded_bytes()
+            .starts_with(observe::XATTR_PREFIX.as_bytes())
+        {
+            // security.*, system.posix_acl_*: asked of every file by ls and cp.
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let ids = match self.node(ino.0) {
+            Ok(n) => self.ids(&n, ino.0),
+            Err(e) => return reply.error(self.fail(&t, "getxattr", ino.0, None, &e)),
+        };
+        match observe::xattr_value(&ids, name.as_encoded_bytes()) {
+            None => reply.error(t.error(Errno::from_i32(libc::ENODATA))),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if v.len() > size as usize => {
+                reply.error(t.error(Errno::from_i32(libc::ERANGE)))
+            }
+            Some(v) => reply.data(&v),
+        }
     }
 
     /// No ioctl applies to these files (Python's `open()` asks TCGETS of
@@ -509,11 +434,18 @@ impl fuser::Filesystem for RepoFs {
         reply.error(Errno::ENOTTY);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let t = self.ops.start(Op::Listxattr);
+        let list = match self.node(ino.0) {
+            Ok(n) => observe::xattr_list(&self.ids(&n, ino.0)),
+            Err(e) => return reply.error(self.fail(&t, "listxattr", ino.0, None, &e)),
+        };
         if size == 0 {
-            reply.size(0);
+            reply.size(list.len() as u32);
+        } else if list.len() > size as usize {
+            reply.error(t.error(Errno::from_i32(libc::ERANGE)));
         } else {
-            reply.data(&[]);
+            reply.data(&list);
         }
     }
 
@@ -537,7 +469,7 @@ impl fuser::Filesystem for RepoFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn mknod(
@@ -550,7 +482,7 @@ impl fuser::Filesystem for RepoFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn mkdir(
@@ -562,15 +494,15 @@ impl fuser::Filesystem for RepoFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn symlink(
@@ -581,7 +513,7 @@ impl fuser::Filesystem for RepoFs {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn rename(
@@ -594,7 +526,7 @@ impl fuser::Filesystem for RepoFs {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn link(
@@ -605,7 +537,7 @@ impl fuser::Filesystem for RepoFs {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn write(
@@ -620,7 +552,7 @@ impl fuser::Filesystem for RepoFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn create(
@@ -633,7 +565,7 @@ impl fuser::Filesystem for RepoFs {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn setxattr(
@@ -646,10 +578,10 @@ impl fuser::Filesystem for RepoFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(self.ops.start(Op::Write).error(Errno::EROFS));
     }
 }

@@ -75,6 +75,46 @@ pub trait FileReader: Send + Sync {
     fn size(&self) -> Option<u64> {
         None
     }
+    /// Bytes fetched so far and the total, while the contents are still
+    /// arriving from the origin; `None` once complete (or when local).
+    fn progress(&self) -> Option<(u64, u64)> {
+        None
+    }
+}
+
+/// What a source has done so far, for metrics: every field only grows,
+/// except `in_flight`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Requests sent to the origin.
+    pub requests: u64,
+    /// Bytes received from the origin.
+    pub bytes: u64,
+    /// Opens served from the local cache.
+    pub cache_hits: u64,
+    /// Opens that had to fetch from the origin.
+    pub cache_misses: u64,
+    /// Fetches from the origin running now.
+    pub in_flight: u64,
+}
+
+/// Counts opens served from the cache and opens that fetched.
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+impl CacheCounts {
+    pub fn record(&self, hit: bool) {
+        let c = if hit { &self.hits } else { &self.misses };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
 }
 
 /// Locks a mutex; a panic elsewhere while it was held leaves the data
@@ -159,6 +199,22 @@ pub trait Source: Send + Sync {
     /// Requests made and bytes received so far (for `repofs status`).
     fn traffic(&self) -> (u64, u64) {
         (0, 0)
+    }
+    /// Traffic, cache use and fetches in flight (for metrics).
+    fn activity(&self) -> Activity {
+        let (requests, bytes) = self.traffic();
+        Activity {
+            requests,
+            bytes,
+            ..Activity::default()
+        }
+    }
+    /// Identifiers of a node a build tool can key on without reading it,
+    /// as (short name, value): for git `oid` (blob or tree id), `lfs_oid`,
+    /// and on the root `commit`; for S3 `etag`. The adapter publishes them
+    /// as `user.repofs.<name>` extended attributes.
+    fn ids(&self, _node: &Node, _root: bool) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
     /// What is being served, when it has a version (a git commit).
     fn version(&self) -> Option<String> {

@@ -57,6 +57,10 @@ pub struct S3Source {
     warned: Mutex<HashSet<String>>,
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
+    /// Opens served from the cache, and opens that read from the bucket.
+    opens: super::CacheCounts,
+    /// Readers streaming from the bucket now.
+    streaming: AtomicU64,
 }
 
 impl S3Source {
@@ -78,6 +82,8 @@ impl S3Source {
             warned: Mutex::new(HashSet::new()),
             requests: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            opens: super::CacheCounts::default(),
+            streaming: AtomicU64::new(0),
         }))
     }
 
@@ -356,10 +362,18 @@ impl Drop for S3Reader {
         if let Some((_, _, task)) = lock(&self.state).pending.take() {
             task.abort();
         }
+        self.src.streaming.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl FileReader for S3Reader {
+    fn progress(&self) -> Option<(u64, u64)> {
+        // Never waits: a reader busy with the network holds the lock.
+        let st = self.state.try_lock().ok()?;
+        let done = st.buf_start + st.buf.len() as u64;
+        (done < self.size).then_some((done, self.size))
+    }
+
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         if offset >= self.size {
             return Ok(Vec::new());
@@ -472,15 +486,18 @@ impl Source for S3Source {
         let ck = self.cache_key(&key, &etag);
         if let Some(f) = self.cache.get(&ck) {
             if f.metadata().map(|m| m.len()).ok() == Some(size) {
+                self.opens.record(true);
                 return Ok(Arc::new(CachedReader(f)));
             }
             self.cache.remove(&ck);
         }
+        self.opens.record(false);
         let writer = self.cache.writer(&ck).ok();
         let src = self
             .me
             .upgrade()
             .ok_or_else(|| SourceError::Unavailable("the repository is being unmounted".into()))?;
+        self.streaming.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(S3Reader {
             src,
             key,
@@ -511,6 +528,26 @@ impl Source for S3Source {
             self.requests.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    fn activity(&self) -> super::Activity {
+        let (cache_hits, cache_misses) = self.opens.get();
+        super::Activity {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            cache_hits,
+            cache_misses,
+            in_flight: self.streaming.load(Ordering::Relaxed),
+        }
+    }
+
+    fn ids(&self, node: &Node, _root: bool) -> Vec<(&'static str, String)> {
+        match parse_file_key(&node.key) {
+            Some((_, etag)) if !etag.is_empty() => {
+                vec![("etag", etag.trim_matches('"').to_string())]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn immutable(&self) -> bool {

@@ -138,6 +138,13 @@ impl FileReader for TransferReader {
         Some(self.size)
     }
 
+    fn progress(&self) -> Option<(u64, u64)> {
+        match &*self.transfer.state.borrow() {
+            TransferState::Progress(n) => Some(((*n).min(self.size), self.size)),
+            _ => None,
+        }
+    }
+
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         let need = offset.saturating_add(u64::from(size)).min(self.size);
         let total = self.size;

@@ -406,11 +406,22 @@ impl Daemon {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
+        let config = config.to_str().expect("config path is UTF-8");
+        Self::start_args(&["--config", config, "mount"], mounts, log, env)
+    }
+
+    /// Runs `repofs <args>` (no `--config` unless `args` has one) with `env`
+    /// added to the environment, and waits until every one of `mounts` is
+    /// mounted (panics, with the log, if the daemon exits first).
+    pub fn start_args(
+        args: &[&str],
+        mounts: &[PathBuf],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let logf = std::fs::File::create(log).unwrap();
         let child = Command::new(repofs_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("mount")
+            .args(args)
             .envs(env.iter().copied())
             .env("REPOFS_LOG", "info,repofs=debug")
             .stdout(Stdio::null())
@@ -593,4 +604,309 @@ impl Drop for Tmpfs {
             .arg(&self.0)
             .status();
     }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// `echo 3 > /proc/sys/vm/drop_caches` (after a sync): the kernel forgets
+/// cached pages, so that reads of a FUSE file reach the daemon again.
+pub fn drop_caches() {
+    let (code, out, err) = sh(
+        "sync; echo 3 > /proc/sys/vm/drop_caches",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        code, 0,
+        "cannot drop the page cache (needs root): {out}{err}"
+    );
+}
+
+/// GET `path` from `addr` (`127.0.0.1:PORT`) over HTTP/1.1: (status, body).
+/// Understands Content-Length, chunked bodies and bodies ended by a close.
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n > 0 {
+            raw.extend_from_slice(&buf[..n]);
+        }
+        if let Some((status, body)) = http_response(&raw, n == 0) {
+            return Ok((status, String::from_utf8_lossy(&body).to_string()));
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "incomplete HTTP response: {:?}",
+                    String::from_utf8_lossy(&raw)
+                ),
+            ));
+        }
+    }
+}
+
+/// Like [`try_http_get`], panicking on a connection or protocol error.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+fn find_bytes(data: &[u8], what: &[u8]) -> Option<usize> {
+    data.windows(what.len()).position(|w| w == what)
+}
+
+/// (status, body) once `raw` holds a complete response (`eof`: the peer closed).
+fn http_response(raw: &[u8], eof: bool) -> Option<(u16, Vec<u8>)> {
+    let end = find_bytes(raw, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let body = &raw[end + 4..];
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        return (body.len() >= len).then(|| (status, body[..len].to_vec()));
+    }
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let line = find_bytes(rest, b"\r\n")?;
+            let size = std::str::from_utf8(&rest[..line]).ok()?;
+            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            rest = &rest[line + 2..];
+            if size == 0 {
+                return Some((status, out));
+            }
+            if rest.len() < size + 2 {
+                return None;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+    eof.then(|| (status, body.to_vec()))
+}
+
+/// One scrape of a Prometheus text-format endpoint: `name{labels} value` lines.
+pub struct Metrics {
+    pub text: String,
+    samples: Vec<(String, Vec<(String, String)>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        Metrics {
+            text: text.to_string(),
+            samples: text.lines().filter_map(parse_sample).collect(),
+        }
+    }
+
+    /// The sum over the series of `name` whose labels include every one of
+    /// `labels` (other labels may be there too); `None` when there is none.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for (n, have, v) in &self.samples {
+            let matches = labels
+                .iter()
+                .all(|(k, want)| have.iter().any(|(hk, hv)| hk == k && hv == want));
+            if n == name && matches {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+        found
+    }
+
+    /// [`Metrics::get`], with 0 for a series not there yet (a counter that
+    /// was never incremented may be absent).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// `name{k="v",...} value [timestamp]`; `None` for comments, blanks and junk.
+fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let i = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let (name, mut rest) = (&line[..i], &line[i..]);
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut it = inner.chars();
+        loop {
+            let mut c = it.next()?;
+            while c == ',' || c == ' ' {
+                c = it.next()?;
+            }
+            if c == '}' {
+                break;
+            }
+            let mut key = String::new();
+            while c != '=' {
+                key.push(c);
+                c = it.next()?;
+            }
+            if it.next()? != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match it.next()? {
+                    '\\' => match it.next()? {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    '"' => break,
+                    other => value.push(other),
+                }
+            }
+            labels.push((key.trim().to_string(), value));
+        }
+        rest = it.as_str();
+    }
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some((name.to_string(), labels, value))
+}
+
+/// Scrapes `http://<addr>/metrics` (retrying for up to 15 s while nothing
+/// listens yet); panics unless the answer is 200.
+pub fn scrape(addr: &str) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match try_http_get(addr, "/metrics") {
+            Ok((200, body)) => return Metrics::parse(&body),
+            Ok((status, body)) => panic!("GET http://{addr}/metrics: HTTP {status}: {body}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "nothing serves http://{addr}/metrics: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in a test path")
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// getxattr(2) (following symlinks): the value, or the errno.
+pub fn xattr_get(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (c_path(path), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// getxattr(2) of a value that must be text: panics (naming the path) otherwise.
+pub fn xattr_text(path: &Path, name: &str) -> String {
+    let v = xattr_get(path, name).unwrap_or_else(|errno| {
+        panic!(
+            "getxattr {} {name}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(errno)
+        )
+    });
+    String::from_utf8(v).unwrap_or_else(|e| panic!("{} {name}: not UTF-8: {e}", path.display()))
+}
+
+/// listxattr(2) (following symlinks): the names, sorted, or the errno.
+pub fn xattr_list(path: &Path) -> Result<Vec<String>, i32> {
+    let p = c_path(path);
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: a valid NUL-terminated path and a buffer of the length given.
+    let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    let mut names: Vec<String> = buf[..r as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// setxattr(2) (following symlinks): Ok, or the errno.
+pub fn xattr_set(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
+    let (p, n) = (c_path(path), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid NUL-terminated strings and a value of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// Fails the test unless git-lfs is installed.
+pub fn require_git_lfs() {
+    let ok = Command::new("git")
+        .args(["lfs", "version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "git-lfs is not installed (Debian package git-lfs); .ci/run installs it"
+    );
+}
+
+/// Publishes `<name>.git` on `git` (started with `--lfs-upstream` pointing at
+/// `lfs`) from a new work tree at `work` where `*.bin` is tracked by Git
+/// LFS: `prepare` writes the files (modes and symlinks included), then they
+/// are committed and pushed, LFS objects to `lfs`. Returns the commit id.
+pub fn push_lfs_repo(
+    git_server: &GitServer,
+    lfs: &LfsServer,
+    work: &Path,
+    name: &str,
+    prepare: impl FnOnce(&Path),
+) -> String {
+    let bare = git_server.root.join(format!("{name}.git"));
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let work = new_worktree(work);
+    git(&work, &["lfs", "install", "--local"]);
+    git(&work, &["config", "lfs.url", &lfs.url(name)]);
+    git(&work, &["lfs", "track", "*.bin"]);
+    prepare(work.as_path());
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "lfs files"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    git(&work, &["rev-parse", "HEAD"])
 }

@@ -59,8 +59,9 @@ Control endpoints:
   early resets the connection within 3 s: that is not a delivery, even if
   the whole response fitted in the socket buffers);
 - POST /_stats (or /_stats/reset): zeroes /_stats and /_wants;
-- GET /_fault?mode=ok|500|hang|lfs401|lfs403|lfs404|api500|ratelimit: 500
-  and hang hit every request but control ones; lfs* the LFS batch API;
+- GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|api500|ratelimit: 500
+  and hang hit every request but control ones; slow sends git's responses at
+  about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API;
   api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
   only; ok clears it;
 - GET /_ratelimit: {"limit": n, "used": n, "reset": epoch}; POST clears `used`;
@@ -483,6 +484,8 @@ class Handler(BaseHTTPRequestHandler):
                     piece = data[i: i + CHUNK]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                     self.account(repo, nbytes=len(piece))
+                    if self.fault() == "slow":
+                        time.sleep(0.05)  # about 1.3 MB/s
                 data = b""
             ok = proc.wait() == 0
             if chunked:

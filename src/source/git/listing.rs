@@ -96,7 +96,7 @@ impl GitSource {
                 EntryKind::Blob | EntryKind::BlobExecutable if pointers.contains_key(&oid) => {
                     let p = &pointers[&oid];
                     (
-                        p.key().into(),
+                        p.key(&oid.to_string()).into(),
                         NodeKind::File {
                             size: p.size,
                             executable: kind == EntryKind::BlobExecutable,

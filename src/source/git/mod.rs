@@ -83,6 +83,8 @@ pub struct GitSource {
     /// Bumped each time a followed branch moves.
     generation: AtomicU64,
     stopped: AtomicBool,
+    /// Opens served from the cache, and opens that fetched.
+    opens: crate::source::CacheCounts,
 }
 
 impl GitSource {
@@ -142,6 +144,7 @@ impl GitSource {
             stall_limit,
             generation: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            opens: crate::source::CacheCounts::default(),
         }))
     }
 
@@ -434,10 +437,12 @@ impl Source for GitSource {
     }
 
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError> {
-        if let Some(p) = lfs::Pointer::from_key(&file.key) {
+        if let Some((p, _)) = lfs::Pointer::from_key(&file.key) {
+            self.opens.record(snap_has_lfs(&self.cache, &p));
             return self.open_lfs(&p);
         }
         let oid = node_oid(file)?;
+        self.opens.record(self.objects.have(&oid));
         let listed = match file.kind {
             NodeKind::File { size, .. } | NodeKind::Symlink { size } => size,
             NodeKind::Dir => 0,
@@ -497,6 +502,38 @@ impl Source for GitSource {
         self.counters()
     }
 
+    fn activity(&self) -> crate::source::Activity {
+        let (requests, bytes) = self.counters();
+        let (cache_hits, cache_misses) = self.opens.get();
+        let lfs = lock(&self.snapshot)
+            .as_ref()
+            .map(|s| s.lfs.in_flight())
+            .unwrap_or(0);
+        crate::source::Activity {
+            requests,
+            bytes,
+            cache_hits,
+            cache_misses,
+            in_flight: self.objects.in_flight() + lfs,
+        }
+    }
+
+    fn ids(&self, node: &Node, root: bool) -> Vec<(&'static str, String)> {
+        let mut ids = Vec::new();
+        if let Some((p, blob)) = lfs::Pointer::from_key(&node.key) {
+            ids.push(("oid", blob));
+            ids.push(("lfs_oid", p.oid));
+        } else if let Ok(oid) = node_oid(node) {
+            ids.push(("oid", oid.to_string()));
+        }
+        if root {
+            if let Some(c) = self.current_commit() {
+                ids.push(("commit", c.to_string()));
+            }
+        }
+        ids
+    }
+
     fn version(&self) -> Option<String> {
         self.current_commit().map(|c| c.to_string())
     }
@@ -513,6 +550,11 @@ impl Source for GitSource {
     fn immutable(&self) -> bool {
         true
     }
+}
+
+/// Whether an LFS object is complete in the cache.
+fn snap_has_lfs(cache: &Cache, p: &lfs::Pointer) -> bool {
+    cache.contains(&p.cache_key())
 }
 
 impl Drop for GitSource {

@@ -160,8 +160,13 @@ impl Objects {
     }
 
     /// Whether the blob is at hand (disk cache or memory).
-    fn have(&self, oid: &ObjectId) -> bool {
+    pub fn have(&self, oid: &ObjectId) -> bool {
         self.memory.contains(&blob_key(oid)) || self.cache.contains(&blob_key(oid))
+    }
+
+    /// Blobs being fetched (or sized) now.
+    pub fn in_flight(&self) -> u64 {
+        lock(&self.flights).len() as u64
     }
 
     /// Keeps a verified blob the disk cache refused, in memory.

@@ -203,6 +203,14 @@ impl Lfs {
     }
 
     /// Records that `pointers` were listed together (one directory).
+    /// Downloads running now.
+    pub fn in_flight(&self) -> u64 {
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as u64
+    }
+
     pub fn note_directory(&self, pointers: Vec<Pointer>) {
         if pointers.len() < 2 {
             return;

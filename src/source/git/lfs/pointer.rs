@@ -18,18 +18,21 @@ pub struct Pointer {
 }
 
 impl Pointer {
-    /// Node key for an LFS file: `lfs:<sha256>:<size>`.
-    pub fn key(&self) -> Vec<u8> {
-        format!("lfs:{}:{}", self.oid, self.size).into_bytes()
+    /// Node key for an LFS file: `lfs:<sha256>:<size>:<pointer blob id>`.
+    pub fn key(&self, blob: &str) -> Vec<u8> {
+        format!("lfs:{}:{}:{blob}", self.oid, self.size).into_bytes()
     }
 
-    pub fn from_key(key: &[u8]) -> Option<Pointer> {
+    /// The pointer, and the id of the pointer blob, of an LFS node key.
+    pub fn from_key(key: &[u8]) -> Option<(Pointer, String)> {
         let s = std::str::from_utf8(key).ok()?.strip_prefix("lfs:")?;
-        let (oid, size) = s.split_once(':')?;
-        Some(Pointer {
+        let mut parts = s.splitn(3, ':');
+        let (oid, size, blob) = (parts.next()?, parts.next()?, parts.next()?);
+        let p = Pointer {
             oid: oid.to_string(),
             size: size.parse().ok()?,
-        })
+        };
+        Some((p, blob.to_string()))
     }
 
     pub fn cache_key(&self) -> String {
@@ -144,7 +147,11 @@ mod tests {
         let p = parse_pointer(pointer("12345").as_bytes()).unwrap();
         assert_eq!(p.oid, OID);
         assert_eq!(p.size, 12345);
-        assert_eq!(Pointer::from_key(&p.key()), Some(p.clone()));
+        assert_eq!(
+            Pointer::from_key(&p.key("abc")),
+            Some((p.clone(), "abc".to_string()))
+        );
+        assert_eq!(Pointer::from_key(b"lfs:x:12"), None);
         assert_eq!(parse_pointer(pointer("0").as_bytes()).unwrap().size, 0);
         let ext = format!(
             "version https://git-lfs.github.com/spec/v1\next-0-foo sha256:{OID}\noid sha256:{OID}\nsize 5\n"

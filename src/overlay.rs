@@ -1,0 +1,271 @@
+//! Writable views (`repofs overlay`): an overlayfs mount whose lower layer
+//! is a repofs mount and whose upper layer is a directory under
+//! `<cache_dir>/overlays/<id>/`. Builds that write into their source tree
+//! (`pip install .`, in-source CMake, `node_modules`) write there; nothing
+//! written reaches the remote or the content cache. Each view's record
+//! (`target`, `lower`) sits next to its layers, so the daemon can remove the
+//! views over its mounts when it stops. Needs CAP_SYS_ADMIN.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+/// One mounted filesystem, from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    pub options: String,
+}
+
+/// Every mount this process can see.
+pub fn mounts() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| t.lines().filter_map(parse_mountinfo_line).collect())
+        .unwrap_or_default()
+}
+
+/// The mount at exactly `path`, the last one if several are stacked.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    mounts().into_iter().rev().find(|m| m.mount_point == path)
+}
+
+/// Parses one mountinfo line: `id parent dev root mount_point options
+/// [optional...] - fstype source super_options`.
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let mount_point = unescape(left.split(' ').nth(4)?);
+    let mut r = right.split(' ');
+    Some(MountEntry {
+        mount_point: PathBuf::from(std::ffi::OsStr::from_bytes(&mount_point)),
+        fstype: r.next()?.to_string(),
+        source: String::from_utf8_lossy(&unescape(r.next()?)).into_owned(),
+        options: String::from_utf8_lossy(&unescape(r.next().unwrap_or(""))).into_owned(),
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Where the layers of the view at `target` live.
+fn base_for(cache_dir: &Path, target: &Path) -> PathBuf {
+    let id = sha2::Sha256::digest(target.as_os_str().as_bytes());
+    cache_dir.join("overlays").join(&hex::encode(id)[..16])
+}
+
+/// Overlayfs separates options with `,` and layers with `:`.
+fn option_path(p: &Path) -> Result<String, String> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| format!("{} is not valid UTF-8", p.display()))?;
+    if s.contains([',', ':', '\\']) {
+        return Err(format!(
+            "{s} contains ',', ':' or '\\', which overlayfs cannot take in a layer path"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Mounts a writable view of `lower` (a repofs mount) at `target`, with its
+/// layers under `cache_dir`. Returns the upper directory.
+pub fn create(lower: &Path, target: &Path, cache_dir: &Path) -> Result<PathBuf, String> {
+    match mount_at(lower) {
+        Some(m) if m.fstype.starts_with("fuse") && m.source.starts_with("repofs:") => {}
+        _ => {
+            return Err(format!(
+                "{} is not a repofs mount (is the daemon running?)",
+                lower.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let target = target
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", target.display()))?;
+    if let Some(m) = mount_at(&target) {
+        return Err(format!(
+            "{} is already a mount point ({}); remove it first with `repofs overlay --remove {}`",
+            target.display(),
+            m.fstype,
+            target.display()
+        ));
+    }
+    let base = base_for(cache_dir, &target);
+    // A record left by a view that is no longer mounted is stale.
+    let _ = std::fs::remove_dir_all(&base);
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let record = |name: &str, p: &Path| {
+        std::fs::write(base.join(name), p.as_os_str().as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", base.join(name).display()))
+    };
+    record("target", &target)?;
+    record("lower", lower)?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        option_path(lower)?,
+        option_path(&upper)?,
+        option_path(&work)?
+    );
+    let c = |s: &[u8]| CString::new(s).map_err(|_| "a path contains a NUL byte".to_string());
+    let (src, dst, fstype, data) = (
+        c(b"repofs-overlay")?,
+        c(target.as_os_str().as_bytes())?,
+        c(b"overlay")?,
+        c(options.as_bytes())?,
+    );
+    // SAFETY: every pointer is a valid NUL-terminated string for the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_dir_all(&base);
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => " (mounting overlayfs needs root or CAP_SYS_ADMIN)",
+            Some(libc::ENODEV) => " (the kernel has no overlayfs: modprobe overlay)",
+            _ => "",
+        };
+        return Err(format!(
+            "cannot mount the overlay at {}: {e}{hint}",
+            target.display()
+        ));
+    }
+    Ok(upper)
+}
+
+/// Unmounts the view at `target` and deletes its upper layer. Returns the
+/// directory that held the layers.
+pub fn remove(target: &Path) -> Result<PathBuf, String> {
+    let target = target
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", target.display()))?;
+    let m = mount_at(&target)
+        .filter(|m| m.fstype == "overlay")
+        .ok_or_else(|| format!("{} is not an overlay mount", target.display()))?;
+    let upper = m
+        .options
+        .split(',')
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{}: the overlay has no upper directory", target.display()))?;
+    let base = upper
+        .parent()
+        .filter(|b| {
+            upper.file_name() == Some("upper".as_ref())
+                && b.parent().and_then(|o| o.file_name()) == Some("overlays".as_ref())
+        })
+        .ok_or_else(|| {
+            format!(
+                "{} was not made by `repofs overlay` (upper directory {})",
+                target.display(),
+                upper.display()
+            )
+        })?
+        .to_path_buf();
+    unmount(&target)?;
+    std::fs::remove_dir_all(&base).map_err(|e| format!("cannot remove {}: {e}", base.display()))?;
+    Ok(base)
+}
+
+fn unmount(target: &Path) -> Result<(), String> {
+    let dst = CString::new(target.as_os_str().as_bytes()).map_err(|_| "NUL in path".to_string())?;
+    // SAFETY: a valid NUL-terminated path. Detached, so a shell still in
+    // the view does not keep it mounted.
+    if unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(format!(
+            "cannot unmount {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Removes every view under `cache_dir` whose lower layer is one of
+/// `lowers` (the daemon's mounts, when it stops or unmounts one).
+pub fn remove_over(cache_dir: &Path, lowers: &[PathBuf]) {
+    let Ok(dir) = std::fs::read_dir(cache_dir.join("overlays")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let base = e.path();
+        let read = |n: &str| {
+            std::fs::read(base.join(n))
+                .ok()
+                .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+        };
+        let (Some(target), Some(lower)) = (read("target"), read("lower")) else {
+            continue;
+        };
+        if !lowers.contains(&lower) {
+            continue;
+        }
+        if mount_at(&target).is_some_and(|m| m.fstype == "overlay") {
+            if let Err(e) = unmount(&target) {
+                tracing::warn!("{e}");
+                continue;
+            }
+        }
+        match std::fs::remove_dir_all(&base) {
+            Ok(()) => tracing::info!(view = %target.display(), "writable view removed"),
+            Err(e) => tracing::warn!("cannot remove {}: {e}", base.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let l = "36 35 98:0 / /mnt/my\\040dir rw,noatime master:1 - overlay repofs-overlay rw,lowerdir=/a,upperdir=/c/overlays/x/upper,workdir=/w";
+        let m = parse_mountinfo_line(l).unwrap();
+        assert_eq!(m.mount_point, PathBuf::from("/mnt/my dir"));
+        assert_eq!(m.fstype, "overlay");
+        assert_eq!(m.source, "repofs-overlay");
+        assert!(m.options.contains("upperdir=/c/overlays/x/upper"));
+        assert_eq!(parse_mountinfo_line("garbage"), None);
+        assert_eq!(unescape("a\\134b\\0"), b"a\\b\\0");
+    }
+
+    #[test]
+    fn layer_paths_with_separators_are_refused() {
+        assert!(option_path(Path::new("/a,b")).is_err());
+        assert!(option_path(Path::new("/a:b")).is_err());
+        assert_eq!(option_path(Path::new("/a/b")).unwrap(), "/a/b");
+    }
+}
