@@ -1,0 +1,429 @@
+//! What a mount tells about itself: extended attributes naming the git
+//! objects (and LFS objects) behind each path, the Prometheus metrics at
+//! `metrics_listen` (counted against what was read and what the servers
+//! sent), and the transfers in flight that `repofs status` lists.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A git server forwarding LFS batches to a real LFS server.
+struct LfsSetup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    git: GitServer,
+    lfs: LfsServer,
+}
+
+fn lfs_setup() -> LfsSetup {
+    require_prerequisites();
+    require_git_lfs();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let lfs = LfsServer::start(&dir.join("lfs-store"));
+    let upstream = format!("http://127.0.0.1:{}", lfs.port);
+    let git = GitServer::start(&dir.join("srv"), &["--lfs-upstream", &upstream]);
+    LfsSetup {
+        _tmp: tmp,
+        dir,
+        git,
+        lfs,
+    }
+}
+
+fn config_for(dir: &Path, name: &str, url: String, extra: &str, top: &str) -> (PathBuf, PathBuf) {
+    let config = write_config(
+        dir,
+        &dir.join("mnt"),
+        &dir.join("cache"),
+        &[RepoEntry {
+            name: name.into(),
+            url,
+            extra: extra.into(),
+        }],
+        top,
+    );
+    (config, dir.join("mnt").join(name))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn names(list: &[&str]) -> Result<Vec<String>, i32> {
+    let mut v: Vec<String> = list.iter().map(|n| n.to_string()).collect();
+    v.sort();
+    Ok(v)
+}
+
+#[test]
+fn extended_attributes_name_the_objects() {
+    let l = lfs_setup();
+    let model = noise(21, 200_000);
+    let work = l.dir.join("work");
+    let commit = push_lfs_repo(&l.git, &l.lfs, &work, "attrs", |w| {
+        std::fs::create_dir_all(w.join("sub/inner")).unwrap();
+        std::fs::write(w.join("README.md"), "# attributes\n").unwrap();
+        std::fs::write(w.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
+        std::fs::set_permissions(w.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("README.md", w.join("link")).unwrap();
+        std::fs::write(w.join("sub/inner/deep.txt"), "deep\n").unwrap();
+        std::fs::write(w.join("sub/model.bin"), &model).unwrap();
+    });
+    let (config, m) = config_for(&l.dir, "attrs", l.git.url("attrs"), "", "");
+    let mut d = Daemon::start(&config, &[m.clone()], &l.dir.join("daemon.log"));
+    let rev = |spec: &str| git(&work, &["rev-parse", spec]);
+    let oid = "user.repofs.oid";
+
+    // The root: the commit and its tree.
+    assert_eq!(xattr_text(&m, "user.repofs.commit"), commit);
+    assert_eq!(xattr_text(&m, oid), rev("HEAD^{tree}"));
+    assert_eq!(
+        xattr_list(&m),
+        names(&["user.repofs.commit", "user.repofs.oid"])
+    );
+    // Files (a plain one, an executable, a nested one): their blob ids.
+    for path in ["README.md", "run.sh", "sub/inner/deep.txt"] {
+        let p = m.join(path);
+        assert_eq!(
+            xattr_text(&p, oid),
+            rev(&format!("HEAD:{path}")),
+            "{path}\n{}",
+            d.log_text()
+        );
+        assert_eq!(xattr_list(&p), names(&[oid]), "{path}");
+    }
+    // Directories: their tree ids.
+    for path in ["sub", "sub/inner"] {
+        let p = m.join(path);
+        assert_eq!(xattr_text(&p, oid), rev(&format!("HEAD:{path}")), "{path}");
+        assert_eq!(xattr_list(&p), names(&[oid]), "{path}");
+    }
+    // getxattr follows a symlink to its target. (The kernel allows user.*
+    // attributes on regular files and directories only: lgetxattr of the
+    // link itself never reaches the daemon.)
+    assert_eq!(xattr_text(&m.join("link"), oid), rev("HEAD:README.md"));
+
+    // An LFS file: the pointer's blob id, and the LFS object's sha256.
+    let lfs_file = m.join("sub/model.bin");
+    let pointer = git(&work, &["show", "HEAD:sub/model.bin"]);
+    let pointer_oid = pointer
+        .lines()
+        .find_map(|l| l.strip_prefix("oid sha256:"))
+        .unwrap_or_else(|| panic!("not an LFS pointer: {pointer}"))
+        .to_string();
+    assert_eq!(pointer_oid, sha256_hex(&model));
+    assert_eq!(xattr_text(&lfs_file, oid), rev("HEAD:sub/model.bin"));
+    assert_eq!(xattr_text(&lfs_file, "user.repofs.lfs_oid"), pointer_oid);
+    assert_eq!(
+        xattr_list(&lfs_file),
+        names(&["user.repofs.lfs_oid", "user.repofs.oid"])
+    );
+    let got = std::fs::read(&lfs_file).unwrap();
+    assert_eq!(sha256_hex(&got), pointer_oid, "the LFS file's contents");
+
+    // Any other name: ENODATA. Writes: EROFS.
+    let readme = m.join("README.md");
+    for (path, name) in [
+        (&readme, "user.repofs.lfs_oid"),
+        (&readme, "user.repofs.commit"),
+        (&readme, "user.repofs.etag"),
+        (&readme, "user.other"),
+        (&m, "user.repofs.nope"),
+        (&lfs_file, "user.repofs.commit"),
+    ] {
+        assert_eq!(
+            xattr_get(path, name),
+            Err(libc::ENODATA),
+            "{} {name}",
+            path.display()
+        );
+    }
+    for path in [&readme, &m.join("sub"), &m] {
+        for name in ["user.repofs.oid", "user.new"] {
+            assert_eq!(
+                xattr_set(path, name, b"x"),
+                Err(libc::EROFS),
+                "setxattr {} {name}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(xattr_text(&readme, oid), rev("HEAD:README.md"));
+    d.stop();
+}
+
+/// `after - before` of one series (0 for a series not there yet).
+fn grew(before: &Metrics, after: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    after.value(name, labels) - before.value(name, labels)
+}
+
+#[test]
+fn metrics_count_reads_hits_misses_and_errors() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let work = new_worktree(&dir.join("work"));
+    std::fs::create_dir_all(work.join("big")).unwrap();
+    // Larger than a listing prefetches: each open has to fetch.
+    const K: usize = 5;
+    let sizes: Vec<usize> = (0..K).map(|i| 300_000 + i * 10_001).collect();
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(work.join(format!("big/f{i}.bin")), noise(100 + i as u64, *size)).unwrap();
+    }
+    std::fs::write(work.join("README.md"), "# metrics\n").unwrap();
+    publish_repo(&srv, &work, "obs");
+    let server = GitServer::start(&srv, &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, m) = config_for(
+        dir,
+        "obs",
+        server.url("obs"),
+        "refresh = \"never\"",
+        &format!("metrics_listen = \"{addr}\""),
+    );
+    let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
+    let repo = [("repository", "obs")];
+    let total: usize = sizes.iter().sum();
+
+    // Listing first (lookups, sizes): the reads below are only reads.
+    let (code, out, err) = sh(&format!("ls -l {}/big", s(&m)), Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}{err}\n{}", d.log_text());
+    std::thread::sleep(Duration::from_secs(1));
+    server.reset_stats();
+    let s0 = scrape(&addr);
+
+    // K files, each opened once: K misses, exactly their bytes served.
+    for (i, size) in sizes.iter().enumerate() {
+        let got = std::fs::read(m.join(format!("big/f{i}.bin"))).unwrap();
+        assert!(got == noise(100 + i as u64, *size), "big/f{i}.bin: wrong contents");
+    }
+    let s1 = scrape(&addr);
+    let (sent_requests, sent_bytes) = server.stats("obs");
+    let ctx = |m: &Metrics| format!("{}\n--- daemon log ---\n{}", m.text, d.log_text());
+    assert_eq!(
+        grew(&s0, &s1, "repofs_served_bytes_total", &repo),
+        total as f64,
+        "served bytes after reading {total} bytes:\n{}",
+        ctx(&s1)
+    );
+    assert_eq!(
+        grew(&s0, &s1, "repofs_cache_misses_total", &repo),
+        K as f64,
+        "cache misses after {K} first opens:\n{}",
+        ctx(&s1)
+    );
+    let opens = [("repository", "obs"), ("operation", "open")];
+    assert!(
+        grew(&s0, &s1, "repofs_fuse_operations_total", &opens) >= K as f64,
+        "open operations:\n{}",
+        ctx(&s1)
+    );
+    let origin = grew(&s0, &s1, "repofs_origin_bytes_total", &repo);
+    assert!(
+        origin >= 0.9 * total as f64,
+        "{origin} bytes from the origin for {total} bytes of new files:\n{}",
+        ctx(&s1)
+    );
+    assert!(sent_requests > 0 && sent_bytes > 0);
+    assert!(
+        (origin - sent_bytes as f64).abs() <= 0.05 * sent_bytes as f64 + 65_536.0,
+        "the daemon counted {origin} bytes from the origin, the server sent {sent_bytes}"
+    );
+    assert!(grew(&s0, &s1, "repofs_origin_requests_total", &repo) > 0.0);
+
+    // Again, with the kernel's copy dropped: K hits, nothing from the origin.
+    drop_caches();
+    for (i, size) in sizes.iter().enumerate() {
+        let got = std::fs::read(m.join(format!("big/f{i}.bin"))).unwrap();
+        assert!(got == noise(100 + i as u64, *size), "big/f{i}.bin: wrong contents");
+    }
+    let s2 = scrape(&addr);
+    assert_eq!(
+        grew(&s1, &s2, "repofs_cache_hits_total", &repo),
+        K as f64,
+        "cache hits after {K} cached opens:\n{}",
+        ctx(&s2)
+    );
+    assert_eq!(grew(&s1, &s2, "repofs_cache_misses_total", &repo), 0.0);
+    assert_eq!(
+        grew(&s1, &s2, "repofs_served_bytes_total", &repo),
+        total as f64,
+        "served bytes of the second read:\n{}",
+        ctx(&s2)
+    );
+    for counter in ["repofs_origin_bytes_total", "repofs_origin_requests_total"] {
+        assert_eq!(
+            grew(&s1, &s2, counter, &repo),
+            0.0,
+            "{counter} grew on cached reads:\n{}",
+            ctx(&s2)
+        );
+    }
+
+    // A failed lookup is an error of that operation, with its errno.
+    let e = std::fs::metadata(m.join("big/no-such-file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let s3 = scrape(&addr);
+    let enoent = [
+        ("repository", "obs"),
+        ("operation", "lookup"),
+        ("errno", "ENOENT"),
+    ];
+    assert!(
+        grew(&s2, &s3, "repofs_fuse_errors_total", &enoent) >= 1.0,
+        "no lookup ENOENT counted:\n{}",
+        ctx(&s3)
+    );
+    let reads = [("repository", "obs"), ("operation", "read")];
+    assert!(
+        s3.get("repofs_fuse_operation_seconds_bucket", &reads).is_some(),
+        "no read latency histogram:\n{}",
+        s3.text
+    );
+    assert!(s3.value("repofs_fuse_operation_seconds_count", &reads) >= 2.0 * K as f64);
+    assert_eq!(
+        s3.value("repofs_cache_capacity_bytes", &[]),
+        (2u64 << 30) as f64,
+        "cache_size is 2GiB:\n{}",
+        s3.text
+    );
+    let origin_total = s3.value("repofs_origin_bytes_total", &repo);
+    assert!(origin_total > 0.0);
+    // The cache gauges may be refreshed periodically: give them time.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = scrape(&addr);
+        let (bytes, entries) = (
+            now.value("repofs_cache_bytes", &[]),
+            now.value("repofs_cache_entries", &[]),
+        );
+        if bytes >= total as f64 && entries >= K as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache gauges: {bytes} bytes, {entries} entries:\n{}",
+            now.text
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, body) = http_get(&addr, "/nonexistent");
+    assert_eq!(status, 404, "{body}");
+    d.stop();
+}
+
+#[test]
+fn status_lists_a_transfer_while_it_runs() {
+    let l = lfs_setup();
+    // The LFS server is throttled (tests/support/lfs_server.py `rate`): the
+    // git server has no such knob, so the slow transfer is an LFS download.
+    let size = 48usize << 20;
+    let big = noise(31, size);
+    push_lfs_repo(&l.git, &l.lfs, &l.dir.join("work"), "models", |w| {
+        std::fs::create_dir_all(w.join("data")).unwrap();
+        std::fs::write(w.join("data/big.bin"), &big).unwrap();
+        std::fs::write(w.join("README.md"), "# models\n").unwrap();
+    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, m) = config_for(
+        &l.dir,
+        "models",
+        l.git.url("models"),
+        "",
+        &format!("metrics_listen = \"{addr}\""),
+    );
+    let mut d = Daemon::start(&config, &[m.clone()], &l.dir.join("daemon.log"));
+    assert_eq!(std::fs::metadata(m.join("data/big.bin")).unwrap().len(), size as u64);
+    l.lfs.control("rate=4194304"); // 4 MiB/s: about 12 s for the file
+    let status = || {
+        let (code, out, err) = sh(
+            &format!("{} --config {} status", repofs_bin(), s(&config)),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, 0, "status: {out}{err}");
+        out
+    };
+
+    let path = m.join("data/big.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let out = status();
+        if let Some(l) = out
+            .lines()
+            .find(|l| l.contains("transferring") && l.contains("data/big.bin"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            !reader.is_finished(),
+            "the read ended before status showed a transfer:\n{out}\n{}",
+            d.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the transfer:\n{out}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(line.contains("48.0 MiB"), "the total is not shown: {line}");
+    // The status file `repofs status` just had rewritten holds the same.
+    let text = std::fs::read_to_string(l.dir.join("cache/state/status.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let transfer = doc["repositories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["name"] == "models")
+        .flat_map(|r| r["transfers"].as_array().cloned().unwrap_or_default())
+        .find(|t| t["path"] == "data/big.bin")
+        .unwrap_or_else(|| panic!("no transfer of data/big.bin in the status file: {text}"));
+    assert_eq!(transfer["total"].as_u64(), Some(size as u64), "{text}");
+    let done = transfer["done"].as_u64().expect("done");
+    assert!(done <= size as u64, "{text}");
+    assert!(transfer["rate"].as_f64().is_some(), "{text}");
+    let scraped = scrape(&addr);
+    assert!(
+        scraped.value("repofs_fetches_in_flight", &[("repository", "models")]) >= 1.0,
+        "a fetch is in flight:\n{}",
+        scraped.text
+    );
+
+    let got = reader.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(got == big, "wrong contents ({} bytes read)", got.len());
+    l.lfs.control("rate=0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = status();
+        if !out.contains("transferring") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a finished transfer is still listed:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        scrape(&addr).value("repofs_fetches_in_flight", &[("repository", "models")]),
+        0.0
+    );
+    d.stop();
+}
