@@ -103,7 +103,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
     tracing::info!("repofs is running: {}", summary(&repos));
     write_status(&config, &cache, &repos);
-    let registration = register(&status_path(&config));
+    let registration = crate::status::register(&status_path(&config));
 
     let signal = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -436,70 +436,9 @@ fn release_when_unused(old: Repo) {
     }
 }
 
-/// Where running daemons say where their status files are, so that
-/// `repofs status` and `repofs prefetch` find a daemon mounted from the
-/// command line with any cache directory.
-fn runtime_dir() -> PathBuf {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        return PathBuf::from("/run/repofs");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(d) if d.is_absolute() => d.join("repofs"),
-        _ => std::env::temp_dir().join(format!("repofs-{uid}")),
-    }
-}
-
-/// Records this daemon's status file in the runtime directory.
-fn register(status: &Path) -> Option<PathBuf> {
-    let dir = runtime_dir();
-    let link = dir.join(format!("{}.status", std::process::id()));
-    let _ = std::fs::remove_file(&link);
-    match std::fs::create_dir_all(&dir).and_then(|_| std::os::unix::fs::symlink(status, &link)) {
-        Ok(()) => Some(link),
-        Err(e) => {
-            tracing::debug!("cannot register in {}: {e}", dir.display());
-            None
-        }
-    }
-}
-
-/// The status files of the daemons running now (stale records removed).
-pub fn registered() -> Vec<PathBuf> {
-    let Ok(dir) = std::fs::read_dir(runtime_dir()) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_suffix(".status")
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: signal 0 only checks that the process exists.
-        if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
-            let _ = std::fs::remove_file(e.path());
-            continue;
-        }
-        if let Ok(target) = std::fs::read_link(e.path()) {
-            out.push(target);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Where the daemon publishes its state for `repofs status`.
 pub fn status_path(config: &Config) -> PathBuf {
-    status_file(&config.cache_dir)
-}
-
-/// The status file of a daemon using `cache_dir`.
-pub fn status_file(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("state").join("status.json")
+    crate::status::status_file(&config.cache_dir)
 }
 
 fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) {

@@ -173,9 +173,9 @@ fn main() -> ExitCode {
                 .into_iter()
                 .collect();
             if let Some(dir) = cache_dir {
-                status_files.push(repofs::daemon::status_file(&dir));
+                status_files.push(repofs::status::status_file(&dir));
             }
-            status_files.extend(repofs::daemon::registered());
+            status_files.extend(repofs::status::registered());
             return match repofs::prefetch::run(&paths, jobs, &status_files) {
                 Ok(o) if o.failed == 0 => ExitCode::SUCCESS,
                 Ok(o) => {
@@ -196,10 +196,10 @@ fn main() -> ExitCode {
         } => return overlay(name, dir, remove, cache_dir, &optional, &load),
         Command::Status {
             cache_dir: Some(dir),
-        } => return status(&repofs::daemon::status_file(&dir)),
+        } => return status(&repofs::status::status_file(&dir)),
         Command::Status { cache_dir: None } if !explicit_config && !config_path.exists() => {
             // No config: every daemon running (mounted from the command line).
-            let found = repofs::daemon::registered();
+            let found = repofs::status::registered();
             if found.is_empty() {
                 eprintln!(
                     "repofs: no daemon is running (and there is no config at {})",

@@ -1,10 +1,73 @@
-//! `repofs status`: reads the state a running daemon publishes in
-//! `<cache_dir>/state/status.json` and prints one line per repository
-//! (mounted or failed with the reason, the commit, traffic) and the cache's
-//! use against its cap. It never prints secrets (the file holds none).
+//! `repofs status`: where a running daemon publishes its state
+//! (`<cache_dir>/state/status.json`, registered in a runtime directory so
+//! that it can be found without the config), how to read a fresh one, and
+//! printing it: one line per repository (mounted or failed with the
+//! reason, the commit, traffic, transfers in flight) and the cache's use
+//! against its cap. It never prints secrets (the file holds none).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The status file of a daemon using `cache_dir`.
+pub fn status_file(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("state").join("status.json")
+}
+
+/// Where running daemons say where their status files are, so that
+/// `repofs status` and `repofs prefetch` find a daemon mounted from the
+/// command line with any cache directory.
+pub fn runtime_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/repofs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("repofs"),
+        _ => std::env::temp_dir().join(format!("repofs-{uid}")),
+    }
+}
+
+/// Records this daemon's status file in the runtime directory.
+pub fn register(status: &Path) -> Option<PathBuf> {
+    let dir = runtime_dir();
+    let link = dir.join(format!("{}.status", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    match std::fs::create_dir_all(&dir).and_then(|_| std::os::unix::fs::symlink(status, &link)) {
+        Ok(()) => Some(link),
+        Err(e) => {
+            tracing::debug!("cannot register in {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// The status files of the daemons running now (stale records removed).
+pub fn registered() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(runtime_dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_suffix(".status")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            out.push(target);
+        }
+    }
+    out.sort();
+    out
+}
 
 /// The status a running daemon published at `path`, freshly written: the
 /// daemon is asked (SIGUSR1) to write it now, and the answer is awaited for

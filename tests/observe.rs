@@ -77,8 +77,7 @@ fn extended_attributes_name_the_objects() {
         std::fs::create_dir_all(w.join("sub/inner")).unwrap();
         std::fs::write(w.join("README.md"), "# attributes\n").unwrap();
         std::fs::write(w.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
-        std::fs::set_permissions(w.join("run.sh"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(w.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("README.md", w.join("link")).unwrap();
         std::fs::write(w.join("sub/inner/deep.txt"), "deep\n").unwrap();
         std::fs::write(w.join("sub/model.bin"), &model).unwrap();
@@ -184,7 +183,11 @@ fn metrics_count_reads_hits_misses_and_errors() {
     const K: usize = 5;
     let sizes: Vec<usize> = (0..K).map(|i| 300_000 + i * 10_001).collect();
     for (i, size) in sizes.iter().enumerate() {
-        std::fs::write(work.join(format!("big/f{i}.bin")), noise(100 + i as u64, *size)).unwrap();
+        std::fs::write(
+            work.join(format!("big/f{i}.bin")),
+            noise(100 + i as u64, *size),
+        )
+        .unwrap();
     }
     std::fs::write(work.join("README.md"), "# metrics\n").unwrap();
     publish_repo(&srv, &work, "obs");
@@ -211,7 +214,10 @@ fn metrics_count_reads_hits_misses_and_errors() {
     // K files, each opened once: K misses, exactly their bytes served.
     for (i, size) in sizes.iter().enumerate() {
         let got = std::fs::read(m.join(format!("big/f{i}.bin"))).unwrap();
-        assert!(got == noise(100 + i as u64, *size), "big/f{i}.bin: wrong contents");
+        assert!(
+            got == noise(100 + i as u64, *size),
+            "big/f{i}.bin: wrong contents"
+        );
     }
     let s1 = scrape(&addr);
     let (sent_requests, sent_bytes) = server.stats("obs");
@@ -251,7 +257,10 @@ fn metrics_count_reads_hits_misses_and_errors() {
     drop_caches();
     for (i, size) in sizes.iter().enumerate() {
         let got = std::fs::read(m.join(format!("big/f{i}.bin"))).unwrap();
-        assert!(got == noise(100 + i as u64, *size), "big/f{i}.bin: wrong contents");
+        assert!(
+            got == noise(100 + i as u64, *size),
+            "big/f{i}.bin: wrong contents"
+        );
     }
     let s2 = scrape(&addr);
     assert_eq!(
@@ -292,7 +301,8 @@ fn metrics_count_reads_hits_misses_and_errors() {
     );
     let reads = [("repository", "obs"), ("operation", "read")];
     assert!(
-        s3.get("repofs_fuse_operation_seconds_bucket", &reads).is_some(),
+        s3.get("repofs_fuse_operation_seconds_bucket", &reads)
+            .is_some(),
         "no read latency histogram:\n{}",
         s3.text
     );
@@ -349,7 +359,10 @@ fn status_lists_a_transfer_while_it_runs() {
         &format!("metrics_listen = \"{addr}\""),
     );
     let mut d = Daemon::start(&config, &[m.clone()], &l.dir.join("daemon.log"));
-    assert_eq!(std::fs::metadata(m.join("data/big.bin")).unwrap().len(), size as u64);
+    assert_eq!(
+        std::fs::metadata(m.join("data/big.bin")).unwrap().len(),
+        size as u64
+    );
     l.lfs.control("rate=4194304"); // 4 MiB/s: about 12 s for the file
     let status = || {
         let (code, out, err) = sh(
@@ -365,11 +378,11 @@ fn status_lists_a_transfer_while_it_runs() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let line = loop {
         let out = status();
-        if let Some(l) = out
+        if let Some(found) = out
             .lines()
-            .find(|l| l.contains("transferring") && l.contains("data/big.bin"))
+            .find(|x| x.contains("transferring") && x.contains("data/big.bin"))
         {
-            break l.to_string();
+            break found.to_string();
         }
         assert!(
             !reader.is_finished(),
@@ -406,7 +419,10 @@ fn status_lists_a_transfer_while_it_runs() {
         scraped.text
     );
 
-    let got = reader.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    let got = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     assert!(got == big, "wrong contents ({} bytes read)", got.len());
     l.lfs.control("rate=0");
     let deadline = Instant::now() + Duration::from_secs(10);
