@@ -2,8 +2,9 @@
 # Installs what repofs and its tests need on a fresh Debian machine:
 # FUSE (fusermount3), git (its http-backend serves the test repositories),
 # git-lfs (pushes LFS objects in tests), python3 with the test servers'
-# packages (tests/support/requirements.txt), systemd (systemd-analyze checks
-# the unit file), and small tools.
+# packages and setuptools (tests/support/requirements.txt; the overlay test
+# builds a Python project offline), systemd (systemd-analyze checks the unit
+# file), and small tools.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""

@@ -172,6 +172,7 @@ async fn fetch_lfs_endpoint(repo: &RepoConfig, config: &Config) -> Result<String
             &cfg,
             cache,
             tokio::runtime::Handle::current(),
+            None,
         )?;
         source.lfs_endpoint().await.map_err(|e| e.to_string())
     }
@@ -238,5 +239,20 @@ pub async fn check_all(config: &Config, names: &[String]) -> Result<Vec<CheckLin
         .filter(|r| names.is_empty() || names.contains(&r.name))
         .collect();
     let futures = selected.iter().map(|r| check_repo(r, config));
-    Ok(futures_util::future::join_all(futures).await)
+    let mut lines = futures_util::future::join_all(futures).await;
+    if let Some(sc) = &config.shared_cache {
+        lines.push(check_shared(sc, config).await);
+    }
+    Ok(lines)
+}
+
+/// Checks the fleet's shared cache tier: reachable, readable, writable.
+async fn check_shared(sc: &crate::config::SharedCacheConfig, config: &Config) -> CheckLine {
+    let name = format!("shared cache s3://{}/{}", sc.s3.bucket, sc.s3.prefix);
+    let rt = tokio::runtime::Handle::current();
+    let (ok, message) = match crate::shared::Shared::connect(sc, config, rt).await {
+        Ok(s) => s.check().await,
+        Err(e) => (false, format!("{e}; reads fall back to the origins")),
+    };
+    CheckLine { name, ok, message }
 }

@@ -143,6 +143,15 @@ pub struct S3Config {
     pub inline_secret: bool,
 }
 
+/// `[shared_cache]`: a bucket (or a prefix in one) that every node of a
+/// fleet reads before the origins and writes what it fetched to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedCacheConfig {
+    pub s3: S3Config,
+    /// Connect and per-read inactivity limit for the shared tier only.
+    pub timeout: Duration,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -158,6 +167,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The fleet's shared cache tier, if any.
+    pub shared_cache: Option<SharedCacheConfig>,
     pub repositories: Vec<RepoConfig>,
 }
 
@@ -172,11 +183,71 @@ struct RawConfig {
     connect_timeout: Option<String>,
     max_attempts: Option<u32>,
     metrics_listen: Option<String>,
+    shared_cache: Option<RawShared>,
     #[serde(default)]
     repository: Vec<RawRepo>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    force_path_style: Option<bool>,
+    profile: Option<String>,
+    credentials: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    session_token: Option<String>,
+    timeout: Option<String>,
+}
+
+const SHARED_KEYS: &[&str] = &[
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "force_path_style",
+    "profile",
+    "credentials",
+    "access_key_id",
+    "secret_access_key",
+    "secret_access_key_file",
+    "session_token",
+    "timeout",
+];
+
+/// Validates `[shared_cache]` with the rules of an S3 repository.
+fn validate_shared(r: RawShared, mount_root: &Path) -> Result<SharedCacheConfig, String> {
+    let timeout = parse_duration_key(r.timeout.as_deref(), 5)
+        .map_err(|m| format!("[shared_cache]: key `timeout`: {m}"))?;
+    let repo = RawRepo {
+        name: Some("shared_cache".into()),
+        provider: Some("s3".into()),
+        bucket: r.bucket,
+        prefix: r.prefix,
+        region: r.region,
+        endpoint_url: r.endpoint_url,
+        force_path_style: r.force_path_style,
+        profile: r.profile,
+        credentials: r.credentials,
+        access_key_id: r.access_key_id,
+        secret_access_key: r.secret_access_key,
+        secret_access_key_file: r.secret_access_key_file,
+        session_token: r.session_token,
+        ..RawRepo::default()
+    };
+    let s3 = validate_s3("shared_cache".into(), repo, mount_root)
+        .map_err(|e| e.replace("repository 'shared_cache':", "[shared_cache]:"))?
+        .s3
+        .ok_or("[shared_cache]: not an S3 location")?;
+    Ok(SharedCacheConfig { s3, timeout })
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRepo {
     name: Option<String>,
@@ -224,6 +295,7 @@ const TOP_KEYS: &[&str] = &[
     "connect_timeout",
     "max_attempts",
     "metrics_listen",
+    "shared_cache",
     "repository",
 ];
 const REPO_KEYS: &[&str] = &[
@@ -327,6 +399,12 @@ impl Config {
                 check_keys(t, REPO_KEYS, &label).map_err(&err)?;
             }
         }
+        if let Some(t) = table.get("shared_cache") {
+            let t = t
+                .as_table()
+                .ok_or_else(|| err("`shared_cache` must be a [shared_cache] table".into()))?;
+            check_keys(t, SHARED_KEYS, "in [shared_cache]").map_err(&err)?;
+        }
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| err(format!("invalid value: {}", e.to_string().trim_end())))?;
 
@@ -372,6 +450,10 @@ impl Config {
                     "key `metrics_listen`: {a:?} is not an address and port such as \"127.0.0.1:9464\""
                 ))
             })?),
+        };
+        let shared_cache = match raw.shared_cache {
+            Some(r) => Some(validate_shared(r, &mount_root).map_err(&err)?),
+            None => None,
         };
         let mut names = HashSet::new();
         let mut mount_points = HashSet::new();
@@ -425,6 +507,7 @@ impl Config {
             connect_timeout,
             max_attempts,
             metrics_listen,
+            shared_cache,
             repositories,
         })
     }

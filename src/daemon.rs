@@ -19,6 +19,12 @@ use crate::fs::RepoFs;
 use crate::source::Source;
 use crate::source::git::GitSource;
 
+/// Where contents are kept: the local cache and the fleet's shared tier.
+struct Stores {
+    cache: Arc<Cache>,
+    shared: Option<Arc<crate::shared::Shared>>,
+}
+
 /// One configured repository: mounted, or failed with a reason.
 struct Repo {
     config: RepoConfig,
@@ -52,7 +58,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             anyhow::anyhow!("{e}; check that cache_dir exists and the repofs user may write to it")
         })?,
     );
-    let stats = cache.stats();
+    let shared = match &config.shared_cache {
+        None => None,
+        Some(c) => match rt.block_on(crate::shared::Shared::connect(
+            c,
+            &config,
+            rt.handle().clone(),
+        )) {
+            Ok(s) => {
+                tracing::info!(url = %s.url(), "shared cache tier in use");
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!("shared cache: {e}; using the origins only");
+                None
+            }
+        },
+    };
+    let cache = Stores { cache, shared };
+    let stats = cache.cache.stats();
     tracing::info!(
         dir = %config.cache_dir.display(),
         entries = stats.entries,
@@ -62,7 +86,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
 
     // The recorder goes in before the first mount registers its metrics.
-    let registry = Arc::new(crate::metrics::Registry::new(cache.clone()));
+    let registry = Arc::new(crate::metrics::Registry::new(cache.cache.clone()));
     if let Some(addr) = config.metrics_listen {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|_| l))
@@ -162,7 +186,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 fn mount_repo(
     repo: &RepoConfig,
     config: &Config,
-    cache: &Arc<Cache>,
+    cache: &Stores,
     rt: &tokio::runtime::Handle,
 ) -> RepoState {
     let span = tracing::info_span!("repo", repo = %repo.name);
@@ -176,12 +200,19 @@ fn mount_repo(
             Ok((c, _)) => c,
             Err(e) => return fail(e),
         };
-        match crate::source::s3::S3Source::new(repo, client, cache.clone(), rt.clone()) {
+        let (c, s) = (cache.cache.clone(), cache.shared.clone());
+        match crate::source::s3::S3Source::new(repo, client, c, rt.clone(), s) {
             Ok(s) => (s, None),
             Err(e) => return fail(e),
         }
     } else {
-        match GitSource::new(repo, config, cache.clone(), rt.clone()) {
+        match GitSource::new(
+            repo,
+            config,
+            cache.cache.clone(),
+            rt.clone(),
+            cache.shared.clone(),
+        ) {
             Ok(s) => (s.clone(), Some(s)),
             Err(e) => return fail(e),
         }
@@ -258,7 +289,7 @@ fn mount_repo(
 fn reload(
     config: &mut Config,
     repos: &mut BTreeMap<String, Repo>,
-    cache: &Arc<Cache>,
+    cache: &Stores,
     rt: &tokio::runtime::Handle,
 ) {
     if config.path == Path::new(crate::url_mount::COMMAND_LINE) {
@@ -282,6 +313,16 @@ fn reload(
             "cache_size",
             config.cache_size.to_string(),
             new.cache_size.to_string(),
+        ),
+        (
+            "shared_cache",
+            format!("{:?}", config.shared_cache),
+            format!("{:?}", new.shared_cache),
+        ),
+        (
+            "metrics_listen",
+            format!("{:?}", config.metrics_listen),
+            format!("{:?}", new.metrics_listen),
         ),
     ] {
         if old != now {
@@ -441,7 +482,8 @@ pub fn status_path(config: &Config) -> PathBuf {
     crate::status::status_file(&config.cache_dir)
 }
 
-fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) {
+fn write_status(config: &Config, stores: &Stores, repos: &BTreeMap<String, Repo>) {
+    let cache = &stores.cache;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -509,6 +551,7 @@ fn write_status(config: &Config, cache: &Cache, repos: &BTreeMap<String, Repo>) 
             "disk_total": disk.map(|d| d.1),
         },
         "repositories": list,
+        "shared_cache": stores.shared.as_ref().map(|s| s.status()),
     });
     let path = status_path(config);
     let tmp = path.with_extension("tmp");

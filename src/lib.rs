@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod overlay;
 pub mod prefetch;
 pub mod repo_cmd;
+pub mod shared;
 pub mod source;
 pub mod status;
 pub mod url_mount;

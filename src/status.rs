@@ -174,6 +174,27 @@ pub fn show(path: &Path) -> Result<String, String> {
             out.push_str(&format!("  {:<20} FAILED: {}\n", s("name"), s("reason")));
         }
     }
+    if let Some(sc) = doc.get("shared_cache").filter(|s| !s.is_null()) {
+        let n = |k: &str| sc.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        out.push_str(&format!(
+            "shared cache {}: {} hits, {} misses, {} downloaded, {} uploaded ({}), {} pending, {} rejected\n",
+            sc.get("url").and_then(|u| u.as_str()).unwrap_or("?"),
+            n("hits"),
+            n("misses"),
+            human(n("bytes_down")),
+            n("uploads"),
+            human(n("bytes_up")),
+            n("pending"),
+            n("rejected")
+        ));
+        if let Some(e) = sc.get("last_error").filter(|e| !e.is_null()) {
+            out.push_str(&format!(
+                "shared cache last error {}s ago: {}\n",
+                e.get("seconds_ago").and_then(|v| v.as_u64()).unwrap_or(0),
+                e.get("what").and_then(|v| v.as_str()).unwrap_or("")
+            ));
+        }
+    }
     let c = doc.get("cache").cloned().unwrap_or_default();
     let (bytes, cap) = (
         c.get("bytes").and_then(|b| b.as_u64()).unwrap_or(0),

@@ -211,7 +211,12 @@ fn check_pointer(seed: u64, input: &[u8], p: &Pointer) {
         Some(p),
         "seed {seed}: \"{shown}\""
     );
-    assert_eq!(Pointer::from_key(&p.key()).as_ref(), Some(p), "seed {seed}");
+    let blob = "0123456789abcdef0123456789abcdef01234567";
+    assert_eq!(
+        Pointer::from_key(&p.key(blob)),
+        Some((p.clone(), blob.to_string())),
+        "seed {seed}"
+    );
 }
 
 #[test]

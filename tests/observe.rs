@@ -118,7 +118,7 @@ fn extended_attributes_name_the_objects() {
 
     // An LFS file: the pointer's blob id, and the LFS object's sha256.
     let lfs_file = m.join("sub/model.bin");
-    let pointer = git(&work, &["show", "HEAD:sub/model.bin"]);
+    let pointer = git(&work, &["cat-file", "-p", "HEAD:sub/model.bin"]);
     let pointer_oid = pointer
         .lines()
         .find_map(|l| l.strip_prefix("oid sha256:"))
@@ -338,49 +338,35 @@ fn metrics_count_reads_hits_misses_and_errors() {
     d.stop();
 }
 
-#[test]
-fn status_lists_a_transfer_while_it_runs() {
-    let l = lfs_setup();
-    // The LFS server is throttled (tests/support/lfs_server.py `rate`): the
-    // git server has no such knob, so the slow transfer is an LFS download.
-    let size = 48usize << 20;
-    let big = noise(31, size);
-    push_lfs_repo(&l.git, &l.lfs, &l.dir.join("work"), "models", |w| {
-        std::fs::create_dir_all(w.join("data")).unwrap();
-        std::fs::write(w.join("data/big.bin"), &big).unwrap();
-        std::fs::write(w.join("README.md"), "# models\n").unwrap();
-    });
-    let addr = format!("127.0.0.1:{}", free_port());
-    let (config, m) = config_for(
-        &l.dir,
-        "models",
-        l.git.url("models"),
-        "",
-        &format!("metrics_listen = \"{addr}\""),
-    );
-    let mut d = Daemon::start(&config, &[m.clone()], &l.dir.join("daemon.log"));
-    assert_eq!(
-        std::fs::metadata(m.join("data/big.bin")).unwrap().len(),
-        size as u64
-    );
-    l.lfs.control("rate=4194304"); // 4 MiB/s: about 12 s for the file
+/// Reads `rel` under the mount `m` on a thread (its origin must be slow)
+/// while `repofs status` is polled until it lists the transfer; checks the
+/// status file (`<cache>/state/status.json`) and the `fetches_in_flight`
+/// gauge of repository `repo` then, and that both clear once the read ends.
+fn watch_transfer(
+    d: &Daemon,
+    config: &Path,
+    cache: &Path,
+    metrics: &str,
+    (m, repo, rel): (&Path, &str, &str),
+    expect: &[u8],
+) {
     let status = || {
         let (code, out, err) = sh(
-            &format!("{} --config {} status", repofs_bin(), s(&config)),
+            &format!("{} --config {} status", repofs_bin(), s(config)),
             Duration::from_secs(30),
         );
         assert_eq!(code, 0, "status: {out}{err}");
         out
     };
-
-    let path = m.join("data/big.bin");
+    let total = expect.len() as u64;
+    let path = m.join(rel);
     let reader = std::thread::spawn(move || std::fs::read(path));
     let deadline = Instant::now() + Duration::from_secs(30);
     let line = loop {
         let out = status();
         if let Some(found) = out
             .lines()
-            .find(|x| x.contains("transferring") && x.contains("data/big.bin"))
+            .find(|x| x.contains("transferring") && x.contains(rel))
         {
             break found.to_string();
         }
@@ -396,26 +382,34 @@ fn status_lists_a_transfer_while_it_runs() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(line.contains("48.0 MiB"), "the total is not shown: {line}");
+    // "transferring data/big.bin: 3.0 MiB of 12.0 MiB (1.2 MiB/s)"
+    let total_text = format!("{:.1} MiB", total as f64 / (1u64 << 20) as f64);
+    assert!(
+        line.contains(&format!("transferring {rel}: "))
+            && line.contains(&format!(" of {total_text} ("))
+            && line.contains("/s)"),
+        "not `transferring {rel}: DONE of {total_text} (RATE/s)`: {line}"
+    );
     // The status file `repofs status` just had rewritten holds the same.
-    let text = std::fs::read_to_string(l.dir.join("cache/state/status.json")).unwrap();
+    let text = std::fs::read_to_string(cache.join("state/status.json")).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let transfer = doc["repositories"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["name"] == "models")
+        .filter(|r| r["name"] == repo)
         .flat_map(|r| r["transfers"].as_array().cloned().unwrap_or_default())
-        .find(|t| t["path"] == "data/big.bin")
-        .unwrap_or_else(|| panic!("no transfer of data/big.bin in the status file: {text}"));
-    assert_eq!(transfer["total"].as_u64(), Some(size as u64), "{text}");
+        .find(|t| t["path"] == rel)
+        .unwrap_or_else(|| panic!("no transfer of {rel} in the status file: {text}"));
+    assert_eq!(transfer["total"].as_u64(), Some(total), "{text}");
     let done = transfer["done"].as_u64().expect("done");
-    assert!(done <= size as u64, "{text}");
+    assert!(done <= total, "{text}");
     assert!(transfer["rate"].as_f64().is_some(), "{text}");
-    let scraped = scrape(&addr);
+    let in_flight = [("repository", repo)];
+    let scraped = scrape(metrics);
     assert!(
-        scraped.value("repofs_fetches_in_flight", &[("repository", "models")]) >= 1.0,
-        "a fetch is in flight:\n{}",
+        scraped.value("repofs_fetches_in_flight", &in_flight) >= 1.0,
+        "no fetch in flight during a transfer:\n{}",
         scraped.text
     );
 
@@ -423,23 +417,93 @@ fn status_lists_a_transfer_while_it_runs() {
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
-    assert!(got == big, "wrong contents ({} bytes read)", got.len());
-    l.lfs.control("rate=0");
+    assert!(got == expect, "wrong contents ({} bytes read)", got.len());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = status();
-        if !out.contains("transferring") {
+        let now = scrape(metrics).value("repofs_fetches_in_flight", &in_flight);
+        if !out.contains("transferring") && now == 0.0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "a finished transfer is still listed:\n{out}"
+            "a finished transfer is still listed ({now} fetches in flight):\n{out}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(
-        scrape(&addr).value("repofs_fetches_in_flight", &[("repository", "models")]),
-        0.0
+}
+
+#[test]
+fn status_lists_a_git_transfer_while_it_runs() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let work = new_worktree(&dir.join("work"));
+    std::fs::create_dir_all(work.join("data")).unwrap();
+    let big = noise(31, 12 << 20);
+    std::fs::write(work.join("data/big.bin"), &big).unwrap();
+    std::fs::write(work.join("README.md"), "# models\n").unwrap();
+    publish_repo(&srv, &work, "models");
+    let server = GitServer::start(&srv, &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, m) = config_for(
+        dir,
+        "models",
+        server.url("models"),
+        "",
+        &format!("metrics_listen = \"{addr}\""),
     );
+    let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
+    assert_eq!(
+        std::fs::metadata(m.join("data/big.bin")).unwrap().len(),
+        big.len() as u64
+    );
+    server.set_fault("slow"); // about 1.3 MB/s: some 10 s for the file
+    watch_transfer(
+        &d,
+        &config,
+        &dir.join("cache"),
+        &addr,
+        (m.as_path(), "models", "data/big.bin"),
+        &big,
+    );
+    server.set_fault("ok");
+    d.stop();
+}
+
+#[test]
+fn status_lists_an_lfs_transfer_while_it_runs() {
+    let l = lfs_setup();
+    let big = noise(32, 24 << 20);
+    push_lfs_repo(&l.git, &l.lfs, &l.dir.join("work"), "media", |w| {
+        std::fs::create_dir_all(w.join("data")).unwrap();
+        std::fs::write(w.join("data/big.bin"), &big).unwrap();
+        std::fs::write(w.join("README.md"), "# media\n").unwrap();
+    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, m) = config_for(
+        &l.dir,
+        "media",
+        l.git.url("media"),
+        "",
+        &format!("metrics_listen = \"{addr}\""),
+    );
+    let mut d = Daemon::start(&config, &[m.clone()], &l.dir.join("daemon.log"));
+    assert_eq!(
+        std::fs::metadata(m.join("data/big.bin")).unwrap().len(),
+        big.len() as u64
+    );
+    l.lfs.control("rate=3145728"); // 3 MiB/s: some 8 s for the file
+    watch_transfer(
+        &d,
+        &config,
+        &l.dir.join("cache"),
+        &addr,
+        (m.as_path(), "media", "data/big.bin"),
+        &big,
+    );
+    l.lfs.control("rate=0");
     d.stop();
 }

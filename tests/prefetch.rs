@@ -92,10 +92,15 @@ fn prefetched_subtrees_read_with_the_server_gone() {
         "{summary}"
     );
 
-    // A path outside every mount: refused, with a message naming it.
-    let (code, out, err) = repofs(format!("prefetch {}", s(dir)));
+    // A path outside every mount (files in it): refused, with a message
+    // naming it.
+    let outside = work.join("sub");
+    let (code, out, err) = repofs(format!("prefetch {}", s(&outside)));
     assert_ne!(code, 0, "prefetch of a path outside any mount: {out}{err}");
-    assert!(err.contains(s(dir)), "the message does not name the path: {err}");
+    assert!(
+        err.contains(s(&outside)),
+        "the message does not name the path: {err}"
+    );
 
     // rest/'s small files are read now; its large file never is.
     let (code, _, err) = sh(
@@ -130,6 +135,9 @@ fn prefetched_subtrees_read_with_the_server_gone() {
     // A prefetch that cannot read a file: exit 1, the file named on stderr.
     let (code, out, err) = repofs(format!("prefetch {}", s(&m.join("rest"))));
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("unread.bin"), "the failure is not named: {err}");
+    assert!(
+        err.contains("unread.bin"),
+        "the failure is not named: {err}"
+    );
     d.stop();
 }

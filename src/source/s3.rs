@@ -61,6 +61,8 @@ pub struct S3Source {
     opens: super::CacheCounts,
     /// Readers streaming from the bucket now.
     streaming: AtomicU64,
+    /// The fleet's shared cache tier, asked before the bucket.
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl S3Source {
@@ -69,6 +71,7 @@ impl S3Source {
         client: Client,
         cache: Arc<Cache>,
         rt: tokio::runtime::Handle,
+        shared: Option<Arc<crate::shared::Shared>>,
     ) -> Result<Arc<S3Source>, String> {
         let cfg = repo.s3.clone().ok_or("not an S3 repository")?;
         Ok(Arc::new_cyclic(|me| S3Source {
@@ -84,6 +87,7 @@ impl S3Source {
             bytes: AtomicU64::new(0),
             opens: super::CacheCounts::default(),
             streaming: AtomicU64::new(0),
+            shared,
         }))
     }
 
@@ -112,6 +116,24 @@ impl S3Source {
             h.update(part);
         }
         format!("s3-{}", hex::encode(h.finalize()))
+    }
+
+    /// An object from the fleet's shared tier (single-part ETags only:
+    /// their md5 is what the bytes are checked against).
+    fn from_shared(&self, cache_key: &str, etag: &str, size: u64) -> Option<std::fs::File> {
+        let shared = self.shared.as_ref()?;
+        let md5 = crate::shared::verify::etag_md5(etag)?;
+        let object = cache_key.replacen("s3-", "s3/", 1);
+        let expect = crate::shared::Expect::Md5 { md5, size };
+        self.rt
+            .block_on(shared.fetch(&object, expect, &self.cache, cache_key))
+    }
+
+    /// Offers an object read whole from the bucket to the shared tier.
+    fn share(&self, etag: &str, cache_key: &str, file: std::fs::File) {
+        if let (Some(shared), Some(_)) = (&self.shared, crate::shared::verify::etag_md5(etag)) {
+            shared.upload(&cache_key.replacen("s3-", "s3/", 1), file);
+        }
     }
 
     /// A GET of `[start, end)`, pinned to the ETag, whose body streams.
@@ -258,8 +280,15 @@ impl S3Reader {
                     st.writer = None;
                 } else if st.written == self.size {
                     if let Some(w) = st.writer.take() {
-                        if let Err(e) = w.commit() {
-                            tracing::warn!(repo = %self.src.name, "cannot cache {:?}: {e}", self.key);
+                        match w.commit() {
+                            Ok(f) => self.src.share(
+                                &self.etag,
+                                &self.src.cache_key(&self.key, &self.etag),
+                                f,
+                            ),
+                            Err(e) => {
+                                tracing::warn!(repo = %self.src.name, "cannot cache {:?}: {e}", self.key)
+                            }
                         }
                     }
                 }
@@ -490,6 +519,10 @@ impl Source for S3Source {
                 return Ok(Arc::new(CachedReader(f)));
             }
             self.cache.remove(&ck);
+        }
+        if let Some(f) = self.from_shared(&ck, &etag, size) {
+            self.opens.record(true);
+            return Ok(Arc::new(CachedReader(f)));
         }
         self.opens.record(false);
         let writer = self.cache.writer(&ck).ok();

@@ -39,6 +39,9 @@ pub struct Transfer {
     /// Set (before `Done`) when the content ended up in memory instead of
     /// the file (the disk was full): readers then read it from here.
     pub memory: std::sync::OnceLock<Arc<[u8]>>,
+    /// Set (before `Done`) when the verified content came whole from
+    /// elsewhere (the shared cache tier) instead of into `file`.
+    pub done_file: std::sync::OnceLock<std::fs::File>,
 }
 
 impl Transfer {
@@ -51,6 +54,7 @@ impl Transfer {
                 file,
                 size: std::sync::OnceLock::new(),
                 memory: std::sync::OnceLock::new(),
+                done_file: std::sync::OnceLock::new(),
             }),
         )
     }
@@ -62,6 +66,7 @@ impl Transfer {
             file: None,
             size: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
+            done_file: std::sync::OnceLock::new(),
         })
     }
 
@@ -163,6 +168,9 @@ impl FileReader for TransferReader {
             })?;
         if let Some(m) = self.transfer.memory.get() {
             return super::MemoryFile(m.clone()).read_at(offset, size);
+        }
+        if let Some(f) = self.transfer.done_file.get() {
+            return read_file_range(f, offset, size);
         }
         let file = self
             .transfer

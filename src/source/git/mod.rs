@@ -12,6 +12,7 @@
 //! being served); [`lfs`]; [`names`] (which tree entry names are shown).
 
 pub mod delta;
+mod fleet;
 pub mod hosts;
 pub mod lfs;
 mod listing;
@@ -93,6 +94,7 @@ impl GitSource {
         config: &Config,
         cache: Arc<Cache>,
         rt: tokio::runtime::Handle,
+        shared: Option<Arc<crate::shared::Shared>>,
     ) -> Result<Arc<GitSource>, String> {
         let remote = Arc::new(Remote::new(repo, config)?);
         let state_dir = config.cache_dir.join("state");
@@ -107,6 +109,7 @@ impl GitSource {
             cache.clone(),
             rt.clone(),
             stall_limit,
+            shared,
         );
         let api = hosts::HostApi::for_repo(repo.provider, &remote.transport.clone_url);
         let sizes = sizes::Sizes::new(
@@ -289,7 +292,7 @@ impl GitSource {
 
     /// Loads a commit's trees (cache first) and its LFS endpoint.
     async fn snapshot_for(&self, commit: ObjectId) -> Result<Snapshot, SourceError> {
-        let trees = match snapshot::cached_trees(&self.cache, &self.repo.name, &commit) {
+        let trees = match self.shared_trees(&commit).await {
             Some(t) => t,
             None => {
                 let caps = self
@@ -306,6 +309,12 @@ impl GitSource {
                     .fetch_commit(commit, caps.supports_shallow(), filter)
                     .await?;
                 snapshot::store_trees(&self.cache, &self.repo.name, &commit, &trees);
+                fleet::offer(
+                    &self.objects.shared,
+                    &self.cache,
+                    &snapshot::trees_key(&commit),
+                    &fleet::trees_object(&commit),
+                );
                 trees
             }
         };
@@ -325,6 +334,7 @@ impl GitSource {
             self.repo.provider,
             &self.repo.name,
             self.stall_limit,
+            self.objects.shared.clone(),
         ));
         tracing::info!(repo = %self.repo.name, %commit, trees = trees.len() - 1, lfs = %lfs.endpoint, "repository ready");
         Ok(Snapshot {
@@ -334,6 +344,33 @@ impl GitSource {
             trees,
             lfs,
         })
+    }
+
+    /// A commit's trees from the cache, else from the fleet's shared tier
+    /// (every record checked, and no directory left out).
+    async fn shared_trees(&self, commit: &ObjectId) -> Option<HashMap<ObjectId, Arc<[u8]>>> {
+        if let Some(t) = snapshot::cached_trees(&self.cache, &self.repo.name, commit) {
+            return Some(t);
+        }
+        let shared = self.objects.shared.as_ref()?;
+        let key = snapshot::trees_key(commit);
+        if !fleet::fetch_trees(shared, &self.cache, commit, &key).await {
+            return None;
+        }
+        let trees = snapshot::cached_trees(&self.cache, &self.repo.name, commit);
+        let root = trees
+            .as_ref()
+            .and_then(|t| t.get(commit))
+            .and_then(|c| snapshot::parse_commit(c))
+            .map(|(root, _)| root);
+        match (trees, root) {
+            (Some(t), Some(root)) if fleet::complete(&t, &root) => Some(t),
+            _ => {
+                tracing::warn!(repo = %self.repo.name, %commit, "shared cache: the trees of {commit} failed verification; fetching them from the origin");
+                self.cache.remove(&key);
+                None
+            }
+        }
     }
 
     /// The LFS endpoint, honouring a committed `.lfsconfig` in the root tree.

@@ -74,7 +74,9 @@ pub struct Objects {
     pub(super) probed: Mutex<HashMap<ObjectId, u64>>,
     /// Blobs the disk cache could not take.
     pub(super) memory: crate::cache::Memory,
-    stall_limit: Duration,
+    pub(super) stall_limit: Duration,
+    /// The fleet's shared cache tier, asked before the origin.
+    pub(super) shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Objects {
@@ -84,6 +86,7 @@ impl Objects {
         cache: Arc<Cache>,
         rt: tokio::runtime::Handle,
         stall_limit: Duration,
+        shared: Option<Arc<crate::shared::Shared>>,
     ) -> Arc<Objects> {
         Arc::new_cyclic(|me| Objects {
             me: me.clone(),
@@ -96,6 +99,7 @@ impl Objects {
             probed: Mutex::new(HashMap::new()),
             memory: crate::cache::Memory::new(MEMORY_STORE),
             stall_limit,
+            shared,
         })
     }
 
@@ -181,7 +185,17 @@ impl Objects {
         self.memory.put(&blob_key(oid), data);
     }
 
+    /// Ends a fetch from the origin: a blob it brought is also offered to
+    /// the shared tier.
     pub(super) fn land(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
+        if matches!(state, TransferState::Done) {
+            self.share(oid);
+        }
+        self.finish_flight(oid, tx, state);
+    }
+
+    /// Tells the flight's waiters how it ended and retires it.
+    pub(super) fn finish_flight(&self, oid: &ObjectId, tx: &TransferSender, state: TransferState) {
         let _ = tx.send(state);
         let mut flights = lock(&self.flights);
         // Only remove the flight if it is still this sender's.
@@ -210,8 +224,12 @@ impl Objects {
             // Waiters follow the flights; the task outlives an impatient caller.
             waiting.extend(batch.iter().map(|(_, tx)| Transfer::follow(tx)));
             let me = me.clone();
-            self.rt
-                .spawn(async move { me.fetch_batch(batch, None).await });
+            self.rt.spawn(async move {
+                let rest = me.from_shared(batch).await;
+                if !rest.is_empty() {
+                    me.fetch_batch(rest, None).await;
+                }
+            });
         }
         for t in waiting {
             t.finished(self.stall_limit).await?;
@@ -344,9 +362,16 @@ impl Objects {
                 let t = transfer.clone();
                 self.rt.spawn(async move {
                     match writer {
-                        Some(w) => me.fetch_streaming(oid, tx, w, t).await,
+                        Some(w) => {
+                            if !me.streamed_from_shared(oid, &tx, &t).await {
+                                me.fetch_streaming(oid, tx, w, t).await
+                            }
+                        }
                         None => {
-                            me.fetch_batch(vec![(oid, tx)], None).await;
+                            let rest = me.from_shared(vec![(oid, tx)]).await;
+                            if !rest.is_empty() {
+                                me.fetch_batch(rest, None).await;
+                            }
                         }
                     }
                 });

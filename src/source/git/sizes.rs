@@ -164,6 +164,36 @@ impl Sizes {
         if unknown.is_empty() {
             return Ok(sizes);
         }
+        if let Some(shared) = &self.objects.shared {
+            // The fleet's copy; its values are checked against the contents
+            // when a file is opened, as a host API's are.
+            let key = sizes_key(&dir.tree);
+            let object = super::fleet::sizes_object(&dir.tree);
+            let limit = super::fleet::MAX_META;
+            if shared
+                .fetch(
+                    &object,
+                    crate::shared::Expect::Later { max: limit },
+                    &self.cache,
+                    &key,
+                )
+                .await
+                .is_some()
+            {
+                let theirs = self.stored(&dir.tree).unwrap_or_default();
+                unknown.retain(|o| match theirs.get(o) {
+                    Some(s) => {
+                        sizes.insert(*o, *s);
+                        false
+                    }
+                    None => true,
+                });
+                self.store(&dir.tree, &sizes);
+                if unknown.is_empty() {
+                    return Ok(sizes);
+                }
+            }
+        }
         let caps = self
             .remote
             .capabilities()
@@ -217,6 +247,12 @@ impl Sizes {
             sizes.extend(self.objects.probe(&rest, PROBE_KEEP).await?);
         }
         self.store(&dir.tree, &sizes);
+        super::fleet::offer(
+            &self.objects.shared,
+            &self.cache,
+            &sizes_key(&dir.tree),
+            &super::fleet::sizes_object(&dir.tree),
+        );
         Ok(sizes)
     }
 

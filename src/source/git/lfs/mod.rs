@@ -62,10 +62,18 @@ pub struct Lfs {
     verified: Mutex<std::collections::HashSet<String>>,
     /// How long a reader waits for bytes that do not arrive.
     stall_limit: Duration,
+    /// The fleet's shared cache tier, asked before the LFS server.
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Lfs {
-    pub fn new(endpoint: String, provider: Provider, repo: &str, stall_limit: Duration) -> Lfs {
+    pub fn new(
+        endpoint: String,
+        provider: Provider,
+        repo: &str,
+        stall_limit: Duration,
+        shared: Option<Arc<crate::shared::Shared>>,
+    ) -> Lfs {
         Lfs {
             endpoint,
             provider,
@@ -76,6 +84,7 @@ impl Lfs {
             verified: Mutex::new(std::collections::HashSet::new()),
             groups: Mutex::new(HashMap::new()),
             stall_limit,
+            shared,
         }
     }
 
@@ -202,7 +211,6 @@ impl Lfs {
         Ok(())
     }
 
-    /// Records that `pointers` were listed together (one directory).
     /// Downloads running now.
     pub fn in_flight(&self) -> u64 {
         self.downloads
@@ -211,6 +219,7 @@ impl Lfs {
             .len() as u64
     }
 
+    /// Records that `pointers` were listed together (one directory).
     pub fn note_directory(&self, pointers: Vec<Pointer>) {
         if pointers.len() < 2 {
             return;
@@ -365,11 +374,26 @@ impl Lfs {
         let me = self.clone();
         let p = p.clone();
         rt.spawn(async move {
-            let state = match me.fetch_into(&transport, &cache, w, &p, &tx, &t).await {
-                Ok(()) => TransferState::Done,
-                Err(e) => {
-                    tracing::error!(repo = %me.repo, oid = %p.oid, "LFS download failed: {e}");
-                    TransferState::Failed(e)
+            let shared = me.shared.as_ref();
+            let state = if let Some(f) =
+                super::fleet::lfs_from_shared(shared, &cache, &p, &tx).await
+            {
+                me.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.oid.clone());
+                let _ = t.done_file.set(f);
+                TransferState::Done
+            } else {
+                match me.fetch_into(&transport, &cache, w, &p, &tx, &t).await {
+                    Ok(()) => {
+                        super::fleet::lfs_offer(shared, &cache, &p);
+                        TransferState::Done
+                    }
+                    Err(e) => {
+                        tracing::error!(repo = %me.repo, oid = %p.oid, "LFS download failed: {e}");
+                        TransferState::Failed(e)
+                    }
                 }
             };
             let _ = tx.send(state);
