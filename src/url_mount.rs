@@ -30,8 +30,8 @@ pub struct UrlArgs {
     /// Repository name, for logs and status (default: from the URL).
     #[arg(long)]
     pub name: Option<String>,
-    /// Cache directory (default: $XDG_CACHE_HOME/repofs, ~/.cache/repofs,
-    /// or /var/cache/repofs for root).
+    /// Cache directory (default: $XDG_CACHE_HOME/repofs when set, else
+    /// /var/cache/repofs for root and ~/.cache/repofs for others).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// LRU cap of the cache, such as 20GiB.
@@ -56,17 +56,20 @@ pub struct UrlArgs {
 
 /// The cache directory used when none is given.
 pub fn default_cache_dir() -> PathBuf {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/cache/repofs");
-    }
     let from = |var: &str| {
         std::env::var_os(var)
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
     };
-    from("XDG_CACHE_HOME")
-        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+    if let Some(d) = from("XDG_CACHE_HOME") {
+        return d.join("repofs");
+    }
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/repofs");
+    }
+    from("HOME")
+        .map(|h| h.join(".cache"))
         .unwrap_or_else(std::env::temp_dir)
         .join("repofs")
 }

@@ -408,3 +408,68 @@ print(s3.head_object(Bucket='bkt', Key='pre/a.txt')['ETag'])
     d.stop();
     assert!(!is_mounted(&m), "{} is still mounted", m.display());
 }
+
+/// The README's quick start, followed literally except for the address:
+/// its `repofs mount URL DIR` command (a public GitHub repository, which
+/// this machine cannot reach) is run against the local server with
+/// `--provider git`, from a HOME with no config and no cache directory,
+/// and then `ls DIR` lists the repository.
+#[test]
+fn the_readme_quick_start_mounts_and_lists() {
+    let f = fixture();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let setup = readme
+        .split("## Set up on a fresh machine")
+        .nth(1)
+        .expect("README has a set-up section");
+    let line = setup
+        .lines()
+        .find(|l| l.contains("repofs mount https://"))
+        .expect("the set-up section mounts a URL");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| w.ends_with("repofs") && w.contains("target/release"))
+        .expect("the command runs the release binary");
+    assert_eq!(words.get(at + 1), Some(&"mount"), "{line}");
+    let (url, dir) = (words[at + 2], words[at + 3]);
+    assert!(url.starts_with("https://github.com/"), "{line}");
+    assert!(dir.starts_with('/'), "{line}");
+    let listed = f.dir.join("ls-from-readme");
+    let list = setup
+        .lines()
+        .find(|l| l.contains(&format!("ls {dir}")))
+        .unwrap_or_else(|| panic!("the README says to `ls {dir}`"));
+    assert!(!list.is_empty());
+
+    let srv = f.dir.join("srv");
+    publish_sample(&f.dir, &srv, "quick");
+    let server = GitServer::start(&srv, &[]);
+    // The README's mount point, moved under the test's directory.
+    let m = f.dir.join(dir.trim_start_matches('/'));
+    let url = server.url("quick");
+    let mut d = f.start(
+        &["mount", &url, s(&m), "--provider", "git"],
+        &m,
+        "quick.log",
+        &[],
+    );
+    let (code, out, err) = sh(
+        &format!("ls {} > {}", s(&m), s(&listed)),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "ls failed: {out}{err}\n{}", d.log_text());
+    let names = std::fs::read_to_string(&listed).unwrap();
+    for n in ["README.md", "big.bin", "run.sh", "src"] {
+        assert!(names.lines().any(|l| l == n), "ls lacks {n}: {names}");
+    }
+    // With no --cache-dir, the cache went to $XDG_CACHE_HOME/repofs.
+    assert!(
+        f.home.join(".cache/repofs/content").is_dir(),
+        "no cache under XDG_CACHE_HOME:\n{}",
+        d.log_text()
+    );
+    d.stop();
+    assert!(!is_mounted(&m));
+}
