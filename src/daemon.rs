@@ -86,7 +86,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
 
     // The recorder goes in before the first mount registers its metrics.
-    let registry = Arc::new(crate::metrics::Registry::new(cache.cache.clone()));
+    let registry = Arc::new(crate::metrics::Registry::new(
+        cache.cache.clone(),
+        cache.shared.clone(),
+    ));
     if let Some(addr) = config.metrics_listen {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|_| l))

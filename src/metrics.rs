@@ -35,12 +35,15 @@ pub struct Registry {
     /// repository's source starts again from zero, and Prometheus counters
     /// only grow, so only the growth is added.
     last: Mutex<BTreeMap<String, Activity>>,
+    /// The fleet's shared tier (created once, so its counters never reset).
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Registry {
-    pub fn new(cache: Arc<Cache>) -> Registry {
+    pub fn new(cache: Arc<Cache>, shared: Option<Arc<crate::shared::Shared>>) -> Registry {
         Registry {
             cache,
+            shared,
             sources: Mutex::new(BTreeMap::new()),
             last: Mutex::new(BTreeMap::new()),
         }
@@ -78,6 +81,22 @@ impl Registry {
             );
             metrics::gauge!("repofs_fetches_in_flight", &[label.clone()]).set(now.in_flight as f64);
             last.insert(name.clone(), now);
+        }
+        if let Some(s) = &self.shared {
+            let c = &s.counters;
+            for (name, v) in [
+                ("repofs_shared_cache_hits_total", &c.hits),
+                ("repofs_shared_cache_misses_total", &c.misses),
+                ("repofs_shared_cache_downloaded_bytes_total", &c.bytes_down),
+                ("repofs_shared_cache_uploads_total", &c.uploads),
+                ("repofs_shared_cache_uploaded_bytes_total", &c.bytes_up),
+                ("repofs_shared_cache_rejected_total", &c.rejected),
+                ("repofs_shared_cache_errors_total", &c.errors),
+            ] {
+                metrics::counter!(name).absolute(v.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            metrics::gauge!("repofs_shared_cache_pending_uploads")
+                .set(c.pending.load(std::sync::atomic::Ordering::Relaxed) as f64);
         }
         let stats = self.cache.stats();
         metrics::gauge!("repofs_cache_bytes").set(stats.bytes as f64);
