@@ -453,9 +453,10 @@ enum Failure {
     Local(String),
 }
 
-/// The least an IAM policy must allow for the shared tier.
+/// The least an IAM policy must allow for the shared tier (ListBucket so
+/// that a missing object is a 404, not a 403).
 pub fn policy(bucket: &str, prefix: &str) -> String {
     format!(
-        r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "arn:aws:s3:::{bucket}/{prefix}*"}}]}}"#
+        r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "arn:aws:s3:::{bucket}/{prefix}*"}}, {{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::{bucket}", "Condition": {{"StringLike": {{"s3:prefix": "{prefix}*"}}}}}}]}}"#
     )
 }
