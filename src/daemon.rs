@@ -506,13 +506,7 @@ fn write_status(config: &Config, stores: &Stores, repos: &BTreeMap<String, Repo>
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let last = last.map(|(when, what)| {
-                    let secs = SystemTime::now()
-                        .duration_since(when)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    serde_json::json!({"seconds_ago": secs, "what": what})
-                });
+                let last = last.map(|(when, what)| crate::status::error_json(when, what));
                 serde_json::json!({
                     "name": name,
                     "state": "mounted",

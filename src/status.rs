@@ -69,6 +69,15 @@ pub fn registered() -> Vec<PathBuf> {
     out
 }
 
+/// A failure and its age, as the status file records it.
+pub fn error_json(when: std::time::SystemTime, what: String) -> serde_json::Value {
+    let secs = std::time::SystemTime::now()
+        .duration_since(when)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    serde_json::json!({"seconds_ago": secs, "what": what})
+}
+
 /// The status a running daemon published at `path`, freshly written: the
 /// daemon is asked (SIGUSR1) to write it now, and the answer is awaited for
 /// up to 2 s (an older one is returned if none comes).

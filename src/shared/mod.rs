@@ -267,23 +267,35 @@ impl Shared {
             .map_err(|e| Failure::Local(e.to_string()))
     }
 
-    /// Uploads a local cache file under `key`, in the background.
-    pub fn upload(self: &Arc<Self>, key: &str, file: std::fs::File) {
-        let Ok(len) = file.metadata().map(|m| m.len()) else {
-            return;
-        };
+    /// Uploads the local cache entry `cache_key` as `key`, in the
+    /// background. The entry is opened only when its upload starts, so a
+    /// full queue holds no descriptors; one evicted meanwhile is skipped.
+    pub fn upload(self: &Arc<Self>, key: &str, cache: &Arc<Cache>, cache_key: &str) {
         if !self.available()
-            || len > MAX_UPLOAD
             || self.counters.pending.load(Ordering::Relaxed) >= QUEUE
             || !lock(&self.uploading).insert(key.to_string())
         {
             return;
         }
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
-        let (me, key) = (self.clone(), key.to_string());
+        let (me, key, cache, cache_key) = (
+            self.clone(),
+            key.to_string(),
+            cache.clone(),
+            cache_key.to_string(),
+        );
         self.rt.spawn(async move {
             if let Ok(_permit) = me.permits.clone().acquire_owned().await {
-                me.put(&key, file, len).await;
+                let file = cache.get(&cache_key);
+                let len = file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .map(|m| m.len());
+                if let (Some(file), Some(len)) = (file, len) {
+                    if len <= MAX_UPLOAD {
+                        me.put(&key, file, len).await;
+                    }
+                }
             }
             lock(&me.uploading).remove(&key);
             me.counters.pending.fetch_sub(1, Ordering::Relaxed);
@@ -338,13 +350,9 @@ impl Shared {
     pub fn status(&self) -> serde_json::Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let c = &self.counters;
-        let last = lock(&self.last_error).clone().map(|(when, what)| {
-            let secs = SystemTime::now()
-                .duration_since(when)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            serde_json::json!({"seconds_ago": secs, "what": what})
-        });
+        let last = lock(&self.last_error)
+            .clone()
+            .map(|(when, what)| crate::status::error_json(when, what));
         serde_json::json!({
             "url": self.url(),
             "hits": n(&c.hits),

@@ -130,9 +130,9 @@ impl S3Source {
     }
 
     /// Offers an object read whole from the bucket to the shared tier.
-    fn share(&self, etag: &str, cache_key: &str, file: std::fs::File) {
+    fn share(&self, etag: &str, cache_key: &str) {
         if let (Some(shared), Some(_)) = (&self.shared, crate::shared::verify::etag_md5(etag)) {
-            shared.upload(&cache_key.replacen("s3-", "s3/", 1), file);
+            shared.upload(&cache_key.replacen("s3-", "s3/", 1), &self.cache, cache_key);
         }
     }
 
@@ -281,11 +281,9 @@ impl S3Reader {
                 } else if st.written == self.size {
                     if let Some(w) = st.writer.take() {
                         match w.commit() {
-                            Ok(f) => self.src.share(
-                                &self.etag,
-                                &self.src.cache_key(&self.key, &self.etag),
-                                f,
-                            ),
+                            Ok(_) => self
+                                .src
+                                .share(&self.etag, &self.src.cache_key(&self.key, &self.etag)),
                             Err(e) => {
                                 tracing::warn!(repo = %self.src.name, "cannot cache {:?}: {e}", self.key)
                             }

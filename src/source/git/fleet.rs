@@ -114,8 +114,8 @@ impl Objects {
     /// Offers a blob the origin sent to the shared tier.
     pub(super) fn share(&self, oid: &ObjectId) {
         if let Some(shared) = &self.shared {
-            if let Some(f) = self.cache.get(&blob_key(oid)) {
-                shared.upload(&blob_object(oid), f);
+            if self.cache.contains(&blob_key(oid)) {
+                shared.upload(&blob_object(oid), &self.cache, &blob_key(oid));
             }
         }
     }
@@ -163,9 +163,9 @@ pub fn complete(trees: &HashMap<ObjectId, Arc<[u8]>>, root: &ObjectId) -> bool {
 }
 
 /// Offers a local cache entry to the shared tier under `object`.
-pub fn offer(shared: &Option<Arc<Shared>>, cache: &Cache, cache_key: &str, object: &str) {
-    if let (Some(s), Some(f)) = (shared, cache.get(cache_key)) {
-        s.upload(object, f);
+pub fn offer(shared: &Option<Arc<Shared>>, cache: &Arc<Cache>, cache_key: &str, object: &str) {
+    if let Some(s) = shared {
+        s.upload(object, cache, cache_key);
     }
 }
 
@@ -196,8 +196,8 @@ pub async fn lfs_from_shared(
 }
 
 /// Offers an LFS object the LFS server sent to the shared tier.
-pub fn lfs_offer(shared: Option<&Arc<Shared>>, cache: &Cache, p: &super::lfs::Pointer) {
-    if let (Some(s), Some(f)) = (shared, cache.get(&p.cache_key())) {
-        s.upload(&format!("lfs/{}", p.oid), f);
+pub fn lfs_offer(shared: Option<&Arc<Shared>>, cache: &Arc<Cache>, p: &super::lfs::Pointer) {
+    if let Some(s) = shared {
+        s.upload(&format!("lfs/{}", p.oid), cache, &p.cache_key());
     }
 }
