@@ -521,6 +521,7 @@ fn write_status(config: &Config, stores: &Stores, repos: &BTreeMap<String, Repo>
                     "requests": requests,
                     "bytes_received": bytes,
                     "transfers": monitor.transfers(),
+                    "inodes": monitor.inodes(),
                 })
             }
             RepoState::Failed(why) => serde_json::json!({

@@ -141,6 +141,10 @@ fn describe() {
         Unit::Bytes,
         "Bytes returned to read calls on the mount."
     );
+    describe_counter!(
+        "repofs_passthrough_opens_total",
+        "File opens answered with kernel passthrough: their reads go to the cache file without the daemon."
+    );
     describe_gauge!(
         "repofs_fetches_in_flight",
         "Fetches from the origin running now."

@@ -184,10 +184,13 @@ fn a_git_url_mounts_without_a_config_file() {
 
     // The name defaults to the URL's last segment without `.git`.
     let scraped = scrape(&metrics);
-    let served = scraped.value("repofs_served_bytes_total", &[("repository", "x")]);
+    let opens = scraped.value(
+        "repofs_fuse_operations_total",
+        &[("repository", "x"), ("operation", "open")],
+    );
     assert!(
-        served >= 700_000.0,
-        "repository=\"x\" served {served} bytes:\n{}",
+        opens >= 6.0,
+        "repository=\"x\" answered {opens} opens of the 6 files diff and read opened:\n{}",
         scraped.text
     );
     let (code, out, err) = f.repofs("", &format!("status --cache-dir {}", s(&cache)));

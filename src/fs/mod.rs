@@ -21,6 +21,7 @@ use crate::source::{Node, NodeKind, Source, SourceError, lock};
 use observe::Op;
 
 mod observe;
+mod passthrough;
 mod report;
 mod table;
 pub use observe::{Monitor, TransferInfo};
@@ -28,6 +29,8 @@ pub use report::LastError;
 use table::Table;
 
 const ROOT: u64 = 1;
+/// The inode number readdir gives a name not looked up yet (as libfuse).
+const UNKNOWN_INO: u64 = 0xffff_ffff;
 
 /// A mounted source.
 pub struct RepoFs {
@@ -45,6 +48,8 @@ pub struct RepoFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Logs failures and keeps the last one (for `repofs status`).
     reporter: report::Reporter,
+    /// Kernel passthrough of complete cached files.
+    backings: passthrough::Backings,
     uid: u32,
     gid: u32,
 }
@@ -62,6 +67,7 @@ impl RepoFs {
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
             reporter: report::Reporter::default(),
+            backings: passthrough::Backings::default(),
             uid,
             gid,
         }
@@ -70,6 +76,34 @@ impl RepoFs {
     /// The last failure this mount answered with (shared with the daemon).
     pub fn last_error(&self) -> LastError {
         self.reporter.last.clone()
+    }
+
+    /// Reading a file is the hint that its directory's other small files
+    /// will be read too (`grep -r`, builds); listing one is not.
+    fn prefetch_beside(&self, ino: u64) {
+        let parent = self.read_table().inodes.get(&ino).map(|i| i.parent);
+        if let Some(dir) = parent.and_then(|p| self.node(p).ok()) {
+            self.source.prefetch(&dir);
+        }
+    }
+
+    /// Takes back the kernel's lookups; forgotten inodes leave the table.
+    fn forget_inodes(&self, list: &[(u64, u64)]) {
+        let mut gone = Vec::new();
+        {
+            let mut t = self.write_table();
+            for &(ino, n) in list {
+                if t.forget(ino, n) {
+                    gone.push(ino);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut pages = lock(&self.page_source);
+            for ino in gone {
+                pages.remove(&ino);
+            }
+        }
     }
 
     /// A view of the open files, for `repofs status`.
@@ -167,26 +201,61 @@ impl RepoFs {
 }
 
 impl fuser::Filesystem for RepoFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags as F;
+        // Each alone: an older kernel lacks some, and that is no error.
+        for flag in [
+            F::FUSE_DO_READDIRPLUS,
+            F::FUSE_READDIRPLUS_AUTO,
+            F::FUSE_CACHE_SYMLINKS,
+            F::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        // 1 MiB reads (max_pages follows the readahead).
+        let _ = config.set_max_readahead(1 << 20);
+        let passthrough = self.source.immutable()
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.backings.enabled.store(passthrough, Ordering::Relaxed);
+        if passthrough {
+            tracing::info!(repo = %self.source.name(), "file reads: kernel passthrough for cached files, the daemon for the rest");
+        } else {
+            tracing::info!(repo = %self.source.name(), "file reads: through the daemon (the kernel offers no passthrough)");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.ops.start(Op::Lookup);
         let parent = parent.0;
-        let result = self
-            .node(parent)
-            .and_then(|dir| self.source.list(&dir))
-            .map(|entries| entries.iter().find(|e| e.name == name).cloned());
+        let result = self.node(parent).and_then(|dir| self.source.list(&dir)).map(|entries| {
+            entries
+                .binary_search_by(|e| e.name.as_encoded_bytes().cmp(name.as_encoded_bytes()))
+                .ok()
+                .map(|i| entries[i].node.clone())
+        });
         match result {
-            Ok(Some(entry)) => {
-                let ino = self.inode_for(parent, name, &entry.node);
-                reply.entry(
-                    &self.ttl(),
-                    &self.attr(ino, Some(&entry.node)),
-                    Generation(0),
-                );
+            Ok(Some(node)) => {
+                let ino = self.inode_for(parent, name, &node, true);
+                reply.entry(&self.ttl(), &self.attr(ino, Some(&node)), Generation(0));
             }
-            Ok(None) => reply.error(t.error(Errno::ENOENT)),
+            // A negative entry: the kernel remembers the name is missing
+            // for as long as it would remember it present.
+            Ok(None) => {
+                t.error(Errno::ENOENT);
+                reply.entry(&self.ttl(), &self.attr(0, None), Generation(0));
+            }
             Err(e) => reply.error(self.fail(&t, "lookup", parent, Some(name), &e)),
         }
     }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_inodes(&[(ino.0, nlookup)]);
+    }
+
+    // batch_forget: fuser's default calls `forget` for each (its
+    // `ForgetOne` type is not exported, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let t = self.ops.start(Op::Getattr);
@@ -244,14 +313,23 @@ impl fuser::Filesystem for RepoFs {
                     pages.insert(ino.0, now);
                     keep
                 };
+                // Complete local contents go to the kernel directly.
+                let local = if corrected { None } else { reader.local_file() };
+                let backing = self.backings.open(ino.0, local, &reply);
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 let file = observe::OpenFile {
                     done_at_open: reader.progress().map(|p| p.0).unwrap_or(0),
                     reader,
                     ino: ino.0,
                     opened: std::time::Instant::now(),
+                    passthrough: backing.is_some(),
                 };
                 lock(&self.handles).insert(fh, file);
+                self.prefetch_beside(ino.0);
+                if let Some(id) = backing {
+                    self.ops.passthrough.increment(1);
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                }
                 let flags = if corrected {
                     // The kernel may still hold the listed size: direct I/O
                     // reads past it, so this open sees every true byte.
@@ -315,7 +393,9 @@ impl fuser::Filesystem for RepoFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.ops.start(Op::Release);
-        lock(&self.handles).remove(&fh.0);
+        if let Some(f) = lock(&self.handles).remove(&fh.0) {
+            self.backings.release(f.ino, f.passthrough);
+        }
         reply.ok();
     }
 
@@ -327,9 +407,11 @@ impl fuser::Filesystem for RepoFs {
         }
         match self.node(ino.0) {
             Ok(n) if n.kind == NodeKind::Dir => {
-                self.source.prefetch(&n);
-                let flags = if self.source.immutable() {
-                    FopenFlags::FOPEN_KEEP_CACHE
+                // A directory inode that always lists the same entries
+                // (the root follows a moving branch, so it does not): the
+                // kernel keeps its pages and answers readdir itself.
+                let flags = if self.source.dirs_immutable() && ino.0 != ROOT {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
                 } else {
                     FopenFlags::empty()
                 };
@@ -375,13 +457,58 @@ impl fuser::Filesystem for RepoFs {
             next = 2;
         }
         for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
-            let child = self.inode_for(ino, &e.name, &e.node);
+            // Only names the kernel looked up have inodes; readdir hands
+            // out no references (readdirplus does).
+            let child = self.read_table().child(ino, &e.name).unwrap_or(UNKNOWN_INO);
             let kind = match e.node.kind {
                 NodeKind::Dir => FileType::Directory,
                 NodeKind::File { .. } => FileType::RegularFile,
                 NodeKind::Symlink { .. } => FileType::Symlink,
             };
             if reply.add(INodeNo(child), i as u64 + 3, kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let t = self.ops.start(Op::Readdir);
+        let ino = ino.0;
+        let entries = match self.node(ino).and_then(|n| self.source.list(&n)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(self.fail(&t, "readdirplus", ino, None, &e)),
+        };
+        let parent = self
+            .read_table()
+            .inodes
+            .get(&ino)
+            .map(|i| i.parent)
+            .unwrap_or(ROOT);
+        let ttl = self.ttl();
+        // "." and ".." carry no lookups (the kernel skips them).
+        let mut next = offset;
+        for (n, dot, dot_ino) in [(0, ".", ino), (1, "..", parent)] {
+            if next == n {
+                if reply.add(INodeNo(dot_ino), n + 1, dot, &ttl, &self.attr(dot_ino, None), Generation(0)) {
+                    return reply.ok();
+                }
+                next = n + 1;
+            }
+        }
+        for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
+            let child = self.inode_for(ino, &e.name, &e.node, true);
+            let attr = self.attr(child, Some(&e.node));
+            if reply.add(INodeNo(child), i as u64 + 3, &e.name, &ttl, &attr, Generation(0)) {
+                // Not sent: the kernel holds nothing on it.
+                self.forget_inodes(&[(child, 1)]);
                 break;
             }
         }

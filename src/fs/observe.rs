@@ -53,6 +53,8 @@ pub(super) struct OpMetrics {
     count: Vec<Counter>,
     seconds: Vec<Histogram>,
     pub(super) served: Counter,
+    /// Opens answered with kernel passthrough (their reads never come here).
+    pub(super) passthrough: Counter,
 }
 
 impl OpMetrics {
@@ -74,6 +76,7 @@ impl OpMetrics {
                 .map(|(_, n)| metrics::histogram!("repofs_fuse_operation_seconds", &labels(n)))
                 .collect(),
             served: metrics::counter!("repofs_served_bytes_total", "repository" => repo.to_string()),
+            passthrough: metrics::counter!("repofs_passthrough_opens_total", "repository" => repo.to_string()),
         }
     }
 
@@ -142,6 +145,8 @@ pub(super) struct OpenFile {
     pub(super) opened: Instant,
     /// Bytes the transfer had when this file was opened (for its rate).
     pub(super) done_at_open: u64,
+    /// Opened in kernel passthrough (reads never come here).
+    pub(super) passthrough: bool,
 }
 
 pub(super) type Handles = Arc<Mutex<HashMap<u64, OpenFile>>>;
@@ -165,6 +170,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// Inodes the mount holds (those the kernel may still ask about).
+    pub fn inodes(&self) -> usize {
+        table::read(&self.table).inodes.len()
+    }
+
     /// The open files still arriving from the origin, one entry per file.
     pub fn transfers(&self) -> Vec<TransferInfo> {
         let open: Vec<(u64, Option<(u64, u64)>, Instant, u64)> = crate::source::lock(&self.handles)

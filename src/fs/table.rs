@@ -1,11 +1,14 @@
 //! The inode table: stable inode numbers for `(parent, name)` while the
 //! node behind them is the same, and the way back from an inode to its
-//! path (for log lines and `repofs status`).
+//! path (for log lines and `repofs status`). Each inode counts the lookups
+//! the kernel holds on it; `forget` takes them back and an inode nobody
+//! holds is dropped, so the table is as large as the kernel's cache of it.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ROOT, RepoFs};
 use crate::source::{Node, SourceError};
@@ -17,12 +20,16 @@ pub(super) struct Inode {
     pub(super) node: Option<Node>,
     /// The source generation `node` belongs to.
     pub(super) generation: u64,
+    /// Lookups the kernel holds (entries it was given, minus forgets).
+    pub(super) lookups: AtomicU64,
 }
 
 #[derive(Default)]
 pub(super) struct Table {
     pub(super) inodes: HashMap<u64, Inode>,
-    pub(super) by_name: HashMap<(u64, OsString), u64>,
+    /// Per directory, its children's inodes by name (looked up without
+    /// allocating).
+    pub(super) by_name: HashMap<u64, HashMap<OsString, u64>>,
     pub(super) next: u64,
 }
 
@@ -39,9 +46,42 @@ impl Table {
                 name: OsString::new(),
                 node: None,
                 generation: 0,
+                lookups: AtomicU64::new(1),
             },
         );
         table
+    }
+
+    /// The inode already numbered for `name` in `parent`, if any.
+    pub(super) fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.by_name.get(&parent)?.get(name).copied()
+    }
+
+    /// Takes back `n` lookups; drops the inode when none are left.
+    pub(super) fn forget(&mut self, ino: u64, n: u64) -> bool {
+        if ino == ROOT {
+            return false;
+        }
+        let Some(i) = self.inodes.get(&ino) else {
+            return false;
+        };
+        let left = i.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        i.lookups.store(left, Ordering::Relaxed);
+        if left > 0 {
+            return false;
+        }
+        let Some(i) = self.inodes.remove(&ino) else {
+            return false;
+        };
+        if let Some(names) = self.by_name.get_mut(&i.parent) {
+            if names.get(&i.name) == Some(&ino) {
+                names.remove(&i.name);
+            }
+            if names.is_empty() {
+                self.by_name.remove(&i.parent);
+            }
+        }
+        true
     }
 
     /// The path of an inode inside the mount.
@@ -113,27 +153,28 @@ impl RepoFs {
 
     /// The inode for `name` in `parent` holding `node`: the same number as
     /// before while the content is the same, a new one when it changed.
-    pub(super) fn inode_for(&self, parent: u64, name: &OsStr, node: &Node) -> u64 {
-        let key = (parent, name.to_owned());
-        let same = |t: &Table, ino: u64| {
-            t.inodes
-                .get(&ino)
-                .and_then(|i| i.node.as_ref())
-                .is_some_and(|n| n.key == node.key && n.kind == node.kind)
-        };
-        {
-            let t = self.read_table();
-            if let Some(&ino) = t.by_name.get(&key) {
-                if same(&t, ino) {
-                    return ino;
-                }
+    /// `counted` when the kernel is given the entry (a lookup reply, a
+    /// readdirplus entry): it then holds one more lookup on it.
+    pub(super) fn inode_for(&self, parent: u64, name: &OsStr, node: &Node, counted: bool) -> u64 {
+        let add = u64::from(counted);
+        // The existing inode for the name, if it still holds this node;
+        // it gets the lookup under the same lock.
+        let hit = |t: &Table| -> Option<u64> {
+            let ino = t.child(parent, name)?;
+            let i = t.inodes.get(&ino)?;
+            let n = i.node.as_ref()?;
+            if n.key != node.key || n.kind != node.kind {
+                return None;
             }
+            i.lookups.fetch_add(add, Ordering::Relaxed);
+            Some(ino)
+        };
+        if let Some(ino) = hit(&self.read_table()) {
+            return ino;
         }
         let mut t = self.write_table();
-        if let Some(&ino) = t.by_name.get(&key) {
-            if same(&t, ino) {
-                return ino;
-            }
+        if let Some(ino) = hit(&t) {
+            return ino;
         }
         let ino = t.next;
         t.next += 1;
@@ -144,9 +185,15 @@ impl RepoFs {
                 name: name.to_owned(),
                 node: Some(node.clone()),
                 generation: self.source.generation(),
+                lookups: AtomicU64::new(add),
             },
         );
-        t.by_name.insert(key, ino);
+        // A changed path gets the new inode; the old one lives on (open
+        // files keep reading it) until the kernel forgets it.
+        t.by_name
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), ino);
         ino
     }
 }

@@ -80,6 +80,11 @@ pub trait FileReader: Send + Sync {
     fn progress(&self) -> Option<(u64, u64)> {
         None
     }
+    /// The complete, verified contents as a local file, when they are one
+    /// (the kernel may then read it directly).
+    fn local_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 /// What a source has done so far, for metrics: every field only grows,
@@ -136,6 +141,9 @@ impl FileReader for LocalFile {
     fn size(&self) -> Option<u64> {
         Some(self.size)
     }
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
 }
 
 /// Complete, verified contents held in memory.
@@ -182,7 +190,8 @@ pub trait Source: Send + Sync {
     fn name(&self) -> &str;
     /// The root directory.
     fn root(&self) -> Result<Node, SourceError>;
-    /// The children of a directory, with exact sizes.
+    /// The children of a directory, with exact sizes, sorted by name
+    /// (bytewise: lookups search them).
     fn list(&self, dir: &Node) -> Result<Arc<Vec<Entry>>, SourceError>;
     /// Opens a file for reading.
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError>;
@@ -225,4 +234,9 @@ pub trait Source: Send + Sync {
     /// Whether a node's contents never change (then the kernel may keep a
     /// file's pages across opens as long as the node behind the inode is the same).
     fn immutable(&self) -> bool;
+    /// Whether a directory node always lists the same entries (its key
+    /// names its contents), so the kernel may cache its listing.
+    fn dirs_immutable(&self) -> bool {
+        false
+    }
 }

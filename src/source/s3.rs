@@ -472,6 +472,9 @@ impl FileReader for CachedReader {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         read_file_range(&self.0, offset, size)
     }
+    fn local_file(&self) -> Option<&std::fs::File> {
+        Some(&self.0)
+    }
 }
 
 impl Source for S3Source {

@@ -123,6 +123,8 @@ impl GitSource {
                 },
             });
         }
+        // Git's tree order puts `a/` after `a.b`; lookups search bytewise.
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
         let entries = Arc::new(entries);
         lock(&self.dirs).insert(tree, entries.clone());
         Ok(entries)

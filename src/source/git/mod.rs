@@ -587,6 +587,11 @@ impl Source for GitSource {
     fn immutable(&self) -> bool {
         true
     }
+
+    fn dirs_immutable(&self) -> bool {
+        // A directory's key is its tree id.
+        true
+    }
 }
 
 /// Whether an LFS object is complete in the cache.
