@@ -167,6 +167,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether the mounts answer extended attribute calls (`user.repofs.*`).
+    pub xattrs: bool,
     /// The fleet's shared cache tier, if any.
     pub shared_cache: Option<SharedCacheConfig>,
     pub repositories: Vec<RepoConfig>,
@@ -183,6 +185,7 @@ struct RawConfig {
     connect_timeout: Option<String>,
     max_attempts: Option<u32>,
     metrics_listen: Option<String>,
+    xattrs: Option<bool>,
     shared_cache: Option<RawShared>,
     #[serde(default)]
     repository: Vec<RawRepo>,
@@ -295,6 +298,7 @@ const TOP_KEYS: &[&str] = &[
     "connect_timeout",
     "max_attempts",
     "metrics_listen",
+    "xattrs",
     "shared_cache",
     "repository",
 ];
@@ -503,6 +507,7 @@ impl Config {
             cache_dir,
             cache_size,
             allow_other: raw.allow_other.unwrap_or(false),
+            xattrs: raw.xattrs.unwrap_or(true),
             request_timeout,
             connect_timeout,
             max_attempts,

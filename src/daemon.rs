@@ -239,7 +239,7 @@ fn mount_repo(
     };
     options.n_threads = Some(16);
     options.clone_fd = true;
-    let fs = RepoFs::new(source.clone());
+    let fs = RepoFs::new(source.clone(), config.xattrs);
     let notifier = fs.notifier_slot();
     let last_error = fs.last_error();
     let monitor = fs.monitor();

@@ -52,6 +52,9 @@ pub struct UrlArgs {
     /// Serve Prometheus metrics at this address, such as 127.0.0.1:9464.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Answer no extended attribute calls (faster `ls -l`; no user.repofs.* ids).
+    #[arg(long)]
+    pub no_xattrs: bool,
 }
 
 /// The cache directory used when none is given.
@@ -178,6 +181,9 @@ pub fn config(url: &str, mount_point: Option<&Path>, a: &UrlArgs) -> Result<Conf
     top.insert("allow_other".into(), toml::Value::Boolean(a.allow_other));
     if let Some(m) = &a.metrics_listen {
         top.insert("metrics_listen".into(), s(m));
+    }
+    if a.no_xattrs {
+        top.insert("xattrs".into(), toml::Value::Boolean(false));
     }
     let mut repo = toml::Table::new();
     repo.insert("name".into(), s(&name));

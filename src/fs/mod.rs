@@ -50,12 +50,15 @@ pub struct RepoFs {
     reporter: report::Reporter,
     /// Kernel passthrough of complete cached files.
     backings: passthrough::Backings,
+    /// Whether extended attributes are answered; without them the kernel
+    /// is told once (ENOSYS) and stops asking (`ls -l` asks every file).
+    xattrs: bool,
     uid: u32,
     gid: u32,
 }
 
 impl RepoFs {
-    pub fn new(source: Arc<dyn Source>) -> RepoFs {
+    pub fn new(source: Arc<dyn Source>, xattrs: bool) -> RepoFs {
         // SAFETY: getuid/getgid cannot fail and have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         RepoFs {
@@ -68,6 +71,7 @@ impl RepoFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             reporter: report::Reporter::default(),
             backings: passthrough::Backings::default(),
+            xattrs,
             uid,
             gid,
         }
@@ -209,6 +213,9 @@ impl fuser::Filesystem for RepoFs {
             F::FUSE_READDIRPLUS_AUTO,
             F::FUSE_CACHE_SYMLINKS,
             F::FUSE_PARALLEL_DIROPS,
+            // The kernel caches each inode's (absent) ACLs instead of asking
+            // for `system.posix_acl_*` on every `ls -l` of every file.
+            F::FUSE_POSIX_ACL,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -229,12 +236,15 @@ impl fuser::Filesystem for RepoFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.ops.start(Op::Lookup);
         let parent = parent.0;
-        let result = self.node(parent).and_then(|dir| self.source.list(&dir)).map(|entries| {
-            entries
-                .binary_search_by(|e| e.name.as_encoded_bytes().cmp(name.as_encoded_bytes()))
-                .ok()
-                .map(|i| entries[i].node.clone())
-        });
+        let result = self
+            .node(parent)
+            .and_then(|dir| self.source.list(&dir))
+            .map(|entries| {
+                entries
+                    .binary_search_by(|e| e.name.as_encoded_bytes().cmp(name.as_encoded_bytes()))
+                    .ok()
+                    .map(|i| entries[i].node.clone())
+            });
         match result {
             Ok(Some(node)) => {
                 let ino = self.inode_for(parent, name, &node, true);
@@ -497,7 +507,14 @@ impl fuser::Filesystem for RepoFs {
         let mut next = offset;
         for (n, dot, dot_ino) in [(0, ".", ino), (1, "..", parent)] {
             if next == n {
-                if reply.add(INodeNo(dot_ino), n + 1, dot, &ttl, &self.attr(dot_ino, None), Generation(0)) {
+                if reply.add(
+                    INodeNo(dot_ino),
+                    n + 1,
+                    dot,
+                    &ttl,
+                    &self.attr(dot_ino, None),
+                    Generation(0),
+                ) {
                     return reply.ok();
                 }
                 next = n + 1;
@@ -506,7 +523,14 @@ impl fuser::Filesystem for RepoFs {
         for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
             let child = self.inode_for(ino, &e.name, &e.node, true);
             let attr = self.attr(child, Some(&e.node));
-            if reply.add(INodeNo(child), i as u64 + 3, &e.name, &ttl, &attr, Generation(0)) {
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 3,
+                &e.name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 // Not sent: the kernel holds nothing on it.
                 self.forget_inodes(&[(child, 1)]);
                 break;
@@ -523,6 +547,9 @@ impl fuser::Filesystem for RepoFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let t = self.ops.start(Op::Getxattr);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         if !name
             .as_encoded_bytes()
             .starts_with(observe::XATTR_PREFIX.as_bytes())
@@ -563,6 +590,9 @@ impl fuser::Filesystem for RepoFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let t = self.ops.start(Op::Listxattr);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let list = match self.node(ino.0) {
             Ok(n) => observe::xattr_list(&self.ids(&n, ino.0)),
             Err(e) => return reply.error(self.fail(&t, "listxattr", ino.0, None, &e)),

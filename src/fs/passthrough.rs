@@ -59,7 +59,9 @@ impl Backings {
                     // Not for this file system (a stacked cache directory,
                     // no privilege): say so once, read through the daemon.
                     if self.enabled.swap(false, Ordering::Relaxed) {
-                        tracing::warn!("kernel passthrough refused ({e}): cached files are read through the daemon");
+                        tracing::warn!(
+                            "kernel passthrough refused ({e}): cached files are read through the daemon"
+                        );
                     }
                 }
             }

@@ -1,0 +1,314 @@
+//! Native speed once cached: kernel passthrough for complete cached files
+//! (a warm re-read makes no daemon reads, a file still arriving is read
+//! through the daemon, an open file survives its eviction from the cache),
+//! a 50,000-entry directory listed within 3 times native, and an inode
+//! table that shrinks when the kernel drops its caches, also after a
+//! followed branch moved. Real FUSE mounts against the local git server in
+//! its default profile; the daemon's operations are counted on /metrics.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A daemon over one repository of the test server, with metrics.
+struct Mount {
+    daemon: Daemon,
+    mount: PathBuf,
+    config: PathBuf,
+    cache: PathBuf,
+    metrics: String,
+}
+
+fn mount(dir: &Path, url: &str, repo: &str, top: &str) -> Mount {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let cache = dir.join("cache");
+    let config = write_config(
+        dir,
+        &dir.join("mnt"),
+        &cache,
+        &[RepoEntry {
+            name: "r".into(),
+            url: url.into(),
+            extra: repo.into(),
+        }],
+        &format!("metrics_listen = \"{metrics}\"\n{top}"),
+    );
+    if top.contains("cache_size") {
+        // The harness writes a default cap: this one replaces it.
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replacen("cache_size = \"2GiB\"\n", "", 1)).unwrap();
+    }
+    let m = dir.join("mnt/r");
+    let daemon = Daemon::start(&config, std::slice::from_ref(&m), &dir.join("daemon.log"));
+    Mount {
+        daemon,
+        mount: m,
+        config,
+        cache,
+        metrics,
+    }
+}
+
+impl Mount {
+    fn ops(&self, op: &str) -> f64 {
+        scrape(&self.metrics).value(
+            "repofs_fuse_operations_total",
+            &[("repository", "r"), ("operation", op)],
+        )
+    }
+
+    fn passthrough_opens(&self) -> f64 {
+        scrape(&self.metrics).value("repofs_passthrough_opens_total", &[("repository", "r")])
+    }
+
+    /// The inodes the mount holds, from a fresh status.
+    fn inodes(&self) -> u64 {
+        let (code, out, err) = sh(
+            &format!("{} --config {} status", repofs_bin(), s(&self.config)),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, 0, "status: {out}{err}");
+        let doc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.cache.join("state/status.json")).unwrap(),
+        )
+        .unwrap();
+        doc["repositories"][0]["inodes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no inode count in the status: {doc}"))
+    }
+}
+
+#[test]
+fn cached_files_are_read_by_the_kernel_directly() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let work = new_worktree(&dir.join("work"));
+    let sizes = [3_000_000usize, 3_100_000, 3_200_000];
+    for (i, n) in sizes.iter().enumerate() {
+        std::fs::write(work.join(format!("f{i}.bin")), noise(i as u64 + 1, *n)).unwrap();
+    }
+    publish_repo(&srv, &work, "pt");
+    let server = GitServer::start(&srv, &[]);
+    // A cache that holds about two of the three files.
+    let m = mount(
+        dir,
+        &server.url("pt"),
+        "refresh = \"never\"",
+        "cache_size = \"7MiB\"",
+    );
+    assert!(
+        m.daemon
+            .log_text()
+            .contains("kernel passthrough for cached files"),
+        "passthrough not negotiated on this kernel:\n{}",
+        m.daemon.log_text()
+    );
+    let f0 = m.mount.join("f0.bin");
+
+    // First read: the blob arrives while it is read, through the daemon.
+    let (reads0, pt0) = (m.ops("read"), m.passthrough_opens());
+    assert_eq!(std::fs::read(&f0).unwrap(), noise(1, sizes[0]));
+    assert!(
+        m.ops("read") > reads0,
+        "a file still arriving was not read through the daemon"
+    );
+    assert_eq!(
+        m.passthrough_opens(),
+        pt0,
+        "a file still arriving was opened in passthrough"
+    );
+
+    // Warm re-read with the page cache dropped: passthrough, no daemon reads.
+    drop_caches();
+    let (reads1, pt1) = (m.ops("read"), m.passthrough_opens());
+    assert_eq!(std::fs::read(&f0).unwrap(), noise(1, sizes[0]));
+    assert_eq!(
+        m.ops("read"),
+        reads1,
+        "a cached file was read through the daemon"
+    );
+    assert_eq!(m.passthrough_opens(), pt1 + 1.0);
+
+    // An open passthrough file survives its eviction from the cache.
+    let mut held = std::fs::File::open(&f0).unwrap();
+    for i in 1..sizes.len() {
+        let p = m.mount.join(format!("f{i}.bin"));
+        assert_eq!(std::fs::read(&p).unwrap(), noise(i as u64 + 1, sizes[i]));
+    }
+    let blob = git(&work, &["rev-parse", "HEAD:f0.bin"]);
+    let cached = |b: &str| {
+        let (_, out, _) = sh(
+            &format!("find {} -name 'git-{b}*'", s(&m.cache.join("content"))),
+            Duration::from_secs(30),
+        );
+        !out.trim().is_empty()
+    };
+    assert!(!cached(&blob), "f0.bin was not evicted by a 7 MiB cache");
+    drop_caches();
+    let mut got = Vec::new();
+    held.read_to_end(&mut got).unwrap();
+    assert!(
+        got == noise(1, sizes[0]),
+        "an evicted, open file read wrong bytes"
+    );
+    drop(held);
+    // And opened again, it is fetched again, whole.
+    assert_eq!(std::fs::read(&f0).unwrap(), noise(1, sizes[0]));
+    let mut m = m;
+    m.daemon.stop();
+}
+
+#[test]
+fn a_directory_of_50000_entries_lists_within_three_times_native() {
+    require_prerequisites();
+    const N: usize = 50_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    // git fast-import: one blob, N names.
+    let bare = srv.join("big.git");
+    git(dir, &["init", "-q", "--bare", s(&bare)]);
+    let mut stream = String::from("blob\nmark :1\ndata 2\nx\n");
+    stream.push_str("commit refs/heads/main\ncommitter T <t@e> 1700000000 +0000\ndata 1\nm\n");
+    for i in 0..N {
+        stream.push_str(&format!("M 100644 :1 d/f{i:06}\n"));
+    }
+    stream.push('\n');
+    std::fs::write(dir.join("stream"), &stream).unwrap();
+    let (code, out, err) = sh(
+        &format!(
+            "cd {} && git fast-import --quiet < {}",
+            s(&bare),
+            s(&dir.join("stream"))
+        ),
+        Duration::from_secs(300),
+    );
+    assert_eq!(code, 0, "fast-import: {out}{err}");
+    git(&bare, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+    let native = dir.join("native/d");
+    std::fs::create_dir_all(&native).unwrap();
+    for i in 0..N {
+        std::fs::write(native.join(format!("f{i:06}")), "x\n").unwrap();
+    }
+    let server = GitServer::start(&srv, &[]);
+    let ls = |p: &Path| {
+        let t = Instant::now();
+        let (code, out, err) = sh(&format!("ls -l {} | wc -l", s(p)), Duration::from_secs(600));
+        assert_eq!(code, 0, "ls -l {}: {err}", p.display());
+        assert_eq!(
+            out.trim(),
+            format!("{}", N + 1),
+            "ls -l {} listed {out}",
+            p.display()
+        );
+        t.elapsed().as_secs_f64()
+    };
+    let median = |p: &Path| {
+        let mut t: Vec<f64> = (0..3).map(|_| ls(p)).collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[1]
+    };
+    // Without extended attributes (`ls -l` asks every file for
+    // security.selinux, which FUSE cannot cache), then with them.
+    for (name, top, limit) in [("plain", "xattrs = false", 3.0), ("xattrs", "", 8.0)] {
+        let sub = dir.join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let mut m = mount(&sub, &server.url("big"), "refresh = \"never\"", top);
+        // Loaded once (trees, sizes); then warm, each against native.
+        ls(&m.mount.join("d"));
+        let (native_s, mount_s) = (median(&native), median(&m.mount.join("d")));
+        eprintln!(
+            "ls -l of {N} entries ({name}): native {native_s:.3} s, repofs {mount_s:.3} s ({:.2}x)",
+            mount_s / native_s
+        );
+        let lookups = m.ops("lookup");
+        assert!(
+            lookups < (N / 100) as f64,
+            "readdirplus should answer ls -l without a lookup per entry: {lookups} lookups"
+        );
+        assert!(
+            mount_s < limit * native_s,
+            "ls -l of {N} entries ({name}): {mount_s:.3} s through the mount, {native_s:.3} s native"
+        );
+        m.daemon.stop();
+    }
+}
+
+#[test]
+fn the_inode_table_shrinks_when_the_kernel_forgets() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let work = new_worktree(&dir.join("work"));
+    for i in 0..200 {
+        let d = work.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.txt")), format!("one {i}\n")).unwrap();
+    }
+    publish_repo(&srv, &work, "inodes");
+    let server = GitServer::start(&srv, &[]);
+    let mut m = mount(dir, &server.url("inodes"), "refresh = \"1s\"", "");
+    let walk = |m: &Mount| {
+        let (code, out, err) = sh(
+            &format!("find {} -type f | xargs cat | wc -l", s(&m.mount)),
+            Duration::from_secs(120),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), "200");
+    };
+    walk(&m);
+    let full = m.inodes();
+    assert!(
+        full >= 210,
+        "after a walk of 210 paths the table has {full} inodes"
+    );
+    drop_caches();
+    let after = m.inodes();
+    assert!(
+        after <= 2,
+        "after drop_caches the table still has {after} of {full} inodes"
+    );
+
+    // The branch moves: every file changes. Walk, drop, and nothing stale.
+    for i in 0..200 {
+        let p = work.join(format!("d{}/f{i}.txt", i % 10));
+        std::fs::write(p, format!("two {i}\n")).unwrap();
+    }
+    publish_repo(&srv, &work, "inodes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(m.mount.join("d0/f0.txt")).unwrap_or_default() != "two 0\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the branch move was not seen:\n{}",
+            m.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    walk(&m);
+    let (_, out, _) = sh(
+        &format!("cat {}/d3/f3.txt", s(&m.mount)),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out, "two 3\n");
+    drop_caches();
+    let after = m.inodes();
+    assert!(
+        after <= 2,
+        "after a branch move and drop_caches the table has {after} inodes"
+    );
+    m.daemon.stop();
+}
