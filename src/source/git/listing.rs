@@ -189,3 +189,81 @@ impl GitSource {
         Ok(wants.len())
     }
 }
+
+/// Listings kept in memory, least recently used first out, bounded by the
+/// number of entries they hold in all: a walk over a million files keeps
+/// the last [`DIR_CACHE_ENTRIES`] of them, not all (the kernel caches what
+/// it shows, and a listing dropped here is parsed again from the tree).
+pub(super) struct DirCache {
+    lru: lru::LruCache<ObjectId, Arc<Vec<Entry>>>,
+    entries: usize,
+}
+
+/// Entries of listings kept in memory (about 100 bytes each).
+const DIR_CACHE_ENTRIES: usize = 100_000;
+
+impl DirCache {
+    pub(super) fn new() -> DirCache {
+        DirCache {
+            lru: lru::LruCache::unbounded(),
+            entries: 0,
+        }
+    }
+
+    pub(super) fn get(&mut self, tree: &ObjectId) -> Option<Arc<Vec<Entry>>> {
+        self.lru.get(tree).cloned()
+    }
+
+    pub(super) fn insert(&mut self, tree: ObjectId, listing: Arc<Vec<Entry>>) {
+        self.entries += listing.len();
+        if let Some(old) = self.lru.put(tree, listing) {
+            self.entries -= old.len();
+        }
+        // The newest listing stays even when it alone is over the budget.
+        while self.entries > DIR_CACHE_ENTRIES && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, l)) => self.entries -= l.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.lru.clear();
+        self.entries = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(n: usize) -> Arc<Vec<Entry>> {
+        let e = Entry {
+            name: "x".into(),
+            node: Node {
+                key: Arc::from(&b"k"[..]),
+                kind: NodeKind::Dir,
+                mtime: std::time::SystemTime::UNIX_EPOCH,
+            },
+        };
+        Arc::new(vec![e; n])
+    }
+
+    #[test]
+    fn listings_are_bounded_by_their_entries() {
+        let id = |i: u8| ObjectId::from_bytes_or_panic(&[i; 20]);
+        let mut c = DirCache::new();
+        for i in 0..30 {
+            c.insert(id(i), listing(10_000));
+        }
+        assert!(c.entries <= DIR_CACHE_ENTRIES, "{}", c.entries);
+        assert!(c.get(&id(29)).is_some(), "the newest listing was dropped");
+        assert!(c.get(&id(0)).is_none(), "the oldest listing was kept");
+        c.insert(id(99), listing(DIR_CACHE_ENTRIES * 2));
+        assert!(c.get(&id(99)).is_some());
+        assert_eq!(c.lru.len(), 1);
+        c.clear();
+        assert_eq!((c.entries, c.lru.len()), (0, 0));
+    }
+}

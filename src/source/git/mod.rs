@@ -72,7 +72,7 @@ pub struct GitSource {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     loading: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<(Instant, SourceError)>>,
-    dirs: Mutex<HashMap<ObjectId, Arc<Vec<Entry>>>>,
+    dirs: Mutex<listing::DirCache>,
     /// One listing at a time per tree (others wait for its result).
     listing: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// A path of each tree seen (for host APIs that work by path).
@@ -139,7 +139,7 @@ impl GitSource {
             snapshot: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
-            dirs: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(listing::DirCache::new()),
             listing: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             filter_warned: AtomicBool::new(false),
