@@ -25,6 +25,16 @@ use disk::Disk;
 pub use disk::space as disk_space;
 pub use memory::Memory;
 
+/// The file system block entries are counted in.
+pub const BLOCK: u64 = 4096;
+
+/// What an entry of `len` bytes costs against the cap: the disk blocks it
+/// takes (4 KiB each, at least one), so that a million small entries count
+/// for the space they really use.
+pub fn charge(len: u64) -> u64 {
+    len.div_ceil(BLOCK).max(1) * BLOCK
+}
+
 /// The content store. Cloning it is cheap and shares the index.
 #[derive(Clone)]
 pub struct Cache {
@@ -92,7 +102,7 @@ impl Cache {
                     .accessed()
                     .or_else(|_| meta.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
-                found.push((when, name, meta.len()));
+                found.push((when, name, charge(meta.len())));
             }
         }
         found.sort();
@@ -130,8 +140,8 @@ impl Cache {
                 if idx.lru.get(key).is_none() {
                     // Written by another process sharing the directory: adopt it.
                     if let Ok(m) = f.metadata() {
-                        idx.total += m.len();
-                        idx.lru.put(key.to_owned(), m.len());
+                        idx.total += charge(m.len());
+                        idx.lru.put(key.to_owned(), charge(m.len()));
                     }
                 }
                 Some(f)
@@ -351,7 +361,7 @@ impl CacheWriter {
         buf.into_inner()
             .map_err(|e| e.into_error())
             .map_err(io_err(&self.tmp_path))?;
-        self.cache.evict(self.len);
+        self.cache.evict(charge(self.len));
         let dest = self.cache.path_of(&self.key);
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -360,10 +370,10 @@ impl CacheWriter {
         self.committed = true;
         let file = File::open(&dest).map_err(io_err(&dest))?;
         let mut idx = self.cache.lock();
-        if let Some(old) = idx.lru.put(self.key.clone(), self.len) {
+        if let Some(old) = idx.lru.put(self.key.clone(), charge(self.len)) {
             idx.total -= old;
         }
-        idx.total += self.len;
+        idx.total += charge(self.len);
         Ok(file)
     }
 }
@@ -411,27 +421,28 @@ mod tests {
         drop(c);
         let c = Cache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(c.stats().entries, 1);
-        assert_eq!(c.stats().bytes, 5);
+        assert_eq!(c.stats().bytes, BLOCK, "a 5-byte entry takes a block");
         assert_eq!(read_all(c.get("git-abc123").unwrap()), b"hello");
     }
 
     #[test]
     fn evicts_least_recently_used_and_keeps_open_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path(), 250).unwrap();
+        // Room for two and a half blocks; entries of up to one block each.
+        let c = Cache::open(dir.path(), BLOCK * 5 / 2).unwrap();
         c.insert("k-aaa", &[1u8; 100]).unwrap();
-        c.insert("k-bbb", &[2u8; 100]).unwrap();
+        c.insert("k-bbb", &[2u8; 4096]).unwrap();
         let open_a = c.get("k-aaa").unwrap(); // a is now most recent
         c.insert("k-ccc", &[3u8; 100]).unwrap(); // evicts b
         assert!(c.get("k-bbb").is_none());
         assert!(c.get("k-aaa").is_some());
         c.insert("k-ddd", &[4u8; 100]).unwrap(); // evicts c (a was touched)
         assert!(c.get("k-ccc").is_none());
-        c.insert("k-eee", &[5u8; 200]).unwrap(); // evicts a and d
+        c.insert("k-eee", &[5u8; 4097]).unwrap(); // two blocks: evicts a and d
         assert!(c.get("k-aaa").is_none());
         // The reader that opened `a` before eviction still reads it whole.
         assert_eq!(read_all(open_a), vec![1u8; 100]);
-        assert!(c.stats().bytes <= 250);
+        assert!(c.stats().bytes <= BLOCK * 5 / 2);
     }
 
     #[test]
@@ -452,12 +463,13 @@ mod tests {
     fn cap_is_enforced_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = Cache::open(dir.path(), 1000).unwrap();
+            let c = Cache::open(dir.path(), 10 * BLOCK).unwrap();
             for k in ["k-one", "k-two", "k-three"] {
                 c.insert(k, &[0u8; 300]).unwrap();
             }
         }
-        let c = Cache::open(dir.path(), 500).unwrap();
-        assert!(c.stats().bytes <= 500);
+        let c = Cache::open(dir.path(), 2 * BLOCK).unwrap();
+        assert_eq!(c.stats().entries, 2);
+        assert!(c.stats().bytes <= 2 * BLOCK);
     }
 }
