@@ -65,7 +65,7 @@ impl RepoFs {
             ops: observe::OpMetrics::new(source.name()),
             source,
             table: Arc::new(RwLock::new(Table::new())),
-            handles: Arc::new(Mutex::new(HashMap::new())),
+            handles: Arc::new(RwLock::new(HashMap::new())),
             page_source: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
@@ -334,7 +334,7 @@ impl fuser::Filesystem for RepoFs {
                     opened: std::time::Instant::now(),
                     passthrough: backing.is_some(),
                 };
-                lock(&self.handles).insert(fh, file);
+                observe::write(&self.handles).insert(fh, file);
                 self.prefetch_beside(ino.0);
                 if let Some(id) = backing {
                     self.ops.passthrough.increment(1);
@@ -367,7 +367,10 @@ impl fuser::Filesystem for RepoFs {
         reply: ReplyData,
     ) {
         let t = self.ops.start(Op::Read);
-        let reader = lock(&self.handles).get(&fh.0).map(|f| f.reader.clone());
+        // Readers share the table; only open and release write it.
+        let reader = observe::read(&self.handles)
+            .get(&fh.0)
+            .map(|f| f.reader.clone());
         let Some(reader) = reader else {
             reply.error(t.error(Errno::EBADF));
             return;
@@ -403,7 +406,7 @@ impl fuser::Filesystem for RepoFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.ops.start(Op::Release);
-        if let Some(f) = lock(&self.handles).remove(&fh.0) {
+        if let Some(f) = observe::write(&self.handles).remove(&fh.0) {
             self.backings.release(f.ino, f.passthrough);
         }
         reply.ok();

@@ -5,7 +5,7 @@
 //! nodes, as `user.repofs.*` extended attributes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use fuser::Errno;
@@ -149,7 +149,15 @@ pub(super) struct OpenFile {
     pub(super) passthrough: bool,
 }
 
-pub(super) type Handles = Arc<Mutex<HashMap<u64, OpenFile>>>;
+pub(super) type Handles = Arc<RwLock<HashMap<u64, OpenFile>>>;
+
+pub(super) fn read(h: &Handles) -> std::sync::RwLockReadGuard<'_, HashMap<u64, OpenFile>> {
+    h.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn write(h: &Handles) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, OpenFile>> {
+    h.write().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A file whose contents are arriving while it is read.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -177,7 +185,7 @@ impl Monitor {
 
     /// The open files still arriving from the origin, one entry per file.
     pub fn transfers(&self) -> Vec<TransferInfo> {
-        let open: Vec<(u64, Option<(u64, u64)>, Instant, u64)> = crate::source::lock(&self.handles)
+        let open: Vec<(u64, Option<(u64, u64)>, Instant, u64)> = read(&self.handles)
             .values()
             .map(|f| (f.ino, f.reader.progress(), f.opened, f.done_at_open))
             .collect();
