@@ -12,7 +12,6 @@ use gix_hash::ObjectId;
 use super::objects::{Objects, blob_key};
 use crate::cache::Cache;
 use crate::shared::{Expect, Shared};
-use crate::source::lock;
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
 
 /// Blobs asked of the shared tier at once.
@@ -64,7 +63,7 @@ impl Objects {
         let mut rest = Vec::new();
         for (oid, tx, hit) in results {
             if hit {
-                lock(&self.verified).insert(oid);
+                self.mark_verified(oid);
                 self.finish_flight(&oid, &tx, TransferState::Done);
             } else {
                 rest.push((oid, tx));
@@ -104,7 +103,7 @@ impl Objects {
         let Ok(len) = file.metadata().map(|m| m.len()) else {
             return false;
         };
-        lock(&self.verified).insert(oid);
+        self.mark_verified(oid);
         let _ = transfer.size.set(len);
         let _ = transfer.done_file.set(file);
         self.finish_flight(&oid, tx, TransferState::Done);

@@ -44,6 +44,8 @@ const PROBE_PARALLEL: usize = 8;
 /// in memory instead (up to `MEMORY_STORE` bytes in all).
 pub(super) const MEMORY_FALLBACK: u64 = 64 << 20;
 const MEMORY_STORE: u64 = 256 << 20;
+/// Blob ids remembered as verified, at most.
+const VERIFIED_MAX: usize = 100_000;
 /// Largest tree or commit accepted (they are held in memory).
 pub(super) const MAX_TREE: u64 = 256 << 20;
 
@@ -116,7 +118,7 @@ impl Objects {
     pub fn cached(&self, oid: &ObjectId) -> Option<std::fs::File> {
         let mut file = self.cache.get(&blob_key(oid))?;
         if lock(&self.verified).contains(oid) || verify_file(oid, &file) {
-            lock(&self.verified).insert(*oid);
+            self.mark_verified(*oid);
             // Verifying read the file through its cursor: start over.
             use std::io::Seek;
             file.seek(std::io::SeekFrom::Start(0)).ok()?;
@@ -125,6 +127,17 @@ impl Objects {
         tracing::warn!(repo = %self.repo, %oid, "cached blob is damaged; fetching it again");
         self.cache.remove(&blob_key(oid));
         None
+    }
+
+    /// Remembers that a cached blob matched its id. The set is bounded: past
+    /// [`VERIFIED_MAX`] it starts over (a blob forgotten is hashed again
+    /// when next opened), so a million blobs do not stay in memory.
+    pub(super) fn mark_verified(&self, oid: ObjectId) {
+        let mut v = lock(&self.verified);
+        if v.len() >= VERIFIED_MAX {
+            v.clear();
+        }
+        v.insert(oid);
     }
 
     /// The size of a cached blob (trusted as far as the file system; a

@@ -107,7 +107,7 @@ impl ObjectSink for BatchSink<'_> {
                     }
                     (None, None) => return Err(PackError("a streamed blob has no writer".into())),
                 };
-                lock(&self.objects.verified).insert(oid);
+                self.objects.mark_verified(oid);
                 self.got.insert(oid, size);
                 if let Some(tx) = self.wants.remove(&oid) {
                     self.objects.land(&oid, &tx, TransferState::Done);
@@ -253,7 +253,7 @@ impl ObjectSink for StreamSink<'_> {
             self.local_error = Some(e.to_string());
             return Err(cache_err(e));
         }
-        lock(&self.objects.verified).insert(oid);
+        self.objects.mark_verified(oid);
         self.done = true;
         Ok(())
     }
