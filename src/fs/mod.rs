@@ -29,6 +29,8 @@ pub use report::LastError;
 use table::Table;
 
 const ROOT: u64 = 1;
+/// Forgotten inodes between two returns of freed memory to the system.
+const TRIM_EVERY: u64 = 20_000;
 /// The inode number readdir gives a name not looked up yet (as libfuse).
 const UNKNOWN_INO: u64 = 0xffff_ffff;
 
@@ -50,6 +52,8 @@ pub struct RepoFs {
     reporter: report::Reporter,
     /// Kernel passthrough of complete cached files.
     backings: passthrough::Backings,
+    /// Inodes forgotten so far (memory is trimmed every `TRIM_EVERY`).
+    forgotten: AtomicU64,
     /// Whether extended attributes are answered; without them the kernel
     /// is told once (ENOSYS) and stops asking (`ls -l` asks every file).
     xattrs: bool,
@@ -71,6 +75,7 @@ impl RepoFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             reporter: report::Reporter::default(),
             backings: passthrough::Backings::default(),
+            forgotten: AtomicU64::new(0),
             xattrs,
             uid,
             gid,
@@ -104,9 +109,18 @@ impl RepoFs {
         }
         if !gone.is_empty() {
             let mut pages = lock(&self.page_source);
-            for ino in gone {
-                pages.remove(&ino);
+            for ino in &gone {
+                pages.remove(ino);
             }
+        }
+        // The allocator keeps freed memory in its arenas: after the kernel
+        // dropped many inodes, hand it back to the system.
+        let before = self
+            .forgotten
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        if before / TRIM_EVERY != (before + gone.len() as u64) / TRIM_EVERY {
+            // SAFETY: malloc_trim only releases free memory; any thread may call it.
+            std::thread::spawn(|| unsafe { libc::malloc_trim(0) });
         }
     }
 
