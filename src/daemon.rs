@@ -53,6 +53,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("repofs-io")
         .build()?;
+    // SIGUSR1 asks for a fresh status; its default action is to end the
+    // process, so take it over before anything can send it (tokio keeps
+    // the handler installed for the life of the process).
+    let _ = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    });
+    // A status left by a daemon that crashed names a process that is gone
+    // (or another one that got its pid).
+    let _ = std::fs::remove_file(status_path(&config));
     let cache = Arc::new(
         Cache::open(&config.cache_dir.join("content"), config.cache_size).map_err(|e| {
             anyhow::anyhow!("{e}; check that cache_dir exists and the repofs user may write to it")
@@ -146,7 +155,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = int.recv() => return Ok("SIGINT"),
                 _ = hup.recv() => {
                     notify("RELOADING=1");
-                    reload(&mut config, &mut repos, &cache, rt.handle());
+                    // Mounting may block on the runtime (S3 clients): not
+                    // from inside this task, so outside the runtime's context.
+                    tokio::task::block_in_place(|| {
+                        reload(&mut config, &mut repos, &cache, rt.handle())
+                    });
                     registry.set_sources(sources(&repos));
                     notify(&format!("READY=1\nSTATUS={}", summary(&repos)));
                     write_status(&config, &cache, &repos);

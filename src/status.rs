@@ -31,6 +31,13 @@ pub fn runtime_dir() -> PathBuf {
 /// Records this daemon's status file in the runtime directory.
 pub fn register(status: &Path) -> Option<PathBuf> {
     let dir = runtime_dir();
+    if !private_dir(&dir) {
+        tracing::debug!(
+            "not registering in {}: not a private directory of this user",
+            dir.display()
+        );
+        return None;
+    }
     let link = dir.join(format!("{}.status", std::process::id()));
     let _ = std::fs::remove_file(&link);
     match std::fs::create_dir_all(&dir).and_then(|_| std::os::unix::fs::symlink(status, &link)) {
@@ -42,8 +49,26 @@ pub fn register(status: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Creates `dir` (mode 0700) if needed; whether it belongs to this user and
+/// nobody else may write to it (a shared /tmp could hold one planted by
+/// another user).
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
 /// The status files of the daemons running now (stale records removed).
 pub fn registered() -> Vec<PathBuf> {
+    if !private_dir(&runtime_dir()) {
+        return Vec::new();
+    }
     let Ok(dir) = std::fs::read_dir(runtime_dir()) else {
         return Vec::new();
     };
@@ -98,9 +123,13 @@ pub fn fresh(path: &Path) -> Result<serde_json::Value, String> {
     }
     let seq = |d: &serde_json::Value| d.get("sequence").and_then(|s| s.as_u64());
     let before = seq(&doc);
+    // Only a repofs process is asked (a pid from a stale file may belong to
+    // anything by now).
+    let is_repofs = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end() == "repofs");
     // SAFETY: sends a signal the daemon handles; fails harmlessly (EPERM)
     // for a daemon of another user, and then the last status is shown.
-    if before.is_none() || unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+    if before.is_none() || !is_repofs || unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
         return Ok(doc);
     }
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -43,11 +43,14 @@ impl Backings {
     ) -> Option<Arc<BackingId>> {
         let mut inodes = lock(&self.inodes);
         let i = inodes.entry(ino).or_default();
+        // While passthrough handles are open the kernel accepts only more of
+        // them: reuse the backing (the same, complete node) whatever this
+        // open's reader is.
+        if let Some(id) = &i.id {
+            i.passthrough += 1;
+            return Some(id.clone());
+        }
         if let (Some(file), true, 0) = (file, self.enabled.load(Ordering::Relaxed), i.ordinary) {
-            if let Some(id) = &i.id {
-                i.passthrough += 1;
-                return Some(id.clone());
-            }
             match reply.open_backing(file) {
                 Ok(id) => {
                     let id = Arc::new(id);
@@ -56,12 +59,25 @@ impl Backings {
                     return Some(id);
                 }
                 Err(e) => {
-                    // Not for this file system (a stacked cache directory,
-                    // no privilege): say so once, read through the daemon.
-                    if self.enabled.swap(false, Ordering::Relaxed) {
+                    // Refused for every file (no privilege, a stacked cache
+                    // directory, no support): say so once and stop asking.
+                    // Anything else (out of descriptors) is for this open only.
+                    let every = matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::EPERM
+                                | libc::EOPNOTSUPP
+                                | libc::ENOTTY
+                                | libc::EINVAL
+                                | libc::ELOOP
+                        )
+                    );
+                    if every && self.enabled.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             "kernel passthrough refused ({e}): cached files are read through the daemon"
                         );
+                    } else if !every {
+                        tracing::debug!("kernel passthrough refused for inode {ino}: {e}");
                     }
                 }
             }

@@ -57,6 +57,9 @@ pub struct Shared {
     timeout: Duration,
     rt: tokio::runtime::Handle,
     down_until: Mutex<Option<Instant>>,
+    /// Uploads back off on their own: a node that may only read (or has
+    /// a slow uplink) still reads from the tier.
+    uploads_down_until: Mutex<Option<Instant>>,
     last_error: Mutex<Option<(SystemTime, String)>>,
     uploading: Mutex<HashSet<String>>,
     permits: Arc<tokio::sync::Semaphore>,
@@ -107,6 +110,7 @@ impl Shared {
             timeout: cfg.timeout,
             rt,
             down_until: Mutex::new(None),
+            uploads_down_until: Mutex::new(None),
             last_error: Mutex::new(None),
             uploading: Mutex::new(HashSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(UPLOADS)),
@@ -130,14 +134,23 @@ impl Shared {
 
     /// A failure of the tier itself: logged once, then left alone a minute.
     fn failed(&self, what: &str, why: &str) {
+        self.back_off(&self.down_until, what, why, "using the origins");
+    }
+
+    /// An upload failed: uploads (only) pause for a minute.
+    fn upload_failed(&self, what: &str, why: &str) {
+        self.back_off(&self.uploads_down_until, what, why, "not uploading");
+    }
+
+    fn back_off(&self, until: &Mutex<Option<Instant>>, what: &str, why: &str, then: &str) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         let msg = format!("{what}: {why}");
         *lock(&self.last_error) = Some((SystemTime::now(), msg.clone()));
-        let mut down = lock(&self.down_until);
+        let mut down = lock(until);
         if down.is_none_or(|t| Instant::now() >= t) {
             *down = Some(Instant::now() + BACK_OFF);
             tracing::warn!(
-                "shared cache {}: {msg}; using the origins for {}s",
+                "shared cache {}: {msg}; {then} for {}s",
                 self.url(),
                 BACK_OFF.as_secs()
             );
@@ -203,6 +216,15 @@ impl Shared {
             Ok(Ok(out)) => out,
         };
         let len = out.content_length().and_then(|l| u64::try_from(l).ok())?;
+        // Nothing larger than one object may be, or than the cache holds.
+        if len > MAX_UPLOAD || len > cache.stats().cap {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "shared cache {}: {full} failed verification (it says it is {len} bytes, more than an object here can be)",
+                self.url()
+            );
+            return None;
+        }
         match self
             .receive(out.body, len, expect, cache, cache_key, beat)
             .await
@@ -242,10 +264,16 @@ impl Shared {
         beat: &(dyn Fn(u64) + Sync),
     ) -> Result<std::fs::File, Failure> {
         let mut check = verify::Checker::new(expect, len).map_err(Failure::Bad)?;
-        let mut writer = cache
-            .writer(cache_key)
+        let mut writer = tokio::task::block_in_place(|| cache.writer(cache_key))
             .map_err(|e| Failure::Local(e.to_string()))?;
+        // A tier that trickles is as bad as one that stalls: the whole
+        // object must come at 1 MB/s at least.
+        let deadline =
+            tokio::time::Instant::now() + self.timeout * 3 + Duration::from_secs(len / 1_000_000);
         loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Failure::Tier("slower than 1 MB/s".into()));
+            }
             let chunk = match tokio::time::timeout(self.timeout, body.next()).await {
                 Err(_) => {
                     return Err(Failure::Tier(format!(
@@ -272,6 +300,7 @@ impl Shared {
     /// full queue holds no descriptors; one evicted meanwhile is skipped.
     pub fn upload(self: &Arc<Self>, key: &str, cache: &Arc<Cache>, cache_key: &str) {
         if !self.available()
+            || lock(&self.uploads_down_until).is_some_and(|t| Instant::now() < t)
             || self.counters.pending.load(Ordering::Relaxed) >= QUEUE
             || !lock(&self.uploading).insert(key.to_string())
         {
@@ -286,7 +315,7 @@ impl Shared {
         );
         self.rt.spawn(async move {
             if let Ok(_permit) = me.permits.clone().acquire_owned().await {
-                let file = cache.get(&cache_key);
+                let file = tokio::task::block_in_place(|| cache.get(&cache_key));
                 let len = file
                     .as_ref()
                     .and_then(|f| f.metadata().ok())
@@ -340,9 +369,9 @@ impl Shared {
             }
             Ok(Err(e)) => {
                 let why = crate::source::s3::describe(&e, &self.bucket, "PutObject");
-                self.failed(&format!("PUT {full}"), &why.to_string());
+                self.upload_failed(&format!("PUT {full}"), &why.to_string());
             }
-            Err(_) => self.failed(&format!("PUT {full}"), "the upload timed out"),
+            Err(_) => self.upload_failed(&format!("PUT {full}"), "the upload timed out"),
         }
     }
 

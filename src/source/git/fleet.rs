@@ -42,7 +42,7 @@ impl Objects {
             return wants;
         };
         let cache = self.cache.clone();
-        let results: Vec<_> = futures_util::stream::iter(wants)
+        let mut results = futures_util::stream::iter(wants)
             .map(|(oid, tx)| {
                 let (shared, cache) = (shared.clone(), cache.clone());
                 async move {
@@ -57,11 +57,11 @@ impl Objects {
                     (oid, tx, hit.is_some())
                 }
             })
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
+            .buffer_unordered(PARALLEL);
+        // Each hit is landed as it arrives: its waiters need not wait for
+        // the rest of the batch.
         let mut rest = Vec::new();
-        for (oid, tx, hit) in results {
+        while let Some((oid, tx, hit)) = results.next().await {
             if hit {
                 self.mark_verified(oid);
                 self.finish_flight(&oid, &tx, TransferState::Done);

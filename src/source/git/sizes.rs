@@ -194,6 +194,10 @@ impl Sizes {
                 }
             }
         }
+        // Sizes a host API gave are not shared: an API can be wrong (the
+        // contents correct it, here only), and other nodes decide from
+        // sizes which files are LFS pointers.
+        let mut from_api = false;
         let caps = self
             .remote
             .capabilities()
@@ -220,6 +224,7 @@ impl Sizes {
                     for (o, s) in m {
                         if unknown.contains(&o) {
                             sizes.insert(o, s);
+                            from_api = true;
                         }
                     }
                 }
@@ -247,12 +252,14 @@ impl Sizes {
             sizes.extend(self.objects.probe(&rest, PROBE_KEEP).await?);
         }
         self.store(&dir.tree, &sizes);
-        super::fleet::offer(
-            &self.objects.shared,
-            &self.cache,
-            &sizes_key(&dir.tree),
-            &super::fleet::sizes_object(&dir.tree),
-        );
+        if !from_api {
+            super::fleet::offer(
+                &self.objects.shared,
+                &self.cache,
+                &sizes_key(&dir.tree),
+                &super::fleet::sizes_object(&dir.tree),
+            );
+        }
         Ok(sizes)
     }
 
