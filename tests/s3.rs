@@ -638,3 +638,53 @@ for i in range(6):
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     d.stop();
 }
+
+/// A reload (SIGHUP) that adds an S3 repository mounts it: building its
+/// client blocks on the runtime, which once panicked inside the signal loop
+/// and took every mount down.
+#[test]
+fn a_reload_adds_a_bucket() {
+    let s = setup();
+    s.s3.py(r#"
+s3.create_bucket(Bucket='one')
+s3.put_object(Bucket='one', Key='a.txt', Body=b'first')
+s3.create_bucket(Bucket='two')
+s3.put_object(Bucket='two', Key='b.txt', Body=b'second')
+"#);
+    let cfg = config(
+        &s,
+        &[(
+            "one",
+            "bucket = \"one\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"",
+        )],
+    );
+    let (m1, m2) = (s.dir.join("mnt/one"), s.dir.join("mnt/two"));
+    let mut d = Daemon::start(&cfg, &[m1.clone()], &s.dir.join("daemon.log"));
+    config(
+        &s,
+        &[
+            (
+                "one",
+                "bucket = \"one\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"",
+            ),
+            (
+                "two",
+                "bucket = \"two\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"",
+            ),
+        ],
+    );
+    d.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !is_mounted(&m2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added bucket was not mounted:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(m2.join("b.txt")).unwrap(), "second");
+    assert_eq!(std::fs::read_to_string(m1.join("a.txt")).unwrap(), "first");
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+    d.stop();
+}
