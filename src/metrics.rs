@@ -31,10 +31,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Registry {
     cache: Arc<Cache>,
     sources: Mutex<BTreeMap<String, Arc<dyn Source>>>,
-    /// What each repository's counters were last set from: a remounted
-    /// repository's source starts again from zero, and Prometheus counters
-    /// only grow, so only the growth is added.
-    last: Mutex<BTreeMap<String, Activity>>,
+    /// What each repository's counters were last set from, and from which
+    /// source: a remounted repository's new source starts again from zero,
+    /// and Prometheus counters only grow, so only the growth is added.
+    last: Mutex<BTreeMap<String, (usize, Activity)>>,
     /// The fleet's shared tier (created once, so its counters never reset).
     shared: Option<Arc<crate::shared::Shared>>,
 }
@@ -60,8 +60,12 @@ impl Registry {
         let mut last = lock(&self.last);
         for (name, source) in &sources {
             let now = source.activity();
-            let before = last.get(name).copied().unwrap_or_default();
-            let grown = |now: u64, before: u64| if now >= before { now - before } else { now };
+            let id = Arc::as_ptr(source) as *const () as usize;
+            let before = match last.get(name) {
+                Some((was, a)) if *was == id => *a,
+                _ => Activity::default(),
+            };
+            let grown = |now: u64, before: u64| now.saturating_sub(before);
             let label = ("repository", name.clone());
             let add = |metric: &'static str, n: u64| {
                 metrics::counter!(metric, &[label.clone()]).increment(n);
@@ -80,7 +84,7 @@ impl Registry {
                 grown(now.cache_misses, before.cache_misses),
             );
             metrics::gauge!("repofs_fetches_in_flight", &[label.clone()]).set(now.in_flight as f64);
-            last.insert(name.clone(), now);
+            last.insert(name.clone(), (id, now));
         }
         if let Some(s) = &self.shared {
             let c = &s.counters;

@@ -63,6 +63,8 @@ pub struct S3Source {
     streaming: AtomicU64,
     /// The fleet's shared cache tier, asked before the bucket.
     shared: Option<Arc<crate::shared::Shared>>,
+    /// Objects being fetched from the shared tier, one download each.
+    shared_flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl S3Source {
@@ -88,6 +90,7 @@ impl S3Source {
             opens: super::CacheCounts::default(),
             streaming: AtomicU64::new(0),
             shared,
+            shared_flights: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -125,8 +128,23 @@ impl S3Source {
         let md5 = crate::shared::verify::etag_md5(etag)?;
         let object = cache_key.replacen("s3-", "s3/", 1);
         let expect = crate::shared::Expect::Md5 { md5, size };
-        self.rt
-            .block_on(shared.fetch(&object, expect, &self.cache, cache_key))
+        // One download per object: concurrent opens wait for the first and
+        // then find it in the cache.
+        let gate = lock(&self.shared_flights)
+            .entry(cache_key.to_string())
+            .or_default()
+            .clone();
+        let got = self.rt.block_on(async {
+            let _one = gate.lock().await;
+            if let Some(f) = self.cache.get(cache_key) {
+                if f.metadata().map(|m| m.len()).ok() == Some(size) {
+                    return Some(f);
+                }
+            }
+            shared.fetch(&object, expect, &self.cache, cache_key).await
+        });
+        lock(&self.shared_flights).remove(cache_key);
+        got
     }
 
     /// Offers an object read whole from the bucket to the shared tier.
