@@ -34,6 +34,7 @@ MB=${2:-100}
 NODE_COUNTS=${3:-"1 2 4"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-fleetbench.XXXXXX)
+. "$ROOT/bench/lib.sh"
 SERVER_PIDS=()
 DAEMON_PIDS=()
 stop_daemons() {
@@ -63,18 +64,7 @@ fi
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
-python3 - "$W/work" "$FILES" "$MB" <<'PY'
-import os, random, sys
-root, files, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(42)
-weights = [rng.paretovariate(1.2) for _ in range(files)]
-scale = mb * 1024 * 1024 / sum(weights)
-for i, w in enumerate(weights):
-    d = os.path.join(root, "dir%03d" % (i // 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "file%05d.bin" % i), "wb") as f:
-        f.write(os.urandom(max(1, int(w * scale))))
-PY
+gen_tree "$W/work" "$FILES" "$MB"
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
 git -C "$W/work" init -q -b main
 git -C "$W/work" add -A
@@ -85,26 +75,18 @@ git clone -q --bare "$W/work" "$W/srv/bench.git"
 tree_sum() { (cd "$1" && find . -type f -not -path './.git/*' -print0 | sort -z | xargs -0 cat | md5sum | awk '{print $1}'); }
 WANT=$(tree_sum "$W/work")
 
-start_server() { # script args... -> its port in $PORT
-  local out="$W/port.$RANDOM"
-  python3 "$@" > "$out" 2> /dev/null &
-  SERVER_PIDS+=($!)
-  for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
-  PORT=$(awk '{print $2}' "$out")
-  [ -n "$PORT" ] || { echo "$1 did not start (is tests/support/requirements.txt installed?)" >&2; exit 1; }
-}
-start_server "$ROOT/tests/support/git_http_server.py" --root "$W/srv"
+start_py "$ROOT/tests/support/git_http_server.py" --root "$W/srv"
 GIT_PORT=$PORT
 URL="http://127.0.0.1:$GIT_PORT/bench.git"
-start_server "$ROOT/tests/support/s3_server.py"
+start_py "$ROOT/tests/support/s3_server.py"
 EP="http://127.0.0.1:$PORT"
 # The shared tier's credentials (moto takes any); no instance-metadata probes.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
 
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
-git_stats() { curl -s "http://127.0.0.1:$GIT_PORT/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin).get("bench.git",{"requests":0,"bytes":0}); print(s["requests"], s["bytes"])'; }
-git_reset() { curl -s -X POST "http://127.0.0.1:$GIT_PORT/_stats" >/dev/null; }
+git_stats() { server_stats "$GIT_PORT" bench.git; }
+git_reset() { server_reset "$GIT_PORT"; }
 # For bucket $1: bytes the tier sent (GetObject bodies) and received (PutObject
 # bodies), and how many GetObject and PutObject requests it answered.
 tier_stats() { curl -s "$EP/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin).get(sys.argv[1],{}); print(s.get("GetObject_bytes",0), s.get("bytes_in",0), s.get("GetObject",0), s.get("PutObject",0))' "$1"; }

@@ -28,6 +28,7 @@ LARGE_MB=${3:-80}
 HUGE_MB=${4:-1024}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-bench.XXXXXX)
+. "$ROOT/bench/lib.sh"
 SERVER_PID=""
 DAEMON_PID=""
 cleanup() {
@@ -44,18 +45,7 @@ BIN="$ROOT/target/release/repofs"
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
-python3 - "$W/work" "$FILES" "$MB" <<'PY'
-import os, random, sys
-root, files, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(42)
-weights = [rng.paretovariate(1.2) for _ in range(files)]
-scale = mb * 1024 * 1024 / sum(weights)
-for i, w in enumerate(weights):
-    d = os.path.join(root, "dir%03d" % (i // 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "file%05d.bin" % i), "wb") as f:
-        f.write(os.urandom(max(1, int(w * scale))))
-PY
+gen_tree "$W/work" "$FILES" "$MB"
 mkdir -p "$W/work/models" "$W/work/huge"
 echo '{"layers": 12}' > "$W/work/models/config.json"
 for i in 1 2 3; do head -c "$((LARGE_MB * 1000000 + i))" /dev/urandom > "$W/work/models/model-$i.bin"; done
@@ -75,8 +65,8 @@ PORT=$(awk '{print $2}' "$W/port")
 URL="http://127.0.0.1:$PORT/bench.git"
 
 now() { date +%s.%N; }
-stats() { curl -s "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin).get("bench.git",{"requests":0,"bytes":0}); print(s["requests"], s["bytes"])'; }
-reset() { curl -s -X POST "http://127.0.0.1:$PORT/_stats" >/dev/null; }
+stats() { server_stats "$PORT" bench.git; }
+reset() { server_reset "$PORT"; }
 elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
 
 echo "== git clone --depth 1"

@@ -22,6 +22,8 @@ FILES=${1:-2000}
 MB=${2:-100}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-prefetchbench.XXXXXX)
+SERVER_PIDS=()
+. "$ROOT/bench/lib.sh"
 PIDS=()
 cleanup() {
   local p m
@@ -30,6 +32,7 @@ cleanup() {
   for m in "$W"/*/mnt/bench; do
     if grep -q " $m " /proc/self/mountinfo 2>/dev/null; then fusermount3 -u -z "$m" || true; fi
   done
+  for p in "${SERVER_PIDS[@]+"${SERVER_PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -40,31 +43,17 @@ fi
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
-python3 - "$W/work" "$FILES" "$MB" <<'PY'
-import os, random, sys
-root, files, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(42)
-weights = [rng.paretovariate(1.2) for _ in range(files)]
-scale = mb * 1024 * 1024 / sum(weights)
-for i, w in enumerate(weights):
-    d = os.path.join(root, "dir%03d" % (i // 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "file%05d.bin" % i), "wb") as f:
-        f.write(os.urandom(max(1, int(w * scale))))
-PY
+gen_tree "$W/work" "$FILES" "$MB"
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
 git -C "$W/work" init -q -b main && git -C "$W/work" add -A && git -C "$W/work" commit -q -m bench
 git clone -q --bare "$W/work" "$W/srv/bench.git"
 
-python3 "$ROOT/tests/support/git_http_server.py" --root "$W/srv" > "$W/port" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 300); do [ -s "$W/port" ] && break; sleep 0.1; done
-PORT=$(awk '{print $2}' "$W/port")
+start_py "$ROOT/tests/support/git_http_server.py" --root "$W/srv"
 URL="http://127.0.0.1:$PORT/bench.git"
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
-stats() { curl -s "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin).get("bench.git",{"requests":0,"bytes":0}); print(s["requests"], s["bytes"])'; }
-reset() { curl -s -X POST "http://127.0.0.1:$PORT/_stats" >/dev/null; }
+stats() { server_stats "$PORT" bench.git; }
+reset() { server_reset "$PORT"; }
 ROWS=()
 row() { ROWS+=("$(printf '%-44s %8s %8s %10.2f' "$1" "$2" "$3" "$(python3 -c "print($4/1e6)")")"); }
 

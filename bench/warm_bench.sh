@@ -57,6 +57,7 @@ FILES_BIG=${3:-${FILES_BIG:-1000000}}
 BIG_OBJECT_INFO=${BIG_OBJECT_INFO:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-warmbench.XXXXXX)
+. "$ROOT/bench/lib.sh"
 DAEMON_PIDS=()
 SERVER_PIDS=()
 
@@ -105,17 +106,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # start_server ROOT [ARGS...] -> its port in $PORT
 start_server() {
-  local root=$1 out="$W/port.$RANDOM"
+  local root=$1
   shift
-  python3 "$ROOT/tests/support/git_http_server.py" --root "$root" "$@" > "$out" 2> /dev/null &
-  SERVER_PIDS+=($!)
-  for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
-  PORT=$(awk '{print $2}' "$out")
-  [ -n "$PORT" ] || { echo "the git server did not start" >&2; exit 1; }
+  start_py "$ROOT/tests/support/git_http_server.py" --root "$root" "$@"
 }
-# server_stats PORT REPO -> "requests bytes"; server_reset PORT
-server_stats() { curl -s "http://127.0.0.1:$1/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin).get(sys.argv[1],{"requests":0,"bytes":0}); print(s["requests"], s["bytes"])' "$2"; }
-server_reset() { curl -s -X POST "http://127.0.0.1:$1/_stats" > /dev/null; }
 
 # write_config DIR NAME URL [TOP-LEVEL LINES...]: DIR/config.toml, mounting at DIR/mnt/NAME.
 write_config() {
