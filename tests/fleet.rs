@@ -29,9 +29,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -475,36 +474,9 @@ struct Silent {
     port: u16,
 }
 
-const SILENT_PY: &str = r#"
-import socket
-s = socket.socket()
-s.bind(('127.0.0.1', 0))
-s.listen(1024)
-print('PORT %d' % s.getsockname()[1], flush=True)
-held = []
-while True:
-    conn, _ = s.accept()
-    held.append(conn)  # never read from, never answered, never closed
-"#;
-
 impl Silent {
     fn start() -> Silent {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(SILENT_PY)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start python3: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the silent server did not start: {line:?}"));
+        let (child, port) = start_python("silent_server.py", &[]);
         Silent { child, port }
     }
 

@@ -172,12 +172,8 @@ fn grew(before: &Metrics, after: &Metrics, name: &str, labels: &[(&str, &str)]) 
 
 #[test]
 fn metrics_count_reads_hits_misses_and_errors() {
-    require_prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let srv = dir.join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let work = new_worktree(&dir.join("work"));
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
     std::fs::create_dir_all(work.join("big")).unwrap();
     // Larger than a listing prefetches and than a blob fetched whole
     // (1 MiB): each first open fetches, streamed through the daemon.
@@ -449,12 +445,8 @@ fn watch_transfer(
 
 #[test]
 fn status_lists_a_git_transfer_while_it_runs() {
-    require_prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let srv = dir.join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let work = new_worktree(&dir.join("work"));
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
     std::fs::create_dir_all(work.join("data")).unwrap();
     let big = noise(31, 12 << 20);
     std::fs::write(work.join("data/big.bin"), &big).unwrap();

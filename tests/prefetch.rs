@@ -30,12 +30,8 @@ fn small_files(work: &Path, dir: &str, count: usize, seed: u64) -> usize {
 
 #[test]
 fn prefetched_subtrees_read_with_the_server_gone() {
-    require_prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let srv = dir.join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let work = new_worktree(&dir.join("work"));
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
     // Under the two paths prefetched: small files in nested directories,
     // files larger than a listing prefetches, and a symlink (not a file).
     let mut wanted = small_files(&work, "sub/a", 60, 1_000)

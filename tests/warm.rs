@@ -88,12 +88,8 @@ impl Mount {
 
 #[test]
 fn cached_files_are_read_by_the_kernel_directly() {
-    require_prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let srv = dir.join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let work = new_worktree(&dir.join("work"));
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
     let sizes = [3_000_000usize, 3_100_000, 3_200_000];
     for (i, n) in sizes.iter().enumerate() {
         std::fs::write(work.join(format!("f{i}.bin")), noise(i as u64 + 1, *n)).unwrap();
@@ -248,12 +244,8 @@ fn a_directory_of_50000_entries_lists_within_three_times_native() {
 
 #[test]
 fn the_inode_table_shrinks_when_the_kernel_forgets() {
-    require_prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let srv = dir.join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let work = new_worktree(&dir.join("work"));
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
     for i in 0..200 {
         let d = work.join(format!("d{}", i % 10));
         std::fs::create_dir_all(&d).unwrap();

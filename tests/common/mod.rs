@@ -94,8 +94,34 @@ pub fn new_worktree(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A test's scratch directory (prerequisites checked): `srv/` for the
+/// served repositories and `work/`, a fresh git work tree.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        require_prerequisites();
+        let s = Scratch(tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(s.srv()).unwrap();
+        new_worktree(&s.work());
+        s
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.0.path()
+    }
+
+    pub fn srv(&self) -> PathBuf {
+        self.dir().join("srv")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir().join("work")
+    }
+}
+
 /// Starts `tests/support/<script>` and reads the `PORT <n>` line it prints.
-fn start_python(script: &str, args: &[String]) -> (Child, u16) {
+pub fn start_python(script: &str, args: &[String]) -> (Child, u16) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(script);
