@@ -22,15 +22,7 @@ struct Setup {
 
 fn setup() -> Setup {
     require_prerequisites();
-    let ok = std::process::Command::new("git")
-        .args(["lfs", "version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "git-lfs is not installed (Debian package git-lfs); .ci/run installs it"
-    );
+    require_git_lfs();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let lfs = LfsServer::start(&dir.join("lfs-store"));
