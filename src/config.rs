@@ -169,9 +169,30 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Whether the mounts answer extended attribute calls (`user.repofs.*`).
     pub xattrs: bool,
+    /// How file reads reach the bytes.
+    pub file_reads: FileReads,
     /// The fleet's shared cache tier, if any.
     pub shared_cache: Option<SharedCacheConfig>,
     pub repositories: Vec<RepoConfig>,
+}
+
+/// How file reads reach the bytes (README, "How reads reach the bytes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileReads {
+    /// `no-open` for git mounts (many small files, content-addressed
+    /// trees), `passthrough` for S3 mounts (large objects).
+    #[default]
+    Auto,
+    /// `open` answers ENOSYS once: the kernel stops sending open and
+    /// release, keeps every file's pages, and a warm read costs no round
+    /// trip; reads of pages it lacks come to the daemon.
+    NoOpen,
+    /// Complete cached files are handed to the kernel at open (Linux 6.9+,
+    /// CAP_SYS_ADMIN), the rest read through the daemon.
+    Passthrough,
+    /// Every read the kernel's page cache cannot answer comes to the daemon.
+    Daemon,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +207,7 @@ struct RawConfig {
     max_attempts: Option<u32>,
     metrics_listen: Option<String>,
     xattrs: Option<bool>,
+    file_reads: Option<FileReads>,
     shared_cache: Option<RawShared>,
     #[serde(default)]
     repository: Vec<RawRepo>,
@@ -299,6 +321,7 @@ const TOP_KEYS: &[&str] = &[
     "max_attempts",
     "metrics_listen",
     "xattrs",
+    "file_reads",
     "shared_cache",
     "repository",
 ];
@@ -508,6 +531,7 @@ impl Config {
             cache_size,
             allow_other: raw.allow_other.unwrap_or(false),
             xattrs: raw.xattrs.unwrap_or(true),
+            file_reads: raw.file_reads.unwrap_or_default(),
             request_timeout,
             connect_timeout,
             max_attempts,

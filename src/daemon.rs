@@ -61,6 +61,9 @@ fn fixed_mmap_threshold() {
     }
 }
 
+/// How far the kernel reads ahead of a sequential reader of a mount.
+const READAHEAD_KIB: u32 = 4096;
+
 /// Runs the daemon until a termination signal. Returns an error only when
 /// nothing could be mounted at all at start.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -269,13 +272,14 @@ fn mount_repo(
     };
     options.n_threads = Some(16);
     options.clone_fd = true;
-    let fs = RepoFs::new(source.clone(), config.xattrs);
+    let fs = RepoFs::new(source.clone(), config.xattrs, config.file_reads);
     let notifier = fs.notifier_slot();
     let last_error = fs.last_error();
     let monitor = fs.monitor();
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
             let _ = notifier.set(session.notifier());
+            crate::fs::raise_readahead(&repo.mount_point, READAHEAD_KIB);
             tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
             if let Some(g) = &git {
                 let preload = g.clone();

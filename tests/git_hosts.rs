@@ -256,7 +256,7 @@ fn rate_limited_github_api_falls_back_to_git() {
 fn sizes_from_a_lying_api_are_corrected_by_the_contents() {
     let _heavy = one_at_a_time();
     let f = fixture(2 * MB);
-    for skew in ["-3", "5"] {
+    for skew in ["-3", "5", "-5000", "70000"] {
         let server = GitServer::start(&f.srv, &["--profile", "github", "--github-size-skew", skew]);
         let p = &PROFILES[0];
         let (cfg, m) = config(&f, &format!("skew{skew}"), server.port, p);
@@ -340,6 +340,28 @@ fn kill_during_a_large_fetch_leaves_nothing_behind_and_damaged_sizes_never_short
                 std::fs::write(&path, data).unwrap();
                 damaged += 1;
             }
+        }
+    }
+    // Small entries are packed into segments: damage those records too
+    // (a byte of the data right after the key).
+    for e in std::fs::read_dir(cache.join("packs")).unwrap() {
+        let path = e.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        let starts: Vec<usize> = data
+            .windows(b"sizes-".len())
+            .enumerate()
+            .filter(|(_, w)| *w == b"sizes-")
+            .map(|(i, _)| i)
+            .collect();
+        for at in &starts {
+            let byte = at + "sizes-".len() + 40 + 3;
+            if byte < data.len() {
+                data[byte] ^= 0x40;
+                damaged += 1;
+            }
+        }
+        if !starts.is_empty() {
+            std::fs::write(&path, data).unwrap();
         }
     }
     assert!(damaged > 0, "no sizes were stored");

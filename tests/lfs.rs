@@ -323,12 +323,25 @@ fn lfs_objects_read_right_on_a_full_disk() {
         }
     }
     // The cache directory becomes unwritable: reads still come back right.
-    let st = std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(s.dir.join("cache"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    // (The kernel refuses while evicted files are still open: readers kept
+    // for reads without open are dropped after 2 s idle.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(s.dir.join("cache"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot make the cache read-only: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     for (name, data) in &later {
         let got = std::fs::read(m.join(name))
             .unwrap_or_else(|e| panic!("read-only cache: {name}: {e}\n{}", d.log_text()));

@@ -195,7 +195,9 @@ fn metrics_count_reads_hits_misses_and_errors() {
         "obs",
         server.url("obs"),
         "refresh = \"never\"",
-        &format!("metrics_listen = \"{addr}\""),
+        // Passthrough, so that its count is checked too (git mounts read
+        // without open by default: tests/warm.rs).
+        &format!("metrics_listen = \"{addr}\"\nfile_reads = \"passthrough\""),
     );
     let mut d = Daemon::start(&config, &[m.clone()], &dir.join("daemon.log"));
     let repo = [("repository", "obs")];

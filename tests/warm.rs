@@ -1,6 +1,10 @@
-//! Native speed once cached: kernel passthrough for complete cached files
-//! (a warm re-read makes no daemon reads, a file still arriving is read
-//! through the daemon, an open file survives its eviction from the cache),
+//! Native speed once cached: no-open reads, the default for git mounts (a
+//! warm re-read makes no daemon call at all, a re-read after the kernel
+//! dropped its pages reads the cache file through the daemon, a file held
+//! open survives its eviction from the cache); kernel passthrough for
+//! complete cached files (a warm re-read makes no daemon reads, a file
+//! still arriving is read through the daemon, an open file survives its
+//! eviction from the cache),
 //! a 50,000-entry directory listed within 3 times native, and an inode
 //! table that shrinks when the kernel drops its caches, also after a
 //! followed branch moved. Real FUSE mounts against the local git server in
@@ -101,7 +105,7 @@ fn cached_files_are_read_by_the_kernel_directly() {
         dir,
         &server.url("pt"),
         "refresh = \"never\"",
-        "cache_size = \"7MiB\"",
+        "cache_size = \"7MiB\"\nfile_reads = \"passthrough\"",
     );
     assert!(
         m.daemon
@@ -161,6 +165,100 @@ fn cached_files_are_read_by_the_kernel_directly() {
     drop(held);
     // And opened again, it is fetched again, whole.
     assert_eq!(std::fs::read(&f0).unwrap(), noise(1, sizes[0]));
+    let mut m = m;
+    m.daemon.stop();
+}
+
+/// The default for git mounts: `open` answers ENOSYS once, then the kernel
+/// sends no opens and keeps every page.
+#[test]
+fn warm_reads_without_open_never_reach_the_daemon() {
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
+    let sizes = [3_000_000usize, 3_100_000, 3_200_000];
+    for (i, n) in sizes.iter().enumerate() {
+        std::fs::write(work.join(format!("f{i}.bin")), noise(i as u64 + 11, *n)).unwrap();
+    }
+    std::fs::create_dir_all(work.join("small")).unwrap();
+    for i in 0..50 {
+        std::fs::write(work.join(format!("small/s{i}.txt")), format!("small {i}\n")).unwrap();
+    }
+    publish_repo(&srv, &work, "no");
+    let server = GitServer::start(&srv, &[]);
+    // A cache that holds about two of the three large files.
+    let m = mount(
+        dir,
+        &server.url("no"),
+        "refresh = \"never\"",
+        "cache_size = \"7MiB\"",
+    );
+    assert!(
+        m.daemon.log_text().contains("file reads: no open"),
+        "{}",
+        m.daemon.log_text()
+    );
+    let f0 = m.mount.join("f0.bin");
+    let want0 = noise(11, sizes[0]);
+
+    // Cold: the blob arrives while it is read, through the daemon.
+    let reads0 = m.ops("read");
+    assert_eq!(std::fs::read(&f0).unwrap(), want0);
+    assert!(
+        m.ops("read") > reads0,
+        "a cold file was not read through the daemon"
+    );
+    for i in 0..50 {
+        let p = m.mount.join(format!("small/s{i}.txt"));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("small {i}\n"));
+    }
+
+    // Warm: no open, no read, no release reaches the daemon.
+    let before = [m.ops("open"), m.ops("read"), m.ops("release")];
+    assert!(before[0] <= 1.0, "more than one open was sent: {before:?}");
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(&f0).unwrap(), want0);
+        for i in 0..50 {
+            let p = m.mount.join(format!("small/s{i}.txt"));
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("small {i}\n"));
+        }
+    }
+    assert_eq!(
+        [m.ops("open"), m.ops("read"), m.ops("release")],
+        before,
+        "warm reads reached the daemon"
+    );
+
+    // Pages dropped: read again from the cache file, through the daemon,
+    // still without opens.
+    drop_caches();
+    let reads1 = m.ops("read");
+    assert_eq!(std::fs::read(&f0).unwrap(), want0);
+    assert!(m.ops("read") > reads1);
+    assert_eq!(m.ops("open"), before[0]);
+
+    // A file held open survives its eviction from the cache, and the kernel
+    // dropping its pages meanwhile.
+    let mut held = std::fs::File::open(&f0).unwrap();
+    for i in 1..sizes.len() {
+        let p = m.mount.join(format!("f{i}.bin"));
+        assert_eq!(std::fs::read(&p).unwrap(), noise(i as u64 + 11, sizes[i]));
+    }
+    let blob = git(&work, &["rev-parse", "HEAD:f0.bin"]);
+    let (_, out, _) = sh(
+        &format!("find {} -name 'git-{blob}*'", s(&m.cache.join("content"))),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.trim().is_empty(),
+        "f0.bin was not evicted by a 7 MiB cache"
+    );
+    drop_caches();
+    let mut got = Vec::new();
+    held.read_to_end(&mut got).unwrap();
+    assert!(got == want0, "an evicted, open file read wrong bytes");
+    drop(held);
+    let log = m.daemon.log_text();
+    assert!(!log.contains(" ERROR "), "{log}");
     let mut m = m;
     m.daemon.stop();
 }

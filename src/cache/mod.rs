@@ -4,9 +4,13 @@
 //! `[a-z0-9-]` chosen by the caller (for example `git-<object id>`); the
 //! content lives in `<dir>/objects/<first two chars>/<key>`. Entries are
 //! written to a temp file and renamed into place, so a reader never sees half
-//! a file. An in-memory LRU index (rebuilt from the directory at start, oldest
-//! access first) keeps the total under the cap. Evicting a file only unlinks
-//! it: a reader that already has it open keeps reading it.
+//! a file. Entries up to 32 KiB given whole ([`Cache::insert`]) are packed
+//! into segment files instead (`packs.rs`), and read back as in-memory
+//! files. An in-memory LRU index (rebuilt from the directory at start, oldest
+//! access first) keeps the total under the cap: a file counts its 4 KiB
+//! blocks, a packed entry its bytes, and a packed entry evicted takes its
+//! whole segment with it. Evicting a file only unlinks it: a reader that
+//! already has it open keeps reading it.
 //!
 //! Verifying that the bytes match the key is the caller's job: only it knows
 //! what the key means (an object id, a sha256, an ETag).
@@ -21,6 +25,7 @@ use lru::LruCache;
 
 mod disk;
 mod memory;
+mod packs;
 use disk::Disk;
 pub use disk::space as disk_space;
 pub use memory::Memory;
@@ -43,11 +48,29 @@ pub struct Cache {
     index: Arc<Mutex<Index>>,
     tmp_counter: Arc<AtomicU64>,
     disk: Arc<Disk>,
+    packs: Arc<packs::Packs>,
 }
 
 struct Index {
-    lru: LruCache<String, u64>,
+    lru: LruCache<String, Slot>,
     total: u64,
+}
+
+/// An entry of the index: what it costs against the cap, and where it is
+/// packed (`None`: its own file).
+#[derive(Clone, Copy)]
+struct Slot {
+    charge: u64,
+    packed: Option<packs::Loc>,
+}
+
+impl Slot {
+    fn file(charge: u64) -> Slot {
+        Slot {
+            charge,
+            packed: None,
+        }
+    }
 }
 
 /// Figures for status output and tests.
@@ -84,7 +107,7 @@ impl Cache {
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
 
-        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
+        let mut found: Vec<(std::time::SystemTime, String, Slot)> = Vec::new();
         for shard in fs::read_dir(&objects).map_err(io_err(&objects))? {
             let shard = shard.map_err(io_err(&objects))?;
             let Ok(entries) = fs::read_dir(shard.path()) else {
@@ -102,17 +125,31 @@ impl Cache {
                     .accessed()
                     .or_else(|_| meta.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
-                found.push((when, name, charge(meta.len())));
+                found.push((when, name, Slot::file(charge(meta.len()))));
             }
         }
-        found.sort();
+        let packs_dir = root.join("packs");
+        let (packs, segments) = packs::Packs::open(&packs_dir, (cap / 16).clamp(1 << 20, 64 << 20))
+            .map_err(io_err(&packs_dir))?;
+        for (when, records) in segments {
+            for r in records {
+                let slot = Slot {
+                    charge: u64::from(r.loc.len),
+                    packed: Some(r.loc),
+                };
+                found.push((when, r.key, slot));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut index = Index {
             lru: LruCache::unbounded(),
             total: 0,
         };
-        for (_, key, len) in found {
-            index.total += len;
-            index.lru.put(key, len);
+        for (_, key, slot) in found {
+            index.total += slot.charge;
+            if let Some(old) = index.lru.put(key, slot) {
+                index.total -= old.charge;
+            }
         }
         let cache = Cache {
             root: root.to_owned(),
@@ -120,6 +157,7 @@ impl Cache {
             index: Arc::new(Mutex::new(index)),
             tmp_counter: Arc::new(AtomicU64::new(0)),
             disk: Arc::new(Disk::new(root)),
+            packs: Arc::new(packs),
         };
         cache.evict(0);
         Ok(cache)
@@ -133,39 +171,102 @@ impl Cache {
     /// Opens the entry for reading, marking it recently used.
     pub fn get(&self, key: &str) -> Option<File> {
         valid_key(key).ok()?;
+        let packed = self.lock().lru.get(key).and_then(|s| s.packed);
+        if let Some(loc) = packed {
+            return match self.packs.read(key, loc) {
+                Some(data) => packs::memory_file(&data).ok(),
+                None => {
+                    tracing::warn!(key, "cache: a packed entry is damaged; dropping it");
+                    self.remove(key);
+                    None
+                }
+            };
+        }
         let path = self.path_of(key);
         match File::open(&path) {
             Ok(f) => {
+                // Entries are mostly read start to end, by several threads at
+                // once: a wider readahead keeps the disk ahead of them.
+                // SAFETY: a valid descriptor; the call only sets a hint.
+                unsafe {
+                    libc::posix_fadvise(
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                        0,
+                        libc::POSIX_FADV_SEQUENTIAL,
+                    );
+                }
                 let mut idx = self.lock();
                 if idx.lru.get(key).is_none() {
                     // Written by another process sharing the directory: adopt it.
                     if let Ok(m) = f.metadata() {
                         idx.total += charge(m.len());
-                        idx.lru.put(key.to_owned(), charge(m.len()));
+                        idx.lru.put(key.to_owned(), Slot::file(charge(m.len())));
                     }
                 }
                 Some(f)
             }
             Err(_) => {
                 let mut idx = self.lock();
-                if let Some(len) = idx.lru.pop(key) {
-                    idx.total -= len;
+                if let Some(s) = idx.lru.pop(key) {
+                    idx.total -= s.charge;
                 }
                 None
             }
         }
     }
 
-    /// Whether an entry exists (does not touch its recency).
-    pub fn contains(&self, key: &str) -> bool {
-        valid_key(key).is_ok() && self.path_of(key).is_file()
+    /// The size of an entry's contents (does not touch its recency, and
+    /// trusts the disk: a damaged entry is caught when it is read).
+    pub fn size_of(&self, key: &str) -> Option<u64> {
+        valid_key(key).ok()?;
+        let packed = self.lock().lru.peek(key).and_then(|s| s.packed);
+        match packed {
+            Some(loc) => Some(packs::data_len(key, loc)),
+            None => fs::metadata(self.path_of(key)).ok().map(|m| m.len()),
+        }
     }
 
-    /// Stores `data` under `key` (atomically) and returns it opened for reading.
-    pub fn insert(&self, key: &str, data: &[u8]) -> Result<File, CacheError> {
-        let mut w = self.writer(key)?;
-        w.write_all(data).map_err(io_err(&w.tmp_path))?;
-        w.commit()
+    /// Whether an entry exists (does not touch its recency).
+    pub fn contains(&self, key: &str) -> bool {
+        if valid_key(key).is_err() {
+            return false;
+        }
+        if self
+            .lock()
+            .lru
+            .peek(key)
+            .is_some_and(|s| s.packed.is_some())
+        {
+            return true;
+        }
+        self.path_of(key).is_file()
+    }
+
+    /// Stores `data` under `key` (atomically: a reader finds all of it or
+    /// nothing). Small entries are packed.
+    pub fn insert(&self, key: &str, data: &[u8]) -> Result<(), CacheError> {
+        valid_key(key)?;
+        if data.len() > packs::PACK_MAX {
+            let mut w = self.writer(key)?;
+            w.write_all(data).map_err(io_err(&w.tmp_path))?;
+            return w.commit().map(drop);
+        }
+        let need = (data.len() + key.len()) as u64 + 14;
+        self.evict(need);
+        let loc = self
+            .retry_full(need, || self.packs.append(key, data))
+            .map_err(io_err(&self.root.join("packs")))?;
+        let slot = Slot {
+            charge: u64::from(loc.len),
+            packed: Some(loc),
+        };
+        let mut idx = self.lock();
+        if let Some(old) = idx.lru.put(key.to_owned(), slot) {
+            idx.total -= old.charge;
+        }
+        idx.total += slot.charge;
+        Ok(())
     }
 
     /// Starts a streamed insert; nothing is visible until [`CacheWriter::commit`].
@@ -194,10 +295,17 @@ impl Cache {
         if valid_key(key).is_err() {
             return;
         }
-        let _ = fs::remove_file(self.path_of(key));
-        let mut idx = self.lock();
-        if let Some(len) = idx.lru.pop(key) {
-            idx.total -= len;
+        let popped = {
+            let mut idx = self.lock();
+            let popped = idx.lru.pop(key);
+            if let Some(s) = &popped {
+                idx.total -= s.charge;
+            }
+            popped
+        };
+        // A packed record stays in its segment until the segment goes.
+        if popped.is_none_or(|s| s.packed.is_none()) {
+            let _ = fs::remove_file(self.path_of(key));
         }
     }
 
@@ -223,26 +331,52 @@ impl Cache {
     /// Evicts least recently used entries until `incoming` more bytes fit
     /// under the cap, and the disk keeps its reserve free.
     fn evict(&self, incoming: u64) {
-        let mut victims = Vec::new();
-        {
-            let mut idx = self.lock();
-            while idx.total + incoming > self.cap {
-                match idx.lru.pop_lru() {
-                    Some((k, len)) => {
-                        idx.total -= len;
-                        victims.push(k);
-                    }
-                    None => break,
+        loop {
+            let victim = {
+                let mut idx = self.lock();
+                if idx.total + incoming <= self.cap {
+                    break;
                 }
+                let v = idx.lru.pop_lru();
+                if let Some((_, s)) = &v {
+                    idx.total -= s.charge;
+                }
+                v
+            };
+            match victim {
+                Some((k, s)) => self.drop_victim(&k, s),
+                None => break,
             }
-        }
-        for k in victims {
-            tracing::debug!(key = %k, "cache: evicting");
-            let _ = fs::remove_file(self.path_of(&k));
         }
         // The incoming bytes are already on the disk (in their temp file):
         // only the reserve is to be kept.
         self.make_room(0);
+    }
+
+    /// Takes an evicted entry off the disk: its file, or its whole segment.
+    fn drop_victim(&self, key: &str, slot: Slot) {
+        tracing::debug!(key, "cache: evicting");
+        let Some(loc) = slot.packed else {
+            let _ = fs::remove_file(self.path_of(key));
+            return;
+        };
+        // Read the segment's keys before taking the lock (disk I/O).
+        let records = self.packs.records(loc.seg);
+        {
+            let mut idx = self.lock();
+            for r in records {
+                let here = idx
+                    .lru
+                    .peek(&r.key)
+                    .is_some_and(|s| s.packed == Some(r.loc));
+                if here {
+                    if let Some(s) = idx.lru.pop(&r.key) {
+                        idx.total -= s.charge;
+                    }
+                }
+            }
+        }
+        self.packs.delete(loc.seg);
     }
 
     /// Evicts least recently used entries until the disk has `need` bytes
@@ -265,16 +399,13 @@ impl Cache {
             let victim = {
                 let mut idx = self.lock();
                 let v = idx.lru.pop_lru();
-                if let Some((_, len)) = &v {
-                    idx.total -= len;
+                if let Some((_, s)) = &v {
+                    idx.total -= s.charge;
                 }
                 v
             };
             match victim {
-                Some((k, _)) => {
-                    tracing::debug!(key = %k, "cache: evicting to make room on the disk");
-                    let _ = fs::remove_file(self.path_of(&k));
-                }
+                Some((k, s)) => self.drop_victim(&k, s),
                 None => return false,
             }
         }
@@ -370,8 +501,8 @@ impl CacheWriter {
         self.committed = true;
         let file = File::open(&dest).map_err(io_err(&dest))?;
         let mut idx = self.cache.lock();
-        if let Some(old) = idx.lru.put(self.key.clone(), charge(self.len)) {
-            idx.total -= old;
+        if let Some(old) = idx.lru.put(self.key.clone(), Slot::file(charge(self.len))) {
+            idx.total -= old.charge;
         }
         idx.total += charge(self.len);
         Ok(file)
@@ -411,18 +542,47 @@ mod tests {
         v
     }
 
+    /// Stores an entry as its own file (what large entries and streamed
+    /// writes get).
+    fn put_file(c: &Cache, key: &str, data: &[u8]) {
+        let mut w = c.writer(key).unwrap();
+        w.write_all(data).unwrap();
+        w.commit().unwrap();
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
     #[test]
     fn insert_get_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let c = Cache::open(dir.path(), 1 << 20).unwrap();
         c.insert("git-abc123", b"hello").unwrap();
+        put_file(&c, "git-def456", b"world");
         assert_eq!(read_all(c.get("git-abc123").unwrap()), b"hello");
+        assert_eq!(read_all(c.get("git-def456").unwrap()), b"world");
         assert!(c.get("git-nothere").is_none());
+        assert!(c.contains("git-abc123") && c.contains("git-def456"));
         drop(c);
         let c = Cache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(c.stats().entries, 1);
-        assert_eq!(c.stats().bytes, BLOCK, "a 5-byte entry takes a block");
+        assert_eq!(c.stats().entries, 2);
+        assert_eq!(
+            c.stats().bytes,
+            BLOCK + 14 + 10 + 5,
+            "a file takes a block; a packed entry its record (header, key, data)"
+        );
         assert_eq!(read_all(c.get("git-abc123").unwrap()), b"hello");
+        assert_eq!(read_all(c.get("git-def456").unwrap()), b"world");
+        // What the index counts is what the disk holds.
+        let packed: u64 = segments(dir.path())
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(packed, 14 + 10 + 5);
     }
 
     #[test]
@@ -430,19 +590,89 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Room for two and a half blocks; entries of up to one block each.
         let c = Cache::open(dir.path(), BLOCK * 5 / 2).unwrap();
-        c.insert("k-aaa", &[1u8; 100]).unwrap();
-        c.insert("k-bbb", &[2u8; 4096]).unwrap();
+        put_file(&c, "k-aaa", &[1u8; 100]);
+        put_file(&c, "k-bbb", &[2u8; 4096]);
         let open_a = c.get("k-aaa").unwrap(); // a is now most recent
-        c.insert("k-ccc", &[3u8; 100]).unwrap(); // evicts b
+        put_file(&c, "k-ccc", &[3u8; 100]); // evicts b
         assert!(c.get("k-bbb").is_none());
         assert!(c.get("k-aaa").is_some());
-        c.insert("k-ddd", &[4u8; 100]).unwrap(); // evicts c (a was touched)
+        put_file(&c, "k-ddd", &[4u8; 100]); // evicts c (a was touched)
         assert!(c.get("k-ccc").is_none());
-        c.insert("k-eee", &[5u8; 4097]).unwrap(); // two blocks: evicts a and d
+        put_file(&c, "k-eee", &[5u8; 4097]); // two blocks: evicts a and d
         assert!(c.get("k-aaa").is_none());
         // The reader that opened `a` before eviction still reads it whole.
         assert_eq!(read_all(open_a), vec![1u8; 100]);
         assert!(c.stats().bytes <= BLOCK * 5 / 2);
+    }
+
+    /// Ten thousand small entries take their bytes, in a few files, not
+    /// ten thousand files of a block each; damage and a torn append read
+    /// as absent, never as other bytes.
+    #[test]
+    fn small_entries_are_packed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 1 << 30).unwrap();
+        let data = |i: usize| format!("entry {i} ").repeat(i % 50 + 1).into_bytes();
+        for i in 0..10_000 {
+            c.insert(&format!("k-{i}"), &data(i)).unwrap();
+        }
+        let bytes: u64 = (0..10_000)
+            .map(|i| (14 + format!("k-{i}").len() + data(i).len()) as u64)
+            .sum();
+        assert_eq!(c.stats().bytes, bytes);
+        assert_eq!(segments(dir.path()).len(), 1);
+        drop(c);
+        let c = Cache::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(c.stats().entries, 10_000);
+        for i in (0..10_000).step_by(97) {
+            assert_eq!(read_all(c.get(&format!("k-{i}")).unwrap()), data(i));
+        }
+        drop(c);
+
+        // One byte flipped in the data of k-5000; the file cut inside the
+        // last record.
+        let seg = &segments(dir.path())[0];
+        let raw = fs::read(seg).unwrap();
+        let at = raw
+            .windows(b"entry 5000 ".len())
+            .position(|w| w == b"entry 5000 ")
+            .unwrap();
+        let mut damaged = raw.clone();
+        damaged[at] ^= 1;
+        damaged.truncate(raw.len() - 3);
+        fs::write(seg, &damaged).unwrap();
+        let c = Cache::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(c.stats().entries, 9_999, "the torn record is not indexed");
+        assert!(c.get("k-9999").is_none());
+        assert!(c.get("k-5000").is_none(), "a damaged record was read");
+        assert!(!c.contains("k-5000"), "a damaged record stays indexed");
+        assert_eq!(read_all(c.get("k-4999").unwrap()), data(4999));
+        assert_eq!(read_all(c.get("k-9998").unwrap()), data(9998));
+    }
+
+    /// Past the cap, packed entries go a segment at a time, oldest first,
+    /// and the disk holds what the index counts.
+    #[test]
+    fn packed_entries_are_evicted_by_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 4 << 20;
+        let c = Cache::open(dir.path(), cap).unwrap();
+        for i in 0..8_000 {
+            c.insert(&format!("k-{i}"), &[i as u8; 1000]).unwrap();
+            assert!(c.stats().bytes <= cap);
+        }
+        assert!(c.contains("k-7999"));
+        assert!(!c.contains("k-0"));
+        let on_disk: u64 = segments(dir.path())
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(on_disk, c.stats().bytes);
+        assert!(segments(dir.path()).len() <= 5);
+        assert_eq!(
+            read_all(c.get("k-7000").unwrap()),
+            vec![7000u32 as u8; 1000]
+        );
     }
 
     #[test]
@@ -465,7 +695,7 @@ mod tests {
         {
             let c = Cache::open(dir.path(), 10 * BLOCK).unwrap();
             for k in ["k-one", "k-two", "k-three"] {
-                c.insert(k, &[0u8; 300]).unwrap();
+                put_file(&c, k, &[0u8; 300]);
             }
         }
         let c = Cache::open(dir.path(), 2 * BLOCK).unwrap();

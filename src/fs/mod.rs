@@ -17,15 +17,18 @@ use fuser::{
     ReplyXattr, Request,
 };
 
+use crate::config::FileReads;
 use crate::source::{NodeKind, Source, SourceError};
 use observe::Op;
 
+mod noopen;
 mod observe;
 mod ops_shared;
 mod passthrough;
 mod report;
 mod table;
 pub use observe::{Monitor, TransferInfo};
+pub use passthrough::raise_readahead;
 pub use report::LastError;
 use table::Table;
 
@@ -53,6 +56,10 @@ pub struct RepoFs {
     reporter: report::Reporter,
     /// Kernel passthrough of complete cached files.
     backings: passthrough::Backings,
+    /// Reads without opens (the kernel keeps every page).
+    no_open: noopen::NoOpen,
+    /// How reads should reach the bytes (the configured choice).
+    file_reads: FileReads,
     /// Inodes forgotten so far (memory is trimmed every `TRIM_EVERY`).
     forgotten: AtomicU64,
     /// Whether extended attributes are answered; without them the kernel
@@ -63,7 +70,7 @@ pub struct RepoFs {
 }
 
 impl RepoFs {
-    pub fn new(source: Arc<dyn Source>, xattrs: bool) -> RepoFs {
+    pub fn new(source: Arc<dyn Source>, xattrs: bool, file_reads: FileReads) -> RepoFs {
         // SAFETY: getuid/getgid cannot fail and have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         RepoFs {
@@ -76,6 +83,8 @@ impl RepoFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             reporter: report::Reporter::default(),
             backings: passthrough::Backings::default(),
+            no_open: noopen::NoOpen::default(),
+            file_reads,
             forgotten: AtomicU64::new(0),
             xattrs,
             uid,
@@ -101,14 +110,36 @@ impl fuser::Filesystem for RepoFs {
         }
         // 1 MiB reads (max_pages follows the readahead).
         let _ = config.set_max_readahead(1 << 20);
-        let passthrough = self.source.immutable()
+        // Without open, and with passthrough, the kernel keeps a file's
+        // pages (or its backing file) for as long as the inode lives: only
+        // for sources whose inodes never change contents.
+        let wanted = match (self.file_reads, self.source.immutable()) {
+            (_, false) => FileReads::Daemon,
+            (FileReads::Auto, true) if self.source.dirs_immutable() => FileReads::NoOpen,
+            (FileReads::Auto, true) => FileReads::Passthrough,
+            (chosen, true) => chosen,
+        };
+        let passthrough = wanted == FileReads::Passthrough
             && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.backings.enabled.store(passthrough, Ordering::Relaxed);
-        if passthrough {
-            tracing::info!(repo = %self.source.name(), "file reads: kernel passthrough for cached files, the daemon for the rest");
-        } else {
-            tracing::info!(repo = %self.source.name(), "file reads: through the daemon (the kernel offers no passthrough)");
+        let no_open = wanted == FileReads::NoOpen;
+        self.no_open.enabled.store(no_open, Ordering::Relaxed);
+        if no_open {
+            self.sweep_idle_readers();
+        }
+        let name = self.source.name();
+        match wanted {
+            FileReads::NoOpen => {
+                tracing::info!(repo = %name, "file reads: no open (the kernel keeps every page; reads it cannot answer come to the daemon)")
+            }
+            _ if passthrough => {
+                tracing::info!(repo = %name, "file reads: kernel passthrough for cached files, the daemon for the rest")
+            }
+            FileReads::Passthrough => {
+                tracing::info!(repo = %name, "file reads: through the daemon (the kernel offers no passthrough)")
+            }
+            _ => tracing::info!(repo = %name, "file reads: through the daemon"),
         }
         Ok(())
     }
@@ -184,6 +215,11 @@ impl fuser::Filesystem for RepoFs {
             reply.error(t.error(Errno::EISDIR));
             return;
         }
+        if self.no_open.enabled.load(Ordering::Relaxed) {
+            // Once: the kernel sends no more opens (not an error to the caller).
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.source.open(&node) {
             Ok(reader) => {
                 let mut corrected = false;
@@ -213,6 +249,8 @@ impl fuser::Filesystem for RepoFs {
                     ino: ino.0,
                     opened: std::time::Instant::now(),
                     passthrough: backing.is_some(),
+                    shrunk_to: None,
+                    last_read: Default::default(),
                 };
                 observe::write(&self.handles).insert(fh, file);
                 self.prefetch_beside(ino.0);
@@ -247,23 +285,51 @@ impl fuser::Filesystem for RepoFs {
         reply: ReplyData,
     ) {
         let t = self.ops.start(Op::Read);
-        // Readers share the table; only open and release write it.
-        let reader = observe::read(&self.handles)
-            .get(&fh.0)
-            .map(|f| f.reader.clone());
-        let Some(reader) = reader else {
-            reply.error(t.error(Errno::EBADF));
-            return;
-        };
-        match reader.read_at(offset, size) {
-            Ok(data) => {
-                self.ops.served.increment(data.len() as u64);
-                reply.data(&data)
+        // No open (file handle 0): the reader kept for the inode.
+        let no_open = fh.0 == 0 && self.no_open.enabled.load(Ordering::Relaxed);
+        let reader = if no_open {
+            match self.no_open_reader(ino.0) {
+                Ok((_, Some(end))) if offset >= end => {
+                    // See `noopen.rs`: never an empty answer here.
+                    return reply.error(t.error(Errno::EIO));
+                }
+                Ok((r, _)) => r,
+                Err(e) => return reply.error(self.fail(&t, "read", ino.0, None, &e)),
             }
-            Err(e) => reply.error(self.fail(&t, "read", ino.0, None, &e)),
+        } else {
+            // Readers share the table; only open and release write it.
+            let reader = observe::read(&self.handles)
+                .get(&fh.0)
+                .map(|f| f.reader.clone());
+            let Some(reader) = reader else {
+                reply.error(t.error(Errno::EBADF));
+                return;
+            };
+            reader
+        };
+        let failed =
+            observe::with_read_buffer(size as usize, |buf| match reader.read_into(offset, buf) {
+                Ok(n) => {
+                    self.ops.served.increment(n as u64);
+                    reply.data(&buf[..n]);
+                    None
+                }
+                Err(e) => Some((e, reply)),
+            });
+        match failed {
+            None => {}
+            Some((e, reply)) => {
+                if no_open {
+                    self.no_open_failed(ino.0);
+                }
+                reply.error(self.fail(&t, "read", ino.0, None, &e))
+            }
         }
     }
 
+    /// Nothing is ever written, so there is nothing to flush: ENOSYS makes
+    /// the kernel stop sending flush on every close (one round trip less
+    /// per file).
     fn flush(
         &self,
         _req: &Request,
@@ -272,7 +338,7 @@ impl fuser::Filesystem for RepoFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -147,6 +147,11 @@ pub(super) struct OpenFile {
     pub(super) done_at_open: u64,
     /// Opened in kernel passthrough (reads never come here).
     pub(super) passthrough: bool,
+    /// Read without an open, of a file the kernel was told was longer:
+    /// its true size.
+    pub(super) shrunk_to: Option<u64>,
+    /// Read without an open: when it was last read ([`ticks`]).
+    pub(super) last_read: std::sync::atomic::AtomicU64,
 }
 
 pub(super) type Handles = Arc<RwLock<HashMap<u64, OpenFile>>>;
@@ -260,4 +265,25 @@ mod tests {
         assert_eq!(errno_name(libc::ENOENT), "ENOENT");
         assert_eq!(errno_name(9999), "E9999");
     }
+}
+
+thread_local! {
+    /// Each worker thread's read buffer, allocated once.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's read buffer, `len` bytes long.
+pub(super) fn with_read_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+/// Milliseconds since the first call: a clock cheap enough for every read.
+pub(super) fn ticks() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

@@ -58,6 +58,10 @@ impl RepoFs {
             for ino in &gone {
                 pages.remove(ino);
             }
+            drop(pages);
+            if self.no_open.enabled.load(Ordering::Relaxed) {
+                self.no_open_forget(&gone);
+            }
         }
         // The allocator keeps freed memory in its arenas: after the kernel
         // dropped many inodes, hand it back to the system.
@@ -95,20 +99,23 @@ impl RepoFs {
     /// The source found a file's true size differs from what was listed:
     /// fix the inode and make the kernel forget the attributes it cached.
     pub(super) fn correct_size(&self, ino: u64, real: u64) {
-        {
-            let mut t = self.write_table();
-            if let Some(Some(n)) = t.inodes.get_mut(&ino).map(|i| i.node.as_mut()) {
-                if let NodeKind::File { size, .. } = &mut n.kind {
-                    *size = real;
-                }
-            }
-        }
+        self.set_size(ino, real);
         if let Some(n) = self.notifier.get().cloned() {
             // Sent from another thread: the kernel may hold locks for this
             // very request.
             std::thread::spawn(move || {
                 let _ = n.inval_inode(INodeNo(ino), 0, 0);
             });
+        }
+    }
+
+    /// Records a file's true size in its inode.
+    pub(super) fn set_size(&self, ino: u64, real: u64) {
+        let mut t = self.write_table();
+        if let Some(Some(n)) = t.inodes.get_mut(&ino).map(|i| i.node.as_mut()) {
+            if let NodeKind::File { size, .. } = &mut n.kind {
+                *size = real;
+            }
         }
     }
 

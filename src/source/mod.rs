@@ -64,11 +64,25 @@ impl SourceError {
 pub trait FileReader: Send + Sync {
     /// Reads up to `size` bytes at `offset`; fewer only at end of file.
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError>;
+    /// Reads into `buf` at `offset`: fills it except at end of file, and
+    /// returns the count. Readers of local files read straight into it.
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        let data = self.read_at(offset, u32::try_from(buf.len()).unwrap_or(u32::MAX))?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok(n)
+    }
     /// Whether what this reader returns is final (verified): only then may
     /// the kernel keep the pages across opens. A reader that serves bytes
     /// while they arrive (before a checksum) says false.
     fn cacheable(&self) -> bool {
         true
+    }
+    /// Whether every byte has arrived and been verified (a reader of a
+    /// transfer says so once it is done: opened again, the file would come
+    /// from the cache).
+    fn complete(&self) -> bool {
+        self.cacheable()
     }
     /// The file's true size, when the reader knows it (a listing may have
     /// been told a different one by a host API).
@@ -138,6 +152,9 @@ impl FileReader for LocalFile {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         read_file_range(&self.file, offset, size)
     }
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        read_file_into(&self.file, offset, buf)
+    }
     fn size(&self) -> Option<u64> {
         Some(self.size)
     }
@@ -168,8 +185,20 @@ pub fn read_file_range(
     offset: u64,
     size: u32,
 ) -> Result<Vec<u8>, SourceError> {
-    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; size as usize];
+    let n = read_file_into(file, offset, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Fills `buf` from `offset` of a local (cache) file, except at its end;
+/// returns the count.
+pub fn read_file_into(
+    file: &std::fs::File,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize, SourceError> {
+    use std::os::unix::fs::FileExt;
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -179,8 +208,7 @@ pub fn read_file_range(
             Err(e) => return Err(SourceError::Unavailable(format!("reading the cache: {e}"))),
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
+    Ok(filled)
 }
 
 /// A read-only tree. Calls block; the FUSE adapter calls them from its

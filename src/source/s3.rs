@@ -490,6 +490,9 @@ impl FileReader for CachedReader {
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
         read_file_range(&self.0, offset, size)
     }
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        super::read_file_into(&self.0, offset, buf)
+    }
     fn local_file(&self) -> Option<&std::fs::File> {
         Some(&self.0)
     }

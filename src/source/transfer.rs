@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{FileReader, SourceError, read_file_range};
+use super::{FileReader, SourceError, read_file_into};
 
 /// What a transfer has done so far.
 #[derive(Debug, Clone)]
@@ -139,6 +139,10 @@ impl FileReader for TransferReader {
         false
     }
 
+    fn complete(&self) -> bool {
+        matches!(&*self.transfer.state.borrow(), TransferState::Done)
+    }
+
     fn size(&self) -> Option<u64> {
         Some(self.size)
     }
@@ -151,7 +155,14 @@ impl FileReader for TransferReader {
     }
 
     fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        let need = offset.saturating_add(u64::from(size)).min(self.size);
+        let mut buf = vec![0u8; (u64::from(size).min(self.size.saturating_sub(offset))) as usize];
+        let n = self.read_into(offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        let need = offset.saturating_add(buf.len() as u64).min(self.size);
         let total = self.size;
         self.rt
             .block_on(self.transfer.wait(self.stall_limit, |s| match s {
@@ -167,16 +178,19 @@ impl FileReader for TransferReader {
                 _ => Ok(()),
             })?;
         if let Some(m) = self.transfer.memory.get() {
-            return super::MemoryFile(m.clone()).read_at(offset, size);
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(m.len());
+            let n = (m.len() - start).min(buf.len());
+            buf[..n].copy_from_slice(&m[start..start + n]);
+            return Ok(n);
         }
         if let Some(f) = self.transfer.done_file.get() {
-            return read_file_range(f, offset, size);
+            return read_file_into(f, offset, buf);
         }
         let file = self
             .transfer
             .file
             .as_ref()
             .ok_or_else(|| SourceError::Unavailable("no file to read".into()))?;
-        read_file_range(file, offset, size)
+        read_file_into(file, offset, buf)
     }
 }

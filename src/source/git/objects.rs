@@ -146,11 +146,7 @@ impl Objects {
         if let Some(m) = self.memory.get(&blob_key(oid)) {
             return Some(m.len() as u64);
         }
-        self.cache
-            .get(&blob_key(oid))?
-            .metadata()
-            .ok()
-            .map(|m| m.len())
+        self.cache.size_of(&blob_key(oid))
     }
 
     /// Registers flights for the ids nobody is fetching yet; returns those
