@@ -279,7 +279,11 @@ fn mount_repo(
     match fuser::spawn_mount(fs, &repo.mount_point, &options) {
         Ok(session) => {
             let _ = notifier.set(session.notifier());
-            crate::fs::raise_readahead(&repo.mount_point, READAHEAD_KIB);
+            // Found in mountinfo: a stat of the mount point would wait for
+            // the repository.
+            if let Some(m) = crate::overlay::mount_at(&repo.mount_point) {
+                crate::fs::raise_readahead(&m.dev, READAHEAD_KIB);
+            }
             tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
             if let Some(g) = &git {
                 let preload = g.clone();

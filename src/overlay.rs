@@ -15,6 +15,8 @@ use sha2::Digest;
 /// One mounted filesystem, from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The device number, `major:minor`.
+    pub dev: String,
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -38,8 +40,10 @@ pub fn mount_at(path: &Path) -> Option<MountEntry> {
 fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let (left, right) = line.split_once(" - ")?;
     let mount_point = unescape(left.split(' ').nth(4)?);
+    let dev = left.split(' ').nth(2)?.to_string();
     let mut r = right.split(' ');
     Some(MountEntry {
+        dev,
         mount_point: PathBuf::from(std::ffi::OsStr::from_bytes(&mount_point)),
         fstype: r.next()?.to_string(),
         source: String::from_utf8_lossy(&unescape(r.next()?)).into_owned(),

@@ -3,9 +3,14 @@
 //! path (for log lines and `repofs status`). Each inode counts the lookups
 //! the kernel holds on it; `forget` takes them back and an inode nobody
 //! holds is dropped, so the table is as large as the kernel's cache of it.
+//!
+//! Memory per inode is what a million-file walk pays: the name is stored
+//! once (in the inode), and the index from `(parent, name)` to the inode
+//! holds only inode numbers, hashed and compared through the inodes.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +20,7 @@ use crate::source::{Node, SourceError};
 
 pub(super) struct Inode {
     pub(super) parent: u64,
-    pub(super) name: OsString,
+    pub(super) name: Box<OsStr>,
     /// `None` only for the root before the source could be reached.
     pub(super) node: Option<Node>,
     /// The source generation `node` belongs to.
@@ -27,10 +32,16 @@ pub(super) struct Inode {
 #[derive(Default)]
 pub(super) struct Table {
     pub(super) inodes: HashMap<u64, Inode>,
-    /// Per directory, its children's inodes by name (looked up without
-    /// allocating).
-    pub(super) by_name: HashMap<u64, HashMap<OsString, u64>>,
+    /// The current inode of each `(parent, name)` (looked up without
+    /// allocating); an inode replaced by a newer one for its name is no
+    /// longer here.
+    children: hashbrown::HashTable<u64>,
+    hasher: std::hash::RandomState,
     pub(super) next: u64,
+}
+
+fn hash_of(hasher: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
+    hasher.hash_one((parent, name.as_encoded_bytes()))
 }
 
 impl Table {
@@ -43,7 +54,7 @@ impl Table {
             ROOT,
             Inode {
                 parent: ROOT,
-                name: OsString::new(),
+                name: OsStr::new("").into(),
                 node: None,
                 generation: 0,
                 lookups: AtomicU64::new(1),
@@ -54,7 +65,42 @@ impl Table {
 
     /// The inode already numbered for `name` in `parent`, if any.
     pub(super) fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.by_name.get(&parent)?.get(name).copied()
+        let h = hash_of(&self.hasher, parent, name);
+        self.children
+            .find(h, |ino| {
+                self.inodes
+                    .get(ino)
+                    .is_some_and(|i| i.parent == parent && &*i.name == name)
+            })
+            .copied()
+    }
+
+    /// Adds an inode, as the current one of its `(parent, name)`.
+    pub(super) fn add(&mut self, ino: u64, inode: Inode) {
+        let h = hash_of(&self.hasher, inode.parent, &inode.name);
+        let parent = inode.parent;
+        self.inodes.insert(ino, inode);
+        let inodes = &self.inodes;
+        let hasher = &self.hasher;
+        let Some(name) = inodes.get(&ino).map(|i| &i.name) else {
+            return;
+        };
+        match self.children.find_entry(h, |x| {
+            *x != ino
+                && inodes
+                    .get(x)
+                    .is_some_and(|i| i.parent == parent && i.name == *name)
+        }) {
+            Ok(mut e) => *e.get_mut() = ino,
+            Err(absent) => {
+                absent.into_table().insert_unique(h, ino, |x| {
+                    inodes
+                        .get(x)
+                        .map(|i| hash_of(hasher, i.parent, &i.name))
+                        .unwrap_or(0)
+                });
+            }
+        }
     }
 
     /// Takes back `n` lookups; drops the inode when none are left.
@@ -70,17 +116,11 @@ impl Table {
         if left > 0 {
             return false;
         }
-        let Some(i) = self.inodes.remove(&ino) else {
-            return false;
-        };
-        if let Some(names) = self.by_name.get_mut(&i.parent) {
-            if names.get(&i.name) == Some(&ino) {
-                names.remove(&i.name);
-            }
-            if names.is_empty() {
-                self.by_name.remove(&i.parent);
-            }
+        let h = hash_of(&self.hasher, i.parent, &i.name);
+        if let Ok(e) = self.children.find_entry(h, |x| *x == ino) {
+            e.remove();
         }
+        self.inodes.remove(&ino);
         true
     }
 
@@ -91,7 +131,7 @@ impl Table {
         while cur != ROOT {
             match self.inodes.get(&cur) {
                 Some(i) => {
-                    parts.push(i.name.clone());
+                    parts.push(&i.name);
                     cur = i.parent;
                 }
                 None => break,
@@ -99,7 +139,7 @@ impl Table {
         }
         let mut p = PathBuf::from("/");
         for part in parts.iter().rev() {
-            p.push(part);
+            p.push(&***part);
         }
         p
     }
@@ -178,22 +218,18 @@ impl RepoFs {
         }
         let ino = t.next;
         t.next += 1;
-        t.inodes.insert(
+        // A changed path gets the new inode; the old one lives on (open
+        // files keep reading it) until the kernel forgets it.
+        t.add(
             ino,
             Inode {
                 parent,
-                name: name.to_owned(),
+                name: name.into(),
                 node: Some(node.clone()),
                 generation: self.source.generation(),
                 lookups: AtomicU64::new(add),
             },
         );
-        // A changed path gets the new inode; the old one lives on (open
-        // files keep reading it) until the kernel forgets it.
-        t.by_name
-            .entry(parent)
-            .or_default()
-            .insert(name.to_owned(), ino);
         ino
     }
 }
