@@ -184,13 +184,13 @@ fn a_git_url_mounts_without_a_config_file() {
 
     // The name defaults to the URL's last segment without `.git`.
     let scraped = scrape(&metrics);
-    let opens = scraped.value(
+    let reads = scraped.value(
         "repofs_fuse_operations_total",
-        &[("repository", "x"), ("operation", "open")],
+        &[("repository", "x"), ("operation", "read")],
     );
     assert!(
-        opens >= 6.0,
-        "repository=\"x\" answered {opens} opens of the 6 files diff and read opened:\n{}",
+        reads >= 6.0,
+        "repository=\"x\" answered {reads} reads of the 6 files diff and read read:\n{}",
         scraped.text
     );
     let (code, out, err) = f.repofs("", &format!("status --cache-dir {}", s(&cache)));
