@@ -8,7 +8,6 @@
 //! once (in the inode), and the index from `(parent, name)` to the inode
 //! holds only inode numbers, hashed and compared through the inodes.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
@@ -29,15 +28,83 @@ pub(super) struct Inode {
     pub(super) lookups: AtomicU64,
 }
 
+/// Inodes by number, a slot each; the numbers of forgotten inodes are
+/// given out again (the kernel no longer knows them), and free slots at the
+/// end are handed back, so the table shrinks when the kernel drops its
+/// caches.
+#[derive(Default)]
+pub(super) struct Slots {
+    slots: Vec<Option<Inode>>,
+    free: Vec<u64>,
+    len: usize,
+}
+
+impl Slots {
+    pub(super) fn get(&self, ino: &u64) -> Option<&Inode> {
+        self.slots.get(usize::try_from(*ino).ok()?)?.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.slots.get_mut(usize::try_from(*ino).ok()?)?.as_mut()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A number for a new inode.
+    fn vacant(&mut self) -> u64 {
+        while let Some(ino) = self.free.pop() {
+            if self.get(&ino).is_none() && (ino as usize) < self.slots.len() {
+                return ino;
+            }
+        }
+        (self.slots.len() as u64).max(ROOT + 1)
+    }
+
+    fn insert(&mut self, ino: u64, inode: Inode) {
+        let at = ino as usize;
+        if self.slots.len() <= at {
+            self.slots.resize_with(at + 1, || None);
+        }
+        if self.slots[at].replace(inode).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, ino: &u64) -> Option<Inode> {
+        let at = usize::try_from(*ino).ok()?;
+        let gone = self.slots.get_mut(at)?.take()?;
+        self.len -= 1;
+        self.free.push(*ino);
+        // Free slots at the end go back to the allocator, in bulk (each
+        // step below costs at most what the removals since the last one did).
+        if self.slots.len() > 1024
+            && self.len < self.slots.len() / 4
+            && self.slots.last().is_some_and(Option::is_none)
+        {
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
+            }
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
+        if self.free.len() > 1024 && self.free.len() > 2 * (self.slots.len() - self.len) {
+            let end = self.slots.len() as u64;
+            self.free.retain(|f| *f < end);
+            self.free.shrink_to(self.free.len() * 2);
+        }
+        Some(gone)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Table {
-    pub(super) inodes: HashMap<u64, Inode>,
+    pub(super) inodes: Slots,
     /// The current inode of each `(parent, name)` (looked up without
     /// allocating); an inode replaced by a newer one for its name is no
     /// longer here.
     children: hashbrown::HashTable<u64>,
     hasher: std::hash::RandomState,
-    pub(super) next: u64,
 }
 
 fn hash_of(hasher: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
@@ -46,10 +113,7 @@ fn hash_of(hasher: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
 
 impl Table {
     pub(super) fn new() -> Table {
-        let mut table = Table {
-            next: ROOT + 1,
-            ..Default::default()
-        };
+        let mut table = Table::default();
         table.inodes.insert(
             ROOT,
             Inode {
@@ -121,6 +185,15 @@ impl Table {
             e.remove();
         }
         self.inodes.remove(&ino);
+        let (len, hasher, inodes) = (self.children.len(), &self.hasher, &self.inodes);
+        if self.children.capacity() > 1024 && len < self.children.capacity() / 4 {
+            self.children.shrink_to(len * 2, |x| {
+                inodes
+                    .get(x)
+                    .map(|i| hash_of(hasher, i.parent, &i.name))
+                    .unwrap_or(0)
+            });
+        }
         true
     }
 
@@ -216,8 +289,7 @@ impl RepoFs {
         if let Some(ino) = hit(&t) {
             return ino;
         }
-        let ino = t.next;
-        t.next += 1;
+        let ino = t.inodes.vacant();
         // A changed path gets the new inode; the old one lives on (open
         // files keep reading it) until the kernel forgets it.
         t.add(

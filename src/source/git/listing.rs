@@ -200,7 +200,7 @@ pub(super) struct DirCache {
 }
 
 /// Entries of listings kept in memory (about 100 bytes each).
-const DIR_CACHE_ENTRIES: usize = 100_000;
+const DIR_CACHE_ENTRIES: usize = 20_000;
 
 impl DirCache {
     pub(super) fn new() -> DirCache {

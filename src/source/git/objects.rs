@@ -45,7 +45,7 @@ const PROBE_PARALLEL: usize = 8;
 pub(super) const MEMORY_FALLBACK: u64 = 64 << 20;
 const MEMORY_STORE: u64 = 256 << 20;
 /// Blob ids remembered as verified, at most.
-const VERIFIED_MAX: usize = 100_000;
+const VERIFIED_MAX: usize = 20_000;
 /// Largest tree or commit accepted (they are held in memory).
 pub(super) const MAX_TREE: u64 = 256 << 20;
 
