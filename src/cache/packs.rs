@@ -59,6 +59,9 @@ pub struct Packs {
     next_seg: AtomicU64,
 }
 
+/// A segment found at start: its last change and its records.
+pub type FoundSegment = (std::time::SystemTime, Vec<Found>);
+
 /// One record found by walking a segment.
 pub struct Found {
     pub key: String,
@@ -68,10 +71,7 @@ pub struct Found {
 impl Packs {
     /// Opens the segments under `dir`, returning each with its records and
     /// its last change. `segment_max` bounds a segment's size.
-    pub fn open(
-        dir: &Path,
-        segment_max: u64,
-    ) -> io::Result<(Packs, Vec<(std::time::SystemTime, Vec<Found>)>)> {
+    pub fn open(dir: &Path, segment_max: u64) -> io::Result<(Packs, Vec<FoundSegment>)> {
         fs::create_dir_all(dir)?;
         let packs = Packs {
             dir: dir.to_owned(),
