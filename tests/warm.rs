@@ -263,6 +263,52 @@ fn warm_reads_without_open_never_reach_the_daemon() {
     m.daemon.stop();
 }
 
+/// With `object-info`, listing a directory asks for the sizes of the
+/// directories below in the same request: a cold walk costs a few requests,
+/// not one per directory, and downloads no file contents.
+#[test]
+fn a_cold_walk_asks_for_the_sizes_below_in_bulk() {
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
+    let mut want = Vec::new();
+    for d in 0..40 {
+        for e in 0..3 {
+            let sub = work.join(format!("d{d:02}/e{e}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..25 {
+                // Past the LFS pointer range (those are fetched to be parsed).
+                let len = 1100 + d * 31 + e * 7 + f * 3;
+                std::fs::write(sub.join(format!("f{f:02}")), noise(len as u64, len)).unwrap();
+                want.push((format!("d{d:02}/e{e}/f{f:02}"), len as u64));
+            }
+        }
+    }
+    publish_repo(&srv, &work, "bulk");
+    let server = GitServer::start(&srv, &["--object-info"]);
+    let m = mount(dir, &server.url("bulk"), "refresh = \"never\"", "");
+    assert_eq!(std::fs::read_dir(&m.mount).unwrap().count(), 40);
+    server.reset_stats();
+    for (path, len) in &want {
+        let meta = std::fs::metadata(m.mount.join(path)).unwrap();
+        assert_eq!(meta.len(), *len, "{path}");
+    }
+    let (requests, bytes) = server.stats("bulk");
+    // 160 directories below the root, 3,000 files: the root's listing asked
+    // for all of their sizes at once.
+    assert!(
+        requests <= 5,
+        "{requests} requests for a walk of 160 directories:\n{}",
+        m.daemon.log_text()
+    );
+    let contents: u64 = want.iter().map(|(_, l)| l).sum();
+    assert!(
+        bytes < contents / 2,
+        "the walk downloaded {bytes} bytes (the files hold {contents})"
+    );
+    let mut m = m;
+    m.daemon.stop();
+}
+
 #[test]
 fn a_directory_of_50000_entries_lists_within_three_times_native() {
     require_prerequisites();

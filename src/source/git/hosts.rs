@@ -38,6 +38,9 @@ pub struct DirRef {
     pub path: String,
     /// Blob entries: name and id.
     pub blobs: Vec<(Vec<u8>, ObjectId)>,
+    /// The commit's trees, for sources of sizes that can answer for the
+    /// directories below in the same request.
+    pub snapshot: Option<std::sync::Arc<super::snapshot::Snapshot>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -80,6 +80,7 @@ impl GitSource {
             tree,
             path: path.unwrap_or_default(),
             blobs,
+            snapshot: Some(snap.clone()),
         };
         let sizes = self.sizes.of_dir(&dir).await?;
         let pointers = self.lfs_pointers(&raw, &sizes).await?;

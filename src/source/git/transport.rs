@@ -12,6 +12,10 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use crate::config::{Provider, RepoConfig};
 
 /// A failed exchange with the server, classified for users and for errno.
+/// The largest answer to a command other than `fetch` (`ls-refs`,
+/// `object-info`) that is read into memory.
+pub const MAX_COMMAND_RESPONSE: usize = 64 << 20;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     #[error("cannot connect to {url}: {cause}; check the url and that the server is reachable")]
@@ -502,14 +506,20 @@ impl Transport {
 
     pub async fn read_all(
         &self,
-        resp: reqwest::Response,
+        mut resp: reqwest::Response,
         url: &str,
     ) -> Result<Vec<u8>, RemoteError> {
-        let bytes = resp.bytes().await.map_err(|e| self.classify(e, url))?;
-        self.counters
-            .bytes_received
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes.to_vec())
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk(&mut resp, url).await? {
+            if out.len() + chunk.len() > MAX_COMMAND_RESPONSE {
+                return Err(RemoteError::Protocol(format!(
+                    "{url}: an answer larger than {} MiB",
+                    MAX_COMMAND_RESPONSE >> 20
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Reads the next chunk of a streamed body (counted), `None` at the end.
