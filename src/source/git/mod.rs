@@ -11,6 +11,7 @@
 //! [`sizes`] and [`hosts`] (sizes per host kind); [`snapshot`] (the commit
 //! being served); [`lfs`]; [`names`] (which tree entry names are shown).
 
+mod ahead;
 pub mod delta;
 mod fleet;
 pub mod hosts;

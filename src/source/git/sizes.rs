@@ -4,10 +4,8 @@
 //! 1. the stored `sizes-<tree>` entry (checksummed: a damaged one is
 //!    dropped and the sizes asked for again);
 //! 2. blobs already in the cache tell their own size;
-//! 3. protocol-v2 `object-info`, when the server advertises it: asked for
-//!    the directories below too (up to `AHEAD_BLOBS` blobs, in requests of
-//!    `OBJECT_INFO_BATCH`), whose sizes are stored for when a walk lists
-//!    them;
+//! 3. protocol-v2 `object-info`, when the server advertises it (and then,
+//!    in the background, for the directories below: `ahead.rs`);
 //! 4. the host's API ([`HostApi`]), unless it failed recently (a rate limit
 //!    turns it off until the limit resets);
 //! 5. a streamed size probe over git itself ([`Objects::probe`]), which
@@ -15,20 +13,18 @@
 //!
 //! Sizes from an API are checked when contents arrive (see `GitSource::open`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gix_hash::ObjectId;
-use gix_object::tree::EntryKind;
 use sha2::Digest;
 
+use super::ahead;
 use super::hosts::{ApiError, DirRef, HostApi};
 use super::objects::Objects;
-use super::protocol;
 use super::remote::Remote;
-use super::snapshot::Snapshot;
 use super::transport::RemoteError;
 use crate::cache::Cache;
 use crate::source::{SourceError, lock};
@@ -36,15 +32,17 @@ use crate::source::{SourceError, lock};
 /// Blobs up to this size are fetched by the probe (the prefetch).
 pub const PROBE_KEEP: u64 = 256 * 1024;
 const MAGIC: &[u8; 8] = b"RFSSIZE1";
-/// Blob ids per `object-info` request (about 45 bytes each way).
-const OBJECT_INFO_BATCH: usize = 20_000;
-/// Blobs of the directories below one being listed whose sizes are asked
-/// for with its own.
-const AHEAD_BLOBS: usize = 50_000;
-/// Trees looked at to find them.
-const AHEAD_TREES: usize = 5_000;
 
-fn sizes_key(tree: &ObjectId) -> String {
+/// Stores a directory's sizes (`sizes-<tree>`).
+pub(super) fn store(cache: &Cache, repo: &str, tree: &ObjectId, sizes: &HashMap<ObjectId, u64>) {
+    let mut v: Vec<(ObjectId, u64)> = sizes.iter().map(|(o, s)| (*o, *s)).collect();
+    v.sort();
+    if let Err(e) = cache.insert(&sizes_key(tree), &encode(&v)) {
+        tracing::debug!(repo, "cannot store sizes: {e}");
+    }
+}
+
+pub(super) fn sizes_key(tree: &ObjectId) -> String {
     format!("sizes-{tree}")
 }
 
@@ -81,9 +79,9 @@ pub fn decode(data: &[u8]) -> Option<HashMap<ObjectId, u64>> {
 
 /// The size strategies of one repository.
 pub struct Sizes {
-    repo: String,
-    cache: Arc<Cache>,
-    remote: Arc<Remote>,
+    pub(super) repo: String,
+    pub(super) cache: Arc<Cache>,
+    pub(super) remote: Arc<Remote>,
     objects: Arc<Objects>,
     api: HostApi,
     /// The API is not asked again before this instant.
@@ -91,6 +89,8 @@ pub struct Sizes {
     last_warning: Mutex<Option<Instant>>,
     /// Sizes the contents proved wrong, by blob: override anything stored.
     corrections: Mutex<HashMap<ObjectId, u64>>,
+    /// Directories whose sizes a background request is learning.
+    pub(super) ahead: ahead::Flights,
 }
 
 impl Sizes {
@@ -110,6 +110,7 @@ impl Sizes {
             api_off_until: Mutex::new(None),
             last_warning: Mutex::new(None),
             corrections: Mutex::new(HashMap::new()),
+            ahead: ahead::Flights::default(),
         }
     }
 
@@ -128,11 +129,7 @@ impl Sizes {
     }
 
     pub fn store(&self, tree: &ObjectId, sizes: &HashMap<ObjectId, u64>) {
-        let mut v: Vec<(ObjectId, u64)> = sizes.iter().map(|(o, s)| (*o, *s)).collect();
-        v.sort();
-        if let Err(e) = self.cache.insert(&sizes_key(tree), &encode(&v)) {
-            tracing::debug!(repo = %self.repo, "cannot store sizes: {e}");
-        }
+        store(&self.cache, &self.repo, tree, sizes);
     }
 
     fn warn_limited(&self, msg: &str) {
@@ -150,6 +147,7 @@ impl Sizes {
 
     /// Exact sizes of every blob of `dir`.
     pub async fn of_dir(&self, dir: &DirRef) -> Result<HashMap<ObjectId, u64>, SourceError> {
+        self.wait_ahead(&dir.tree).await;
         let mut sizes = self.stored(&dir.tree).unwrap_or_default();
         let mut changed = false;
         for (_, oid) in &dir.blobs {
@@ -177,7 +175,7 @@ impl Sizes {
             // Nothing of its own to learn; with object-info, the
             // directories below may be.
             if dir.snapshot.is_some() && self.object_info().await {
-                self.sizes_by_object_info(dir, &[], &mut sizes).await?;
+                self.start_ahead(dir);
             }
             return Ok(sizes);
         }
@@ -221,7 +219,10 @@ impl Sizes {
             .await
             .map_err(RemoteError::into_source_error)?;
         if caps.object_info {
-            self.sizes_by_object_info(dir, &unknown, &mut sizes).await?;
+            for (oid, size) in ahead::object_info(&self.remote, &unknown).await? {
+                sizes.insert(oid, size);
+            }
+            self.start_ahead(dir);
         } else if !matches!(self.api, HostApi::None) && self.api_available() {
             match self.api.sizes(&self.remote.transport, dir).await {
                 Ok(m) => {
@@ -274,90 +275,6 @@ impl Sizes {
             .capabilities()
             .await
             .is_ok_and(|c| c.object_info)
-    }
-
-    /// Sizes of `unknown` into `sizes`, and of the blobs of the directories
-    /// below `dir` (stored per directory), over `object-info`.
-    async fn sizes_by_object_info(
-        &self,
-        dir: &DirRef,
-        unknown: &[ObjectId],
-        sizes: &mut HashMap<ObjectId, u64>,
-    ) -> Result<(), SourceError> {
-        // The directories below ride along: a walk lists them next.
-        let ahead = match &dir.snapshot {
-            Some(snap) => self.ahead(snap, &dir.tree),
-            None => Vec::new(),
-        };
-        let mut wanted: HashSet<ObjectId> = unknown.iter().copied().collect();
-        for (_, blobs) in &ahead {
-            wanted.extend(blobs.iter().copied());
-        }
-        let wanted: Vec<ObjectId> = wanted.into_iter().collect();
-        let mut got = HashMap::new();
-        for batch in wanted.chunks(OBJECT_INFO_BATCH) {
-            let asked: HashSet<&ObjectId> = batch.iter().collect();
-            let body = self
-                .remote
-                .command("object-info", protocol::object_info_args(batch))
-                .await
-                .map_err(RemoteError::into_source_error)?;
-            for (oid, size) in
-                protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))?
-            {
-                if let (Some(s), true) = (size, asked.contains(&oid)) {
-                    got.insert(oid, s);
-                }
-            }
-        }
-        for o in unknown {
-            if let Some(s) = got.get(o) {
-                sizes.insert(*o, *s);
-            }
-        }
-        for (tree, blobs) in ahead {
-            let theirs: HashMap<ObjectId, u64> = blobs
-                .iter()
-                .filter_map(|b| got.get(b).map(|s| (*b, *s)))
-                .collect();
-            if theirs.len() == blobs.len() {
-                self.store(&tree, &theirs);
-            }
-        }
-        Ok(())
-    }
-
-    /// Directories below `tree` whose sizes are not stored yet, breadth
-    /// first, with their blobs: at most `AHEAD_BLOBS` blobs, looking at
-    /// most at `AHEAD_TREES` trees.
-    fn ahead(&self, snap: &Snapshot, tree: &ObjectId) -> Vec<(ObjectId, Vec<ObjectId>)> {
-        let mut out = Vec::new();
-        let mut queue = std::collections::VecDeque::from([*tree]);
-        let (mut blobs_total, mut looked) = (0usize, 0usize);
-        while let Some(t) = queue.pop_front() {
-            looked += 1;
-            if looked > AHEAD_TREES || blobs_total >= AHEAD_BLOBS {
-                break;
-            }
-            let Some(data) = snap.trees.get(&t) else {
-                continue;
-            };
-            let mut blobs = Vec::new();
-            for item in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1).flatten() {
-                match item.mode.kind() {
-                    EntryKind::Tree => queue.push_back(item.oid.to_owned()),
-                    EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link => {
-                        blobs.push(item.oid.to_owned())
-                    }
-                    EntryKind::Commit => {}
-                }
-            }
-            if t != *tree && !blobs.is_empty() && !self.cache.contains(&sizes_key(&t)) {
-                blobs_total += blobs.len();
-                out.push((t, blobs));
-            }
-        }
-        out
     }
 
     fn api_available(&self) -> bool {
