@@ -41,24 +41,30 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Default, Clone)]
 pub struct Flights(Arc<Mutex<HashMap<ObjectId, watch::Receiver<bool>>>>);
 
-/// Sizes of `ids` over `object-info` (only those asked for are kept).
+/// Sizes of `ids` over `object-info` (only those asked for are kept). The
+/// requests of one call (at most `AHEAD_BLOBS / OBJECT_INFO_BATCH + 1` for
+/// a walk) run at once.
 pub async fn object_info(
     remote: &Remote,
     ids: &[ObjectId],
 ) -> Result<HashMap<ObjectId, u64>, SourceError> {
-    let mut got = HashMap::new();
-    for batch in ids.chunks(OBJECT_INFO_BATCH) {
-        let asked: HashSet<&ObjectId> = batch.iter().collect();
-        let body = remote
-            .command("object-info", protocol::object_info_args(batch))
-            .await
-            .map_err(RemoteError::into_source_error)?;
-        for (oid, size) in
-            protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))?
-        {
-            if let (Some(s), true) = (size, asked.contains(&oid)) {
-                got.insert(oid, s);
-            }
+    let answers =
+        futures_util::future::try_join_all(ids.chunks(OBJECT_INFO_BATCH).map(|b| batch(remote, b)))
+            .await?;
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// One `object-info` request.
+async fn batch(remote: &Remote, ids: &[ObjectId]) -> Result<Vec<(ObjectId, u64)>, SourceError> {
+    let body = remote
+        .command("object-info", protocol::object_info_args(ids))
+        .await
+        .map_err(RemoteError::into_source_error)?;
+    let asked: HashSet<&ObjectId> = ids.iter().collect();
+    let mut got = Vec::with_capacity(ids.len());
+    for (oid, size) in protocol::parse_object_info(&body).map_err(|e| SourceError::Corrupt(e.0))? {
+        if let (Some(s), true) = (size, asked.contains(&oid)) {
+            got.push((oid, s));
         }
     }
     Ok(got)
