@@ -61,6 +61,19 @@ fn fixed_mmap_threshold() {
     }
 }
 
+/// Descriptors: each mount keeps up to 512 readers open, and each cache
+/// segment one; the usual soft limit of 1,024 is raised to the hard one.
+fn raise_open_files() {
+    // SAFETY: getrlimit/setrlimit fill and read a plain struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 /// How far the kernel reads ahead of a sequential reader of a mount.
 const READAHEAD_KIB: u32 = 4096;
 
@@ -68,6 +81,7 @@ const READAHEAD_KIB: u32 = 4096;
 /// nothing could be mounted at all at start.
 pub fn run(config: Config) -> anyhow::Result<()> {
     fixed_mmap_threshold();
+    raise_open_files();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
