@@ -54,6 +54,31 @@ pub struct Cache {
 struct Index {
     lru: LruCache<String, Slot>,
     total: u64,
+    /// Bytes of each segment's records that entries point to.
+    seg_live: std::collections::HashMap<u32, u64>,
+}
+
+impl Index {
+    fn add(&mut self, slot: Slot) {
+        self.total += slot.charge;
+        if let Some(loc) = slot.packed {
+            *self.seg_live.entry(loc.seg).or_default() += u64::from(loc.len);
+        }
+    }
+
+    /// Accounts for an entry gone from the LRU; returns its segment if no
+    /// entry points into it any more.
+    fn take(&mut self, slot: Slot) -> Option<u32> {
+        self.total -= slot.charge;
+        let loc = slot.packed?;
+        let live = self.seg_live.get_mut(&loc.seg)?;
+        *live = live.saturating_sub(u64::from(loc.len));
+        if *live == 0 {
+            self.seg_live.remove(&loc.seg);
+            return Some(loc.seg);
+        }
+        None
+    }
 }
 
 /// An entry of the index: what it costs against the cap, and where it is
@@ -144,11 +169,12 @@ impl Cache {
         let mut index = Index {
             lru: LruCache::unbounded(),
             total: 0,
+            seg_live: Default::default(),
         };
         for (_, key, slot) in found {
-            index.total += slot.charge;
+            index.add(slot);
             if let Some(old) = index.lru.put(key, slot) {
-                index.total -= old.charge;
+                index.take(old);
             }
         }
         let cache = Cache {
@@ -200,8 +226,9 @@ impl Cache {
                 if idx.lru.get(key).is_none() {
                     // Written by another process sharing the directory: adopt it.
                     if let Ok(m) = f.metadata() {
-                        idx.total += charge(m.len());
-                        idx.lru.put(key.to_owned(), Slot::file(charge(m.len())));
+                        let slot = Slot::file(charge(m.len()));
+                        idx.add(slot);
+                        idx.lru.put(key.to_owned(), slot);
                     }
                 }
                 Some(f)
@@ -209,7 +236,7 @@ impl Cache {
             Err(_) => {
                 let mut idx = self.lock();
                 if let Some(s) = idx.lru.pop(key) {
-                    idx.total -= s.charge;
+                    idx.take(s);
                 }
                 None
             }
@@ -261,11 +288,20 @@ impl Cache {
             charge: u64::from(loc.len),
             packed: Some(loc),
         };
-        let mut idx = self.lock();
-        if let Some(old) = idx.lru.put(key.to_owned(), slot) {
-            idx.total -= old.charge;
+        let emptied = {
+            let mut idx = self.lock();
+            // Evicted while this was appended: the entry went with it.
+            if !self.packs.is_live(loc.seg) {
+                return Ok(());
+            }
+            idx.add(slot);
+            idx.lru
+                .put(key.to_owned(), slot)
+                .and_then(|old| idx.take(old))
+        };
+        if let Some(seg) = emptied {
+            self.drop_segment(seg);
         }
-        idx.total += slot.charge;
         Ok(())
     }
 
@@ -295,17 +331,26 @@ impl Cache {
         if valid_key(key).is_err() {
             return;
         }
-        let popped = {
+        let (popped, emptied) = {
             let mut idx = self.lock();
             let popped = idx.lru.pop(key);
-            if let Some(s) = &popped {
-                idx.total -= s.charge;
-            }
-            popped
+            let emptied = popped.and_then(|s| idx.take(s));
+            (popped, emptied)
         };
-        // A packed record stays in its segment until the segment goes.
+        // A packed record stays in its segment until no entry points into
+        // the segment any more.
         if popped.is_none_or(|s| s.packed.is_none()) {
             let _ = fs::remove_file(self.path_of(key));
+        }
+        if let Some(seg) = emptied {
+            self.drop_segment(seg);
+        }
+    }
+
+    /// Deletes a segment no entry points into.
+    fn drop_segment(&self, seg: u32) {
+        if let Some(r) = self.packs.retire(seg) {
+            r.delete();
         }
     }
 
@@ -339,7 +384,7 @@ impl Cache {
                 }
                 let v = idx.lru.pop_lru();
                 if let Some((_, s)) = &v {
-                    idx.total -= s.charge;
+                    idx.take(*s);
                 }
                 v
             };
@@ -360,8 +405,12 @@ impl Cache {
             let _ = fs::remove_file(self.path_of(key));
             return;
         };
-        // Read the segment's keys before taking the lock (disk I/O).
-        let records = self.packs.records(loc.seg);
+        // Out of use first, so that nothing is appended to it after its
+        // keys were read; the keys are read without a lock (disk I/O).
+        let Some(retired) = self.packs.retire(loc.seg) else {
+            return; // another thread is evicting it
+        };
+        let records = retired.records();
         {
             let mut idx = self.lock();
             for r in records {
@@ -371,12 +420,13 @@ impl Cache {
                     .is_some_and(|s| s.packed == Some(r.loc));
                 if here {
                     if let Some(s) = idx.lru.pop(&r.key) {
-                        idx.total -= s.charge;
+                        idx.take(s);
                     }
                 }
             }
+            idx.seg_live.remove(&loc.seg);
         }
-        self.packs.delete(loc.seg);
+        retired.delete();
     }
 
     /// Evicts least recently used entries until the disk has `need` bytes
@@ -400,7 +450,7 @@ impl Cache {
                 let mut idx = self.lock();
                 let v = idx.lru.pop_lru();
                 if let Some((_, s)) = &v {
-                    idx.total -= s.charge;
+                    idx.take(*s);
                 }
                 v
             };
@@ -500,11 +550,17 @@ impl CacheWriter {
         fs::rename(&self.tmp_path, &dest).map_err(io_err(&dest))?;
         self.committed = true;
         let file = File::open(&dest).map_err(io_err(&dest))?;
-        let mut idx = self.cache.lock();
-        if let Some(old) = idx.lru.put(self.key.clone(), Slot::file(charge(self.len))) {
-            idx.total -= old.charge;
+        let emptied = {
+            let mut idx = self.cache.lock();
+            let slot = Slot::file(charge(self.len));
+            idx.add(slot);
+            idx.lru
+                .put(self.key.clone(), slot)
+                .and_then(|old| idx.take(old))
+        };
+        if let Some(seg) = emptied {
+            self.cache.drop_segment(seg);
         }
-        idx.total += charge(self.len);
         Ok(file)
     }
 }

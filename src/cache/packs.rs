@@ -184,26 +184,41 @@ impl Packs {
         Some(d.to_vec())
     }
 
-    /// The records of a segment (for evicting it whole).
-    pub fn records(&self, seg: u32) -> Vec<Found> {
-        match lock(&self.segments).get(&seg) {
-            Some(s) => walk(&s.file, seg),
-            None => Vec::new(),
+    /// Takes a segment out of use (for evicting it whole): nothing reads
+    /// from or appends to it any more. Returns it to be walked (its keys)
+    /// and deleted, unless someone else retired it first.
+    pub fn retire(&self, seg: u32) -> Option<Retired> {
+        let mut active = lock(&self.active);
+        if active.as_ref().is_some_and(|a| a.seg == seg) {
+            *active = None;
         }
+        let s = lock(&self.segments).remove(&seg)?;
+        drop(active);
+        Some(Retired { seg, segment: s })
     }
 
-    /// Deletes a segment; the next append starts a new one if it was being
-    /// written.
-    pub fn delete(&self, seg: u32) {
-        {
-            let mut active = lock(&self.active);
-            if active.as_ref().is_some_and(|a| a.seg == seg) {
-                *active = None;
-            }
-        }
-        if let Some(s) = lock(&self.segments).remove(&seg) {
-            let _ = fs::remove_file(&s.path);
-        }
+    /// Whether a segment is in use (an entry appended to a segment retired
+    /// meanwhile is not to be indexed).
+    pub fn is_live(&self, seg: u32) -> bool {
+        lock(&self.segments).contains_key(&seg)
+    }
+}
+
+/// A segment taken out of use.
+pub struct Retired {
+    seg: u32,
+    segment: Segment,
+}
+
+impl Retired {
+    /// Its records (walked without any lock held).
+    pub fn records(&self) -> Vec<Found> {
+        walk(&self.segment.file, self.seg)
+    }
+
+    /// Deletes its file (readers that hold it keep reading it).
+    pub fn delete(self) {
+        let _ = fs::remove_file(&self.segment.path);
     }
 }
 

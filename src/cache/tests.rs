@@ -169,3 +169,33 @@ fn cap_is_enforced_at_open() {
     assert_eq!(c.stats().entries, 2);
     assert!(c.stats().bytes <= 2 * BLOCK);
 }
+
+/// A segment no entry points into any more is deleted; a re-inserted key
+/// counts once.
+#[test]
+fn a_segment_whose_entries_are_all_gone_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::open(dir.path(), 1 << 30).unwrap();
+    for k in ["k-one", "k-two", "k-three"] {
+        c.insert(k, b"small").unwrap();
+    }
+    c.insert("k-one", b"again").unwrap();
+    assert_eq!(c.stats().entries, 3);
+    assert_eq!(
+        c.stats().bytes,
+        3 * (14 + 5 + 5) + 2,
+        "k-three has a longer key"
+    );
+    for k in ["k-one", "k-two", "k-three"] {
+        c.remove(k);
+    }
+    assert_eq!(c.stats().bytes, 0);
+    assert!(
+        segments(dir.path()).is_empty(),
+        "{:?}",
+        segments(dir.path())
+    );
+    // And the cache goes on packing into a new segment.
+    c.insert("k-four", b"four").unwrap();
+    assert_eq!(read_all(c.get("k-four").unwrap()), b"four");
+}

@@ -96,13 +96,18 @@ impl RepoFs {
         let t = self.ops.start(Op::Read);
         // No open (file handle 0): the reader kept for the inode.
         let no_open = fh.0 == 0 && self.no_open.enabled.load(Ordering::Relaxed);
+        let mut covers_shrunk_end = false;
         let reader = if no_open {
             match self.no_open_reader(ino.0) {
                 Ok((_, Some(end))) if offset >= end => {
                     // See `noopen.rs`: never an empty answer here.
                     return reply.error(t.error(Errno::EIO));
                 }
-                Ok((r, _)) => r,
+                Ok((r, end)) => {
+                    covers_shrunk_end =
+                        end.is_some_and(|e| offset.saturating_add(u64::from(size)) >= e);
+                    r
+                }
                 Err(e) => return reply.error(self.fail(&t, "read", ino.0, None, &e)),
             }
         } else {
@@ -126,6 +131,7 @@ impl RepoFs {
                 Err(e) => Some((e, reply)),
             });
         match failed {
+            None if covers_shrunk_end => self.shrunk_end_served(ino.0),
             None => {}
             Some((e, reply)) => {
                 if no_open {

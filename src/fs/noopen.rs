@@ -84,8 +84,10 @@ impl RepoFs {
         match reader.size() {
             Some(real) if real > size => self.correct_size_in_read(ino, real),
             Some(real) if real < size => {
-                self.set_size(ino, real);
+                // Recorded before the inode's size changes: a reader made
+                // meanwhile must see it.
                 lock(&self.no_open.shrunk).insert(ino, real);
+                self.set_size(ino, real);
             }
             _ => {}
         }
@@ -166,6 +168,18 @@ impl RepoFs {
             });
         if let Err(e) = spawned {
             tracing::warn!("no thread to drop idle readers ({e}): at most {KEPT} stay open");
+        }
+    }
+
+    /// The answer covering the true end of a file listed longer has been
+    /// sent (the kernel shrank the file with it): its attributes can now
+    /// be invalidated too, so `stat` shows the true size. From another
+    /// thread, after the answer.
+    pub(super) fn shrunk_end_served(&self, ino: u64) {
+        if let Some(n) = self.notifier.get().cloned() {
+            std::thread::spawn(move || {
+                let _ = n.inval_inode(INodeNo(ino), -1, 0);
+            });
         }
     }
 

@@ -45,14 +45,14 @@ impl RepoFs {
     /// Takes back the kernel's lookups; forgotten inodes leave the table.
     pub(super) fn forget_inodes(&self, list: &[(u64, u64)]) {
         let mut gone = Vec::new();
-        {
-            let mut t = self.write_table();
-            for &(ino, n) in list {
-                if t.forget(ino, n) {
-                    gone.push(ino);
-                }
+        let mut t = self.write_table();
+        for &(ino, n) in list {
+            if t.forget(ino, n) {
+                gone.push(ino);
             }
         }
+        // What is kept per inode goes before the table lock is let go: the
+        // number may be given to another file right after.
         if !gone.is_empty() {
             let mut pages = lock(&self.page_source);
             for ino in &gone {
@@ -63,6 +63,7 @@ impl RepoFs {
                 self.no_open_forget(&gone);
             }
         }
+        drop(t);
         // The allocator keeps freed memory in its arenas: after the kernel
         // dropped many inodes, hand it back to the system.
         let before = self

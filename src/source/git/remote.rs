@@ -44,6 +44,11 @@ impl Remote {
         Ok(caps)
     }
 
+    /// The capabilities, if they were fetched already (never waits).
+    pub fn known_capabilities(&self) -> Option<Capabilities> {
+        lock(&self.caps).clone()
+    }
+
     pub async fn command(&self, command: &str, args: Vec<String>) -> Result<Vec<u8>, RemoteError> {
         let caps = self.capabilities().await?;
         let body = protocol::command_request(command, &caps, &args);

@@ -174,7 +174,7 @@ impl Sizes {
         if unknown.is_empty() {
             // Nothing of its own to learn; with object-info, the
             // directories below may be.
-            if dir.snapshot.is_some() && self.object_info().await {
+            if dir.snapshot.is_some() && self.object_info() {
                 self.start_ahead(dir);
             }
             return Ok(sizes);
@@ -268,13 +268,12 @@ impl Sizes {
         Ok(sizes)
     }
 
-    /// Whether the server answers `object-info` (its capabilities are
-    /// asked once).
-    async fn object_info(&self) -> bool {
+    /// Whether the server answers `object-info`, as far as is known
+    /// without asking (a listing never waits for an unreachable server).
+    fn object_info(&self) -> bool {
         self.remote
-            .capabilities()
-            .await
-            .is_ok_and(|c| c.object_info)
+            .known_capabilities()
+            .is_some_and(|c| c.object_info)
     }
 
     fn api_available(&self) -> bool {
