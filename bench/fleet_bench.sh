@@ -54,21 +54,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -n "${REPOFS_BIN:-}" ]; then
-  BIN=$REPOFS_BIN
-else
-  echo "== building repofs (release)"
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-  BIN="$ROOT/target/release/repofs"
-fi
+repofs_bin
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
 gen_tree "$W/work" "$FILES" "$MB"
-export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
-git -C "$W/work" init -q -b main
-git -C "$W/work" add -A
-git -C "$W/work" commit -q -m bench
+commit_all "$W/work"
 git clone -q --bare "$W/work" "$W/srv/bench.git"
 # What every node reads, and how it is checked: every file, in name order,
 # through one md5sum.
@@ -83,8 +74,6 @@ EP="http://127.0.0.1:$PORT"
 # The shared tier's credentials (moto takes any); no instance-metadata probes.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
 
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
 git_stats() { server_stats "$GIT_PORT" bench.git; }
 git_reset() { server_reset "$GIT_PORT"; }
 # For bucket $1: bytes the tier sent (GetObject bodies) and received (PutObject
@@ -192,7 +181,7 @@ run() {
   fi
   read -r req bytes < <(git_stats)
   stop_daemons
-  echo "$n $mode $(elapsed "$t0" "$t1") $bytes $req $down $up $gets $puts" >> "$W/rows"
+  echo "$n $mode $(secs "$t0" "$t1") $bytes $req $down $up $gets $puts" >> "$W/rows"
 }
 
 : > "$W/rows"

@@ -39,9 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building repofs (release)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/repofs"
+repofs_bin
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
@@ -50,10 +48,7 @@ mkdir -p "$W/work/models" "$W/work/huge"
 echo '{"layers": 12}' > "$W/work/models/config.json"
 for i in 1 2 3; do head -c "$((LARGE_MB * 1000000 + i))" /dev/urandom > "$W/work/models/model-$i.bin"; done
 head -c "$((HUGE_MB * 1048576))" /dev/urandom > "$W/work/huge/blob.bin"
-export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
-git -C "$W/work" init -q -b main
-git -C "$W/work" add -A
-git -C "$W/work" commit -q -m bench
+commit_all "$W/work"
 git clone -q --bare "$W/work" "$W/srv/bench.git"
 # A file from the middle of the tree (awk reads everything: no SIGPIPE under pipefail).
 ONE=$(cd "$W/work" && find . -type f -not -path './.git/*' | sort | awk -v n="$((FILES / 2))" 'NR==n || NR==1 {f=$0} END {sub(/^\.\//, "", f); print f}')
@@ -64,16 +59,14 @@ for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
 PORT=$(awk '{print $2}' "$W/port")
 URL="http://127.0.0.1:$PORT/bench.git"
 
-now() { date +%s.%N; }
 stats() { server_stats "$PORT" bench.git; }
 reset() { server_reset "$PORT"; }
-elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
 
 echo "== git clone --depth 1"
 reset
 t0=$(now); git clone -q --depth 1 "$URL" "$W/clone"; t1=$(now)
 read -r CLONE_REQ CLONE_BYTES < <(stats)
-CLONE_T=$(elapsed "$t0" "$t1")
+CLONE_T=$(secs "$t0" "$t1")
 
 echo "== git clone --filter=blob:none --no-checkout + git show HEAD:$ONE"
 reset
@@ -82,7 +75,7 @@ git clone -q --filter=blob:none --no-checkout "$URL" "$W/blobless"
 git -C "$W/blobless" show "HEAD:$ONE" > /dev/null
 t1=$(now)
 read -r BL_REQ BL_BYTES < <(stats)
-BL_T=$(elapsed "$t0" "$t1")
+BL_T=$(secs "$t0" "$t1")
 
 echo "== repofs: mount + read one file ($ONE)"
 cat > "$W/config.toml" <<EOF
@@ -102,7 +95,7 @@ for _ in $(seq 300); do grep -q " $W/mnt/bench " /proc/self/mountinfo && break; 
 cmp "$W/mnt/bench/$ONE" "$W/work/$ONE"
 t1=$(now)
 read -r ONE_REQ ONE_BYTES < <(stats)
-ONE_T=$(elapsed "$t0" "$t1")
+ONE_T=$(secs "$t0" "$t1")
 
 echo "== repofs: ls -l models/ (three ${LARGE_MB} MB files and a small one)"
 ls "$W/mnt/bench" > /dev/null
@@ -110,15 +103,15 @@ reset
 t0=$(now); ls -l "$W/mnt/bench/models" > "$W/ls.txt"; t1=$(now)
 sleep 1 # the background prefetch of the listed directory counts too
 read -r LS_REQ LS_BYTES < <(stats)
-LS_T=$(elapsed "$t0" "$t1")
+LS_T=$(secs "$t0" "$t1")
 for i in 1 2 3; do grep -q " $((LARGE_MB * 1000000 + i)) .*model-$i.bin" "$W/ls.txt" || { echo "wrong size for model-$i.bin" >&2; exit 1; }; done
 
 echo "== repofs: the ${HUGE_MB} MB blob: first byte, full read, daemon peak RSS"
 reset
 t0=$(now); head -c 1 "$W/mnt/bench/huge/blob.bin" > /dev/null; t1=$(now)
-TTFB_T=$(elapsed "$t0" "$t1")
+TTFB_T=$(secs "$t0" "$t1")
 t0=$(now); cmp "$W/mnt/bench/huge/blob.bin" "$W/work/huge/blob.bin"; t1=$(now)
-HUGE_T=$(elapsed "$t0" "$t1")
+HUGE_T=$(secs "$t0" "$t1")
 read -r HUGE_REQ HUGE_BYTES < <(stats)
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status")
 
@@ -126,13 +119,13 @@ echo "== repofs: first full read through the mount"
 reset
 t0=$(now); (cd "$W/mnt/bench" && find . -type f -print0 | xargs -0 cat > /dev/null); t1=$(now)
 read -r COLD_REQ COLD_BYTES < <(stats)
-COLD_T=$(elapsed "$t0" "$t1")
+COLD_T=$(secs "$t0" "$t1")
 
 echo "== warm reads: mount vs native checkout"
 warm() { (cd "$1" && find . -type f -not -path './.git/*' -print0 | xargs -0 cat > /dev/null); }
 warm "$W/clone"; warm "$W/mnt/bench"
-t0=$(now); warm "$W/mnt/bench"; t1=$(now); WARM_MNT=$(elapsed "$t0" "$t1")
-t0=$(now); warm "$W/clone"; t1=$(now); WARM_NAT=$(elapsed "$t0" "$t1")
+t0=$(now); warm "$W/mnt/bench"; t1=$(now); WARM_MNT=$(secs "$t0" "$t1")
+t0=$(now); warm "$W/clone"; t1=$(now); WARM_NAT=$(secs "$t0" "$t1")
 diff -r -x .git "$W/mnt/bench" "$W/clone" > /dev/null && SAME=yes || SAME=NO
 
 python3 - <<PY

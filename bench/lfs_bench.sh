@@ -17,6 +17,7 @@ set -euo pipefail
 MB=${1:-300}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-lfsbench.XXXXXX)
+. "$ROOT/bench/lib.sh"
 PIDS=()
 DAEMON_PID=""
 cleanup() {
@@ -26,11 +27,8 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2-$1:.3f}')"; }
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/repofs"
+repofs_bin
 
 wait_port() { for _ in $(seq 100); do [ -s "$1" ] && break; sleep 0.1; done; awk '{print $2}' "$1"; }
 python3 "$ROOT/tests/support/lfs_server.py" --storage "$W/store" > "$W/lport" 2>/dev/null &

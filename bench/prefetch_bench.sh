@@ -36,22 +36,16 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-if [ -n "${REPOFS_BIN:-}" ]; then BIN=$REPOFS_BIN; else
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-  BIN="$ROOT/target/release/repofs"
-fi
+repofs_bin
 
 echo "== generating $FILES files, $MB MB"
 mkdir -p "$W/work" "$W/srv"
 gen_tree "$W/work" "$FILES" "$MB"
-export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
-git -C "$W/work" init -q -b main && git -C "$W/work" add -A && git -C "$W/work" commit -q -m bench
+commit_all "$W/work"
 git clone -q --bare "$W/work" "$W/srv/bench.git"
 
 start_py "$ROOT/tests/support/git_http_server.py" --root "$W/srv"
 URL="http://127.0.0.1:$PORT/bench.git"
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
 stats() { server_stats "$PORT" bench.git; }
 reset() { server_reset "$PORT"; }
 ROWS=()

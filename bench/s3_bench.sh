@@ -14,6 +14,7 @@ MB=${1:-1024}
 KEYS=${2:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-s3bench.XXXXXX)
+. "$ROOT/bench/lib.sh"
 PIDS=()
 cleanup() {
   for m in "$W"/mnt-*; do fusermount3 -u -z "$m" 2>/dev/null || true; done
@@ -25,11 +26,8 @@ trap cleanup EXIT
 for tool in rclone s3fs; do
   command -v "$tool" > /dev/null || { echo "$tool is missing: apt-get install rclone s3fs" >&2; exit 1; }
 done
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2-$1:.3f}')"; }
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/repofs"
+repofs_bin
 
 python3 "$ROOT/tests/support/s3_server.py" > "$W/port" 2> /dev/null &
 PIDS+=($!)

@@ -88,17 +88,8 @@ cleanup() {
 trap cleanup EXIT
 
 [ -w /proc/sys/vm/drop_caches ] || { echo "needs root: writes /proc/sys/vm/drop_caches and mounts FUSE file systems" >&2; exit 1; }
-if [ -n "${REPOFS_BIN:-}" ]; then
-  BIN=$REPOFS_BIN
-else
-  echo "== building repofs (release)"
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-  BIN="$ROOT/target/release/repofs"
-fi
-export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
+repofs_bin
 
-now() { echo "$EPOCHREALTIME"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }
 median() { sort -n | awk '{v[NR] = $1} END {printf "%.3f", v[int((NR + 1) / 2)]}'; }
 calc() { awk "BEGIN {printf \"%.${2:-2}f\", $1}"; }
 drop() { sync; echo "$1" > /proc/sys/vm/drop_caches; }
