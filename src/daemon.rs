@@ -295,8 +295,8 @@ fn mount_repo(
             let _ = notifier.set(session.notifier());
             // Found in mountinfo: a stat of the mount point would wait for
             // the repository.
-            if let Some(m) = crate::overlay::mount_at(&repo.mount_point) {
-                crate::fs::raise_readahead(&m.dev, READAHEAD_KIB);
+            if let Some(m) = crate::mountinfo::mount_at(&repo.mount_point) {
+                crate::mountinfo::raise_readahead(&m.dev, READAHEAD_KIB);
             }
             tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
             if let Some(g) = &git {

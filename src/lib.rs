@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod metrics;
+pub mod mountinfo;
 pub mod overlay;
 pub mod prefetch;
 pub mod repo_cmd;

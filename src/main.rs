@@ -338,7 +338,7 @@ fn overlay(
     let is_mount = |n: &str| {
         std::path::Path::new(n)
             .canonicalize()
-            .is_ok_and(|p| repofs::overlay::mount_at(&p).is_some())
+            .is_ok_and(|p| repofs::mountinfo::mount_at(&p).is_some())
     };
     let (lower, config_cache) = if name.contains('/') || is_mount(&name) {
         match std::path::Path::new(&name).canonicalize() {

@@ -22,7 +22,7 @@ pub struct Outcome {
 
 /// The repofs mount (its mount point) that holds `path`.
 fn mount_of(path: &Path) -> Option<PathBuf> {
-    crate::overlay::mounts()
+    crate::mountinfo::mounts()
         .into_iter()
         .filter(|m| m.fstype.starts_with("fuse") && m.source.starts_with("repofs:"))
         .filter(|m| path.starts_with(&m.mount_point))

@@ -131,7 +131,9 @@ impl RepoFs {
                 Err(e) => Some((e, reply)),
             });
         match failed {
-            None if covers_shrunk_end => self.shrunk_end_served(ino.0),
+            // The kernel shrank the file with that answer: now `stat` may
+            // learn the true size too.
+            None if covers_shrunk_end => self.invalidate(ino.0, false),
             None => {}
             Some((e, reply)) => {
                 if no_open {

@@ -29,7 +29,6 @@ mod passthrough;
 mod report;
 mod table;
 pub use observe::{Monitor, TransferInfo};
-pub use passthrough::raise_readahead;
 pub use report::LastError;
 use table::Table;
 

@@ -120,7 +120,7 @@ impl RepoFs {
             }
         }
         for old in unverified {
-            self.forget_pages(old);
+            self.invalidate(old, true);
         }
         self.prefetch_beside(ino);
         Ok((reader, shrunk_to))
@@ -131,7 +131,7 @@ impl RepoFs {
     pub(super) fn no_open_failed(&self, ino: u64) {
         let gone = observe::write(&self.handles).remove(&(NO_OPEN | ino));
         if gone.is_some_and(|f| !f.reader.cacheable()) {
-            self.forget_pages(ino);
+            self.invalidate(ino, true);
         }
     }
 
@@ -171,18 +171,6 @@ impl RepoFs {
         }
     }
 
-    /// The answer covering the true end of a file listed longer has been
-    /// sent (the kernel shrank the file with it): its attributes can now
-    /// be invalidated too, so `stat` shows the true size. From another
-    /// thread, after the answer.
-    pub(super) fn shrunk_end_served(&self, ino: u64) {
-        if let Some(n) = self.notifier.get().cloned() {
-            std::thread::spawn(move || {
-                let _ = n.inval_inode(INodeNo(ino), -1, 0);
-            });
-        }
-    }
-
     /// Inodes the kernel forgot need no reader.
     pub(super) fn no_open_forget(&self, gone: &[u64]) {
         {
@@ -196,17 +184,6 @@ impl RepoFs {
             for ino in gone {
                 shrunk.remove(ino);
             }
-        }
-    }
-
-    /// The kernel drops the pages it holds of `ino`. Sent from another
-    /// thread: the kernel may hold those pages locked for the very read
-    /// being answered.
-    fn forget_pages(&self, ino: u64) {
-        if let Some(n) = self.notifier.get().cloned() {
-            std::thread::spawn(move || {
-                let _ = n.inval_inode(INodeNo(ino), 0, 0);
-            });
         }
     }
 

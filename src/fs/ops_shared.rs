@@ -101,11 +101,16 @@ impl RepoFs {
     /// fix the inode and make the kernel forget the attributes it cached.
     pub(super) fn correct_size(&self, ino: u64, real: u64) {
         self.set_size(ino, real);
+        self.invalidate(ino, true);
+    }
+
+    /// Makes the kernel forget the attributes it cached of `ino`, and with
+    /// `pages` its pages too. Sent from another thread: the kernel may hold
+    /// locks (of those very pages) for the request being answered.
+    pub(super) fn invalidate(&self, ino: u64, pages: bool) {
         if let Some(n) = self.notifier.get().cloned() {
-            // Sent from another thread: the kernel may hold locks for this
-            // very request.
             std::thread::spawn(move || {
-                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                let _ = n.inval_inode(INodeNo(ino), if pages { 0 } else { -1 }, 0);
             });
         }
     }

@@ -106,17 +106,3 @@ impl Backings {
         }
     }
 }
-
-/// The kernel reads ahead of a FUSE file at most its mount's
-/// `read_ahead_kb` (128 KiB by default, whatever `max_readahead` was agreed),
-/// so a sequential read through the daemon would cost a round trip per
-/// 128 KiB. Raises it for the mount of device `dev` (`major:minor`; root
-/// only; the setting goes with the mount). Best effort: failing costs
-/// speed only.
-pub fn raise_readahead(dev: &str, kib: u32) {
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    match std::fs::write(&path, kib.to_string()) {
-        Ok(()) => tracing::debug!("{path} = {kib}"),
-        Err(e) => tracing::info!("readahead left at the kernel's default ({path}: {e})"),
-    }
-}

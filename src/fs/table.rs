@@ -111,6 +111,16 @@ fn hash_of(hasher: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
     hasher.hash_one((parent, name.as_encoded_bytes()))
 }
 
+/// The hash of an indexed inode number (for the index to grow or shrink).
+fn rehash<'a>(inodes: &'a Slots, hasher: &'a std::hash::RandomState) -> impl Fn(&u64) -> u64 + 'a {
+    move |x| {
+        inodes
+            .get(x)
+            .map(|i| hash_of(hasher, i.parent, &i.name))
+            .unwrap_or(0)
+    }
+}
+
 impl Table {
     pub(super) fn new() -> Table {
         let mut table = Table::default();
@@ -157,12 +167,9 @@ impl Table {
         }) {
             Ok(mut e) => *e.get_mut() = ino,
             Err(absent) => {
-                absent.into_table().insert_unique(h, ino, |x| {
-                    inodes
-                        .get(x)
-                        .map(|i| hash_of(hasher, i.parent, &i.name))
-                        .unwrap_or(0)
-                });
+                absent
+                    .into_table()
+                    .insert_unique(h, ino, rehash(inodes, hasher));
             }
         }
     }
@@ -187,12 +194,7 @@ impl Table {
         self.inodes.remove(&ino);
         let (len, hasher, inodes) = (self.children.len(), &self.hasher, &self.inodes);
         if self.children.capacity() > 1024 && len < self.children.capacity() / 4 {
-            self.children.shrink_to(len * 2, |x| {
-                inodes
-                    .get(x)
-                    .map(|i| hash_of(hasher, i.parent, &i.name))
-                    .unwrap_or(0)
-            });
+            self.children.shrink_to(len * 2, rehash(inodes, hasher));
         }
         true
     }

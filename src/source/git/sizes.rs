@@ -174,7 +174,7 @@ impl Sizes {
         if unknown.is_empty() {
             // Nothing of its own to learn; with object-info, the
             // directories below may be.
-            if dir.snapshot.is_some() && self.object_info() {
+            if dir.snapshot.is_some() && self.answers_object_info() {
                 self.start_ahead(dir);
             }
             return Ok(sizes);
@@ -270,7 +270,7 @@ impl Sizes {
 
     /// Whether the server answers `object-info`, as far as is known
     /// without asking (a listing never waits for an unreachable server).
-    fn object_info(&self) -> bool {
+    fn answers_object_info(&self) -> bool {
         self.remote
             .known_capabilities()
             .is_some_and(|c| c.object_info)
