@@ -12,15 +12,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request,
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request,
 };
 
 use crate::config::FileReads;
 use crate::source::{NodeKind, Source, SourceError};
 use observe::Op;
 
+mod dirs;
 mod files;
 mod noopen;
 mod observe;
@@ -65,6 +66,9 @@ pub struct RepoFs {
     /// Whether extended attributes are answered; without them the kernel
     /// is told once (ENOSYS) and stops asking (`ls -l` asks every file).
     xattrs: bool,
+    /// When (ms after `started`) a names-only entry was last resolved.
+    sizes_asked: AtomicU64,
+    started: std::time::Instant,
     uid: u32,
     gid: u32,
 }
@@ -87,6 +91,8 @@ impl RepoFs {
             file_reads,
             forgotten: AtomicU64::new(0),
             xattrs,
+            sizes_asked: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             uid,
             gid,
         }
@@ -150,12 +156,7 @@ impl fuser::Filesystem for RepoFs {
         let result = self
             .node(parent)
             .and_then(|dir| self.source.list(&dir))
-            .map(|entries| {
-                entries
-                    .binary_search_by(|e| e.name.as_encoded_bytes().cmp(name.as_encoded_bytes()))
-                    .ok()
-                    .map(|i| entries[i].node.clone())
-            });
+            .map(|entries| dirs::find(&entries, name));
         match result {
             Ok(Some(node)) => {
                 let ino = self.inode_for(parent, name, &node, true);
@@ -279,42 +280,9 @@ impl fuser::Filesystem for RepoFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let t = self.ops.start(Op::Readdir);
-        let ino = ino.0;
-        let (entries, parent) = match self.listing(ino) {
-            Ok(l) => l,
-            Err(e) => return reply.error(self.fail(&t, "readdir", ino, None, &e)),
-        };
-        // Offsets: 1 = ".", 2 = "..", 3.. = entries; the kernel passes back the last one it got.
-        let mut next = offset;
-        if next == 0 {
-            if reply.add(INodeNo(ino), 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            next = 1;
-        }
-        if next == 1 {
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            next = 2;
-        }
-        for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
-            // Only names the kernel looked up have inodes; readdir hands
-            // out no references (readdirplus does).
-            let child = self.read_table().child(ino, &e.name).unwrap_or(UNKNOWN_INO);
-            let kind = match e.node.kind {
-                NodeKind::Dir => FileType::Directory,
-                NodeKind::File { .. } => FileType::RegularFile,
-                NodeKind::Symlink { .. } => FileType::Symlink,
-            };
-            if reply.add(INodeNo(child), i as u64 + 3, kind, &e.name) {
-                break;
-            }
-        }
-        reply.ok();
+        self.list_dir(ino.0, offset, reply);
     }
 
     fn readdirplus(
@@ -323,49 +291,9 @@ impl fuser::Filesystem for RepoFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: fuser::ReplyDirectoryPlus,
+        reply: fuser::ReplyDirectoryPlus,
     ) {
-        let t = self.ops.start(Op::Readdir);
-        let ino = ino.0;
-        let (entries, parent) = match self.listing(ino) {
-            Ok(l) => l,
-            Err(e) => return reply.error(self.fail(&t, "readdirplus", ino, None, &e)),
-        };
-        let ttl = self.ttl();
-        // "." and ".." carry no lookups (the kernel skips them).
-        let mut next = offset;
-        for (n, dot, dot_ino) in [(0, ".", ino), (1, "..", parent)] {
-            if next == n {
-                if reply.add(
-                    INodeNo(dot_ino),
-                    n + 1,
-                    dot,
-                    &ttl,
-                    &self.attr(dot_ino, None),
-                    Generation(0),
-                ) {
-                    return reply.ok();
-                }
-                next = n + 1;
-            }
-        }
-        for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
-            let child = self.inode_for(ino, &e.name, &e.node, true);
-            let attr = self.attr(child, Some(&e.node));
-            if reply.add(
-                INodeNo(child),
-                i as u64 + 3,
-                &e.name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
-                // Not sent: the kernel holds nothing on it.
-                self.forget_inodes(&[(child, 1)]);
-                break;
-            }
-        }
-        reply.ok();
+        self.list_dir_plus(ino.0, offset, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

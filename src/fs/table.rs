@@ -22,8 +22,10 @@ pub(super) struct Inode {
     pub(super) name: Box<OsStr>,
     /// `None` only for the root before the source could be reached.
     pub(super) node: Option<Node>,
-    /// The source generation `node` belongs to.
-    pub(super) generation: u64,
+    /// Whether `node` is the source's full node; `false` for a file or
+    /// symlink a names-only listing gave (size 0, key perhaps not final),
+    /// resolved from its directory's sized listing before it is shown.
+    pub(super) sized: bool,
     /// Lookups the kernel holds (entries it was given, minus forgets).
     pub(super) lookups: AtomicU64,
 }
@@ -105,6 +107,9 @@ pub(super) struct Table {
     /// longer here.
     children: hashbrown::HashTable<u64>,
     hasher: std::hash::RandomState,
+    /// The source generation the root's node belongs to (other inodes
+    /// keep theirs: see `RepoFs::node`).
+    root_generation: u64,
 }
 
 fn hash_of(hasher: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
@@ -130,7 +135,7 @@ impl Table {
                 parent: ROOT,
                 name: OsStr::new("").into(),
                 node: None,
-                generation: 0,
+                sized: true,
                 lookups: AtomicU64::new(1),
             },
         );
@@ -220,6 +225,11 @@ impl Table {
     }
 }
 
+/// Whether two nodes are of the same type (file, directory, symlink).
+fn same_type(a: &Node, b: &Node) -> bool {
+    std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind)
+}
+
 pub(super) fn read(t: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
     t.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -246,23 +256,33 @@ impl RepoFs {
     /// generation.
     pub(super) fn node(&self, ino: u64) -> Result<Node, SourceError> {
         let generation = self.source.generation();
-        let cached = {
+        let (cached, placeholder) = {
             let t = self.read_table();
             let Some(i) = t.inodes.get(&ino) else {
                 return Err(SourceError::NotFound(format!("inode {ino}")));
             };
-            i.node
-                .clone()
-                .filter(|_| ino != ROOT || i.generation == generation)
+            if !i.sized {
+                (None, Some((i.parent, i.name.to_os_string())))
+            } else {
+                let n = i.node.clone();
+                (
+                    n.filter(|_| ino != ROOT || t.root_generation == generation),
+                    None,
+                )
+            }
         };
         if let Some(n) = cached {
             return Ok(n);
         }
-        let root = self.source.root()?;
-        if let Some(i) = self.write_table().inodes.get_mut(&ROOT) {
-            i.node = Some(root.clone());
-            i.generation = generation;
+        if let Some((parent, name)) = placeholder {
+            return self.resolve(ino, parent, &name);
         }
+        let root = self.source.root()?;
+        let mut t = self.write_table();
+        if let Some(i) = t.inodes.get_mut(&ROOT) {
+            i.node = Some(root.clone());
+        }
+        t.root_generation = generation;
         Ok(root)
     }
 
@@ -278,7 +298,7 @@ impl RepoFs {
             let ino = t.child(parent, name)?;
             let i = t.inodes.get(&ino)?;
             let n = i.node.as_ref()?;
-            if n.key != node.key || n.kind != node.kind {
+            if !i.sized || n.key != node.key || n.kind != node.kind {
                 return None;
             }
             i.lookups.fetch_add(add, Ordering::Relaxed);
@@ -291,19 +311,85 @@ impl RepoFs {
         if let Some(ino) = hit(&t) {
             return ino;
         }
-        let ino = t.inodes.vacant();
+        // A placeholder from a names-only listing of the same (immutable)
+        // directory stands for this very entry: it becomes the full node.
+        if let Some(ino) = t.child(parent, name) {
+            if let Some(i) = t.inodes.get_mut(&ino).filter(|i| !i.sized) {
+                if i.node.as_ref().is_some_and(|n| same_type(n, node)) {
+                    i.node = Some(node.clone());
+                    i.sized = true;
+                    i.lookups.fetch_add(add, Ordering::Relaxed);
+                    drop(t);
+                    self.sizes_wanted();
+                    return ino;
+                }
+            }
+        }
         // A changed path gets the new inode; the old one lives on (open
         // files keep reading it) until the kernel forgets it.
+        self.add_inode(&mut t, parent, name, node, true, add)
+    }
+
+    /// Numbers a new inode, the current one of `(parent, name)`.
+    fn add_inode(
+        &self,
+        t: &mut Table,
+        parent: u64,
+        name: &OsStr,
+        node: &Node,
+        sized: bool,
+        lookups: u64,
+    ) -> u64 {
+        let ino = t.inodes.vacant();
         t.add(
             ino,
             Inode {
                 parent,
                 name: name.into(),
                 node: Some(node.clone()),
-                generation: self.source.generation(),
-                lookups: AtomicU64::new(add),
+                sized,
+                lookups: AtomicU64::new(lookups),
             },
         );
         ino
+    }
+
+    /// The inode readdirplus gives an entry of a names-only listing
+    /// (`node` without its size): the name's inode when it holds the full
+    /// node already (returned, to be shown), else a placeholder (`None`:
+    /// show `node` and let the kernel ask again).
+    pub(super) fn placeholder_for(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        node: &Node,
+    ) -> (u64, Option<Node>) {
+        let hit = |t: &Table| -> Option<(u64, Option<Node>)> {
+            let ino = t.child(parent, name)?;
+            let i = t.inodes.get(&ino)?;
+            let n = i.node.as_ref().filter(|n| same_type(n, node))?;
+            i.lookups.fetch_add(1, Ordering::Relaxed);
+            Some((ino, i.sized.then(|| n.clone())))
+        };
+        if let Some(h) = hit(&self.read_table()) {
+            return h;
+        }
+        let mut t = self.write_table();
+        if let Some(h) = hit(&t) {
+            return h;
+        }
+        (self.add_inode(&mut t, parent, name, node, false, 1), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an inode costs besides its name and key (a million-file walk
+    /// keeps one per file the kernel holds).
+    #[test]
+    fn an_inode_slot_stays_small() {
+        assert!(std::mem::size_of::<Option<Inode>>() <= 88);
     }
 }

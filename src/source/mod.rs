@@ -221,6 +221,15 @@ pub trait Source: Send + Sync {
     /// The children of a directory, with exact sizes, sorted by name
     /// (bytewise: lookups search them).
     fn list(&self, dir: &Node) -> Result<Arc<Vec<Entry>>, SourceError>;
+    /// The children of a directory for a walk that may want only their
+    /// names (`find`): `(entries, true)` is what `list` returns; a source
+    /// whose sizes cost requests may answer `(entries, false)` instead,
+    /// names and kinds with files and symlinks of size 0 and keys that may
+    /// differ from `list`'s, the sized listing asked for when one of them
+    /// is looked at.
+    fn list_names(&self, dir: &Node) -> Result<(Arc<Vec<Entry>>, bool), SourceError> {
+        self.list(dir).map(|e| (e, true))
+    }
     /// Opens a file for reading.
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError>;
     /// The target of a symlink.

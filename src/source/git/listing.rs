@@ -16,6 +16,9 @@ use super::{
 };
 use crate::source::{Entry, Node, NodeKind, SourceError, lock};
 
+/// A tree entry: its name, kind and id.
+type Item = (Vec<u8>, EntryKind, ObjectId);
+
 impl GitSource {
     pub(super) async fn list_tree(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
         if let Some(e) = lock(&self.dirs).get(&tree) {
@@ -31,8 +34,13 @@ impl GitSource {
         r
     }
 
-    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
-        let snap = self.snapshot().await?;
+    /// The names, kinds and ids of a tree's entries (hostile names and
+    /// duplicates left out), the paths of its subtrees remembered.
+    fn tree_items(
+        &self,
+        snap: &super::snapshot::Snapshot,
+        tree: ObjectId,
+    ) -> Result<(Vec<Item>, Option<String>), SourceError> {
         let data = snap.trees.get(&tree).ok_or_else(|| {
             SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
         })?;
@@ -65,6 +73,56 @@ impl GitSource {
                 }
             }
         }
+        Ok((raw, path))
+    }
+
+    /// A tree's entries as `list_names` gives them: with exact sizes when
+    /// they cost no request (listed lately, or stored), else names and
+    /// kinds only (sizes 0, LFS pointers not recognised yet).
+    pub(super) async fn list_tree_names(
+        &self,
+        tree: ObjectId,
+    ) -> Result<(Arc<Vec<Entry>>, bool), SourceError> {
+        if let Some(e) = lock(&self.dirs).get(&tree) {
+            return Ok((e, true));
+        }
+        if self.sizes.known(&tree) {
+            return self.list_tree(tree).await.map(|e| (e, true));
+        }
+        let snap = self.snapshot().await?;
+        let (raw, _) = self.tree_items(&snap, tree)?;
+        let mut entries: Vec<Entry> = raw
+            .into_iter()
+            .map(|(name, kind, oid)| {
+                let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
+                    EntryKind::Tree => (oid.as_bytes().into(), NodeKind::Dir),
+                    EntryKind::Commit => (SUBMODULE_KEY.into(), NodeKind::Dir),
+                    EntryKind::Link => (oid.as_bytes().into(), NodeKind::Symlink { size: 0 }),
+                    EntryKind::Blob | EntryKind::BlobExecutable => (
+                        oid.as_bytes().into(),
+                        NodeKind::File {
+                            size: 0,
+                            executable: kind == EntryKind::BlobExecutable,
+                        },
+                    ),
+                };
+                Entry {
+                    name: OsString::from_vec(name),
+                    node: Node {
+                        key,
+                        kind,
+                        mtime: snap.mtime,
+                    },
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((Arc::new(entries), false))
+    }
+
+    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
+        let snap = self.snapshot().await?;
+        let (raw, path) = self.tree_items(&snap, tree)?;
         let blobs: Vec<(Vec<u8>, ObjectId)> = raw
             .iter()
             .filter(|(_, k, _)| {
@@ -135,7 +193,7 @@ impl GitSource {
     /// is in the pointer range are fetched (one batch) and parsed.
     async fn lfs_pointers(
         &self,
-        raw: &[(Vec<u8>, EntryKind, ObjectId)],
+        raw: &[Item],
         sizes: &HashMap<ObjectId, u64>,
     ) -> Result<HashMap<ObjectId, lfs::Pointer>, SourceError> {
         let candidates: Vec<ObjectId> = raw

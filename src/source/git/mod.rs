@@ -474,6 +474,13 @@ impl Source for GitSource {
         self.block_on(self.list_tree(oid))
     }
 
+    fn list_names(&self, dir: &Node) -> Result<(Arc<Vec<Entry>>, bool), SourceError> {
+        if &dir.key[..] == SUBMODULE_KEY {
+            return Ok((Arc::new(Vec::new()), true));
+        }
+        self.block_on(self.list_tree_names(node_oid(dir)?))
+    }
+
     fn open(&self, file: &Node) -> Result<Arc<dyn FileReader>, SourceError> {
         if let Some((p, _)) = lfs::Pointer::from_key(&file.key) {
             self.opens.record(snap_has_lfs(&self.cache, &p));

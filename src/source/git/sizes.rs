@@ -128,6 +128,12 @@ impl Sizes {
         }
     }
 
+    /// Whether the sizes of `tree` are stored (listing it costs no request
+    /// for them).
+    pub fn known(&self, tree: &ObjectId) -> bool {
+        self.cache.contains(&sizes_key(tree))
+    }
+
     pub fn store(&self, tree: &ObjectId, sizes: &HashMap<ObjectId, u64>) {
         store(&self.cache, &self.repo, tree, sizes);
     }
