@@ -313,17 +313,17 @@ impl RepoFs {
         }
         // A placeholder from a names-only listing of the same (immutable)
         // directory stands for this very entry: it becomes the full node.
-        if let Some(ino) = t.child(parent, name) {
-            if let Some(i) = t.inodes.get_mut(&ino).filter(|i| !i.sized) {
-                if i.node.as_ref().is_some_and(|n| same_type(n, node)) {
-                    i.node = Some(node.clone());
-                    i.sized = true;
-                    i.lookups.fetch_add(add, Ordering::Relaxed);
-                    drop(t);
-                    self.sizes_wanted();
-                    return ino;
-                }
-            }
+        if let Some(ino) = t.child(parent, name)
+            && let Some(i) = t.inodes.get_mut(&ino)
+            && !i.sized
+            && i.node.as_ref().is_some_and(|n| same_type(n, node))
+        {
+            i.node = Some(node.clone());
+            i.sized = true;
+            i.lookups.fetch_add(add, Ordering::Relaxed);
+            drop(t);
+            self.sizes_wanted();
+            return ino;
         }
         // A changed path gets the new inode; the old one lives on (open
         // files keep reading it) until the kernel forgets it.
