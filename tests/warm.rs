@@ -561,3 +561,43 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
     );
     m.daemon.stop();
 }
+
+/// A directory the kernel still holds from before a followed branch moved
+/// (a process inside it) lists and reads its old files, even when nothing
+/// listed it with sizes before the move.
+#[test]
+fn a_directory_held_across_a_branch_move_reads_its_old_files() {
+    let _quiet = quiet();
+    let scratch = Scratch::new();
+    let (dir, srv, work) = (scratch.dir(), scratch.srv(), scratch.work());
+    std::fs::create_dir_all(work.join("a")).unwrap();
+    std::fs::write(work.join("a/x.txt"), "old\n").unwrap();
+    std::fs::write(work.join("top.txt"), "1\n").unwrap();
+    publish_repo(&srv, &work, "held");
+    let server = GitServer::start(&srv, &[]);
+    let mut m = mount(dir, &server.url("held"), "refresh = \"1s\"", "");
+    let held = std::fs::File::open(m.mount.join("a")).unwrap();
+    std::fs::write(work.join("a/x.txt"), "new, longer\n").unwrap();
+    std::fs::write(work.join("top.txt"), "2\n").unwrap();
+    publish_repo(&srv, &work, "held");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(m.mount.join("top.txt")).unwrap_or_default() != "2\n" {
+        assert!(Instant::now() < deadline, "the branch move was not seen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    use std::os::fd::AsRawFd;
+    let old = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    let names: Vec<_> = std::fs::read_dir(&old)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["x.txt"]);
+    assert_eq!(std::fs::metadata(old.join("x.txt")).unwrap().len(), 4);
+    assert_eq!(std::fs::read_to_string(old.join("x.txt")).unwrap(), "old\n");
+    assert_eq!(
+        std::fs::read_to_string(m.mount.join("a/x.txt")).unwrap(),
+        "new, longer\n"
+    );
+    drop(held);
+    m.daemon.stop();
+}

@@ -1,18 +1,19 @@
-//! Listing directories: readdir and readdirplus, and names first.
+//! Listing directories: readdir, readdirplus and lookup, names first.
 //!
 //! A walk that wants only names (`find`, `find -type f`) should not pay
 //! for sizes a source can only learn with requests (without protocol-v2
-//! `object-info`, a git host tells a blob's size only by sending it). So
-//! readdirplus of an immutable directory asks the source for names first
-//! (`Source::list_names`); its files and symlinks then reach the kernel as
-//! placeholders: an inode whose attributes and entry are valid for no time,
-//! so whatever looks at one (`stat`, `open`, `ls -l`) comes back with a
-//! lookup or getattr, which resolves it from the directory's sized listing
-//! before answering. A placeholder is never sent for an inode the kernel
-//! was given the true size of. Once something resolves placeholders, the
-//! walk wants sizes: readdirplus lists with sizes for a while
-//! ([`SIZES_WANTED_FOR`]), so `ls -lR` and `du` cost one sized listing per
-//! directory, not a lookup per file.
+//! `object-info`, a git host tells a blob's size only by sending it). So an
+//! immutable directory whose sizes are not at hand (`Source::list_names`)
+//! answers the kernel's first readdirplus with "." and ".." alone: the
+//! kernel (with `FUSE_READDIRPLUS_AUTO`) asks for the rest with plain
+//! readdir, names and kinds with no inode and no attributes, and looks up
+//! only what the walker opens or stats. A lookup of a subdirectory is
+//! answered from the names; one of a file or symlink needs the sized
+//! listing (one request for the directory's sizes, then memory). Once a
+//! lookup needed sizes, the walk wants them: readdirplus lists with sizes
+//! for a while ([`SIZES_WANTED_FOR`]), so `ls -lR` and `du` cost one sized
+//! listing per directory and not a lookup per file. Nothing but the sized
+//! listing ever gives the kernel a file's attributes.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use crate::source::{Entry, Node, NodeKind, SourceError};
 pub(super) const SIZES_WANTED_FOR: Duration = Duration::from_secs(2);
 
 impl RepoFs {
-    /// Notes that a placeholder was looked at: the walk wants sizes.
-    pub(super) fn sizes_wanted(&self) {
+    /// Notes that a lookup needed sizes: the walk wants them.
+    fn sizes_wanted(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.sizes_asked.store(now.max(1), Ordering::Relaxed);
     }
@@ -40,43 +41,34 @@ impl RepoFs {
         at != 0 && now.saturating_sub(at) < SIZES_WANTED_FOR.as_millis() as u64
     }
 
-    /// The full node of placeholder `ino` (`name` in `parent`), from the
-    /// directory's sized listing; the inode holds it from then on.
-    pub(super) fn resolve(&self, ino: u64, parent: u64, name: &OsStr) -> Result<Node, SourceError> {
-        let dir = self.node(parent)?;
-        let entries = self.source.list(&dir)?;
-        let node = find(&entries, name).ok_or_else(|| {
-            SourceError::Corrupt(format!(
-                "{} was listed but its directory's full listing lacks it",
-                name.to_string_lossy()
-            ))
-        })?;
-        self.sizes_wanted();
-        let mut t = self.write_table();
-        match t.inodes.get_mut(&ino) {
-            Some(i) if !i.sized => {
-                i.node = Some(node.clone());
-                i.sized = true;
-                Ok(node)
-            }
-            // Resolved meanwhile (by a lookup): the same entry.
-            Some(i) => Ok(i.node.clone().unwrap_or(node)),
-            None => Err(SourceError::NotFound(format!("inode {ino}"))),
-        }
-    }
-
-    /// A directory's entries for readdirplus, its parent's inode, and
-    /// whether the entries carry their sizes.
-    fn walk_listing(&self, ino: u64) -> Result<(Arc<Vec<Entry>>, u64, bool), SourceError> {
+    /// Whether listings of `ino` may come without sizes.
+    fn names_first(&self, ino: u64) -> bool {
         // The root follows a moving branch: its names are not final.
-        if ino == ROOT || !self.source.dirs_immutable() || self.wants_sizes() {
-            let (entries, parent) = self.listing(ino)?;
-            return Ok((entries, parent, true));
-        }
-        self.names(ino)
+        ino != ROOT && self.source.dirs_immutable()
     }
 
-    /// A directory's entries, perhaps without sizes (`Source::list_names`).
+    /// The node of `name` in directory `parent`, with its size: a
+    /// subdirectory from the names alone, a file from the sized listing.
+    pub(super) fn child_node(
+        &self,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<Option<Node>, SourceError> {
+        let dir = self.node(parent)?;
+        if self.names_first(parent) {
+            let (names, sized) = self.source.list_names(&dir)?;
+            match find(&names, name) {
+                // Listings name the same directories with or without sizes.
+                Some(n) if sized || n.kind == NodeKind::Dir => return Ok(Some(n)),
+                None => return Ok(None),
+                Some(_) => self.sizes_wanted(),
+            }
+        }
+        Ok(find(&self.source.list(&dir)?, name))
+    }
+
+    /// A directory's entries, perhaps without sizes (`Source::list_names`),
+    /// its parent's inode, and whether the entries carry their sizes.
     fn names(&self, ino: u64) -> Result<(Arc<Vec<Entry>>, u64, bool), SourceError> {
         let (entries, sized) = self.node(ino).and_then(|n| self.source.list_names(&n))?;
         let parent = self.read_table().inodes.get(&ino).map(|i| i.parent);
@@ -122,7 +114,16 @@ impl RepoFs {
 
     pub(super) fn list_dir_plus(&self, ino: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
         let t = self.ops.start(Op::Readdir);
-        let (entries, parent, sized) = match self.walk_listing(ino) {
+        // The first request of a walk that may want names only: without
+        // sizes at hand, "." and ".." alone, the rest by plain readdir. A
+        // later request (the kernel saw lookups here) or a walk that wants
+        // sizes gets the sized listing.
+        let names_only = offset == 0 && self.names_first(ino) && !self.wants_sizes();
+        let listed = match names_only {
+            true => self.names(ino),
+            false => self.listing(ino).map(|(e, p)| (e, p, true)),
+        };
+        let (entries, parent, sized) = match listed {
             Ok(l) => l,
             Err(e) => return reply.error(self.fail(&t, "readdirplus", ino, None, &e)),
         };
@@ -144,21 +145,17 @@ impl RepoFs {
                 next = n + 1;
             }
         }
+        if !sized {
+            return reply.ok();
+        }
         for (i, e) in entries.iter().enumerate().skip((next - 2) as usize) {
-            let (child, attr, valid) = if sized || e.node.kind == NodeKind::Dir {
-                let child = self.inode_for(ino, &e.name, &e.node, true);
-                (child, self.attr(child, Some(&e.node)), ttl)
-            } else {
-                match self.placeholder_for(ino, &e.name, &e.node) {
-                    (child, Some(full)) => (child, self.attr(child, Some(&full)), ttl),
-                    (child, None) => (child, self.attr(child, Some(&e.node)), Duration::ZERO),
-                }
-            };
+            let child = self.inode_for(ino, &e.name, &e.node, true);
+            let attr = self.attr(child, Some(&e.node));
             if reply.add(
                 INodeNo(child),
                 i as u64 + 3,
                 &e.name,
-                &valid,
+                &ttl,
                 &attr,
                 Generation(0),
             ) {

@@ -153,10 +153,7 @@ impl fuser::Filesystem for RepoFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.ops.start(Op::Lookup);
         let parent = parent.0;
-        let result = self
-            .node(parent)
-            .and_then(|dir| self.source.list(&dir))
-            .map(|entries| dirs::find(&entries, name));
+        let result = self.child_node(parent, name);
         match result {
             Ok(Some(node)) => {
                 let ino = self.inode_for(parent, name, &node, true);

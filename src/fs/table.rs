@@ -22,10 +22,6 @@ pub(super) struct Inode {
     pub(super) name: Box<OsStr>,
     /// `None` only for the root before the source could be reached.
     pub(super) node: Option<Node>,
-    /// Whether `node` is the source's full node; `false` for a file or
-    /// symlink a names-only listing gave (size 0, key perhaps not final),
-    /// resolved from its directory's sized listing before it is shown.
-    pub(super) sized: bool,
     /// Lookups the kernel holds (entries it was given, minus forgets).
     pub(super) lookups: AtomicU64,
 }
@@ -135,7 +131,6 @@ impl Table {
                 parent: ROOT,
                 name: OsStr::new("").into(),
                 node: None,
-                sized: true,
                 lookups: AtomicU64::new(1),
             },
         );
@@ -225,11 +220,6 @@ impl Table {
     }
 }
 
-/// Whether two nodes are of the same type (file, directory, symlink).
-fn same_type(a: &Node, b: &Node) -> bool {
-    std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind)
-}
-
 pub(super) fn read(t: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
     t.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -256,26 +246,17 @@ impl RepoFs {
     /// generation.
     pub(super) fn node(&self, ino: u64) -> Result<Node, SourceError> {
         let generation = self.source.generation();
-        let (cached, placeholder) = {
+        let cached = {
             let t = self.read_table();
             let Some(i) = t.inodes.get(&ino) else {
                 return Err(SourceError::NotFound(format!("inode {ino}")));
             };
-            if !i.sized {
-                (None, Some((i.parent, i.name.to_os_string())))
-            } else {
-                let n = i.node.clone();
-                (
-                    n.filter(|_| ino != ROOT || t.root_generation == generation),
-                    None,
-                )
-            }
+            i.node
+                .clone()
+                .filter(|_| ino != ROOT || t.root_generation == generation)
         };
         if let Some(n) = cached {
             return Ok(n);
-        }
-        if let Some((parent, name)) = placeholder {
-            return self.resolve(ino, parent, &name);
         }
         let root = self.source.root()?;
         let mut t = self.write_table();
@@ -298,7 +279,7 @@ impl RepoFs {
             let ino = t.child(parent, name)?;
             let i = t.inodes.get(&ino)?;
             let n = i.node.as_ref()?;
-            if !i.sized || n.key != node.key || n.kind != node.kind {
+            if n.key != node.key || n.kind != node.kind {
                 return None;
             }
             i.lookups.fetch_add(add, Ordering::Relaxed);
@@ -311,74 +292,19 @@ impl RepoFs {
         if let Some(ino) = hit(&t) {
             return ino;
         }
-        // A placeholder from a names-only listing of the same (immutable)
-        // directory stands for this very entry: it becomes the full node.
-        if let Some(ino) = t.child(parent, name)
-            && let Some(i) = t.inodes.get_mut(&ino)
-            && !i.sized
-            && i.node.as_ref().is_some_and(|n| same_type(n, node))
-        {
-            i.node = Some(node.clone());
-            i.sized = true;
-            i.lookups.fetch_add(add, Ordering::Relaxed);
-            drop(t);
-            self.sizes_wanted();
-            return ino;
-        }
+        let ino = t.inodes.vacant();
         // A changed path gets the new inode; the old one lives on (open
         // files keep reading it) until the kernel forgets it.
-        self.add_inode(&mut t, parent, name, node, true, add)
-    }
-
-    /// Numbers a new inode, the current one of `(parent, name)`.
-    fn add_inode(
-        &self,
-        t: &mut Table,
-        parent: u64,
-        name: &OsStr,
-        node: &Node,
-        sized: bool,
-        lookups: u64,
-    ) -> u64 {
-        let ino = t.inodes.vacant();
         t.add(
             ino,
             Inode {
                 parent,
                 name: name.into(),
                 node: Some(node.clone()),
-                sized,
-                lookups: AtomicU64::new(lookups),
+                lookups: AtomicU64::new(add),
             },
         );
         ino
-    }
-
-    /// The inode readdirplus gives an entry of a names-only listing
-    /// (`node` without its size): the name's inode when it holds the full
-    /// node already (returned, to be shown), else a placeholder (`None`:
-    /// show `node` and let the kernel ask again).
-    pub(super) fn placeholder_for(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        node: &Node,
-    ) -> (u64, Option<Node>) {
-        let hit = |t: &Table| -> Option<(u64, Option<Node>)> {
-            let ino = t.child(parent, name)?;
-            let i = t.inodes.get(&ino)?;
-            let n = i.node.as_ref().filter(|n| same_type(n, node))?;
-            i.lookups.fetch_add(1, Ordering::Relaxed);
-            Some((ino, i.sized.then(|| n.clone())))
-        };
-        if let Some(h) = hit(&self.read_table()) {
-            return h;
-        }
-        let mut t = self.write_table();
-        if let Some(h) = hit(&t) {
-            return h;
-        }
-        (self.add_inode(&mut t, parent, name, node, false, 1), None)
     }
 }
 
@@ -387,9 +313,9 @@ mod tests {
     use super::*;
 
     /// What an inode costs besides its name and key (a million-file walk
-    /// keeps one per file the kernel holds).
+    /// keeps one per directory and file the kernel holds).
     #[test]
     fn an_inode_slot_stays_small() {
-        assert!(std::mem::size_of::<Option<Inode>>() <= 88);
+        assert!(std::mem::size_of::<Option<Inode>>() <= 80);
     }
 }

@@ -77,8 +77,9 @@ impl GitSource {
     }
 
     /// A tree's entries as `list_names` gives them: with exact sizes when
-    /// they cost no request (listed lately, or stored), else names and
-    /// kinds only (sizes 0, LFS pointers not recognised yet).
+    /// they are at hand (listed lately, or stored: at most the LFS pointers
+    /// among them are fetched), else names and kinds only (sizes 0, LFS
+    /// pointers not recognised yet).
     pub(super) async fn list_tree_names(
         &self,
         tree: ObjectId,
@@ -89,7 +90,7 @@ impl GitSource {
         if self.sizes.known(&tree) {
             return self.list_tree(tree).await.map(|e| (e, true));
         }
-        let snap = self.snapshot().await?;
+        let snap = self.snapshot_of(tree).await?;
         let (raw, _) = self.tree_items(&snap, tree)?;
         let mut entries: Vec<Entry> = raw
             .into_iter()
@@ -120,8 +121,24 @@ impl GitSource {
         Ok((Arc::new(entries), false))
     }
 
-    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
+    /// The snapshot holding `tree`: the one served, or for a directory
+    /// the kernel holds from before the branch moved, the one before it.
+    async fn snapshot_of(
+        &self,
+        tree: ObjectId,
+    ) -> Result<Arc<super::snapshot::Snapshot>, SourceError> {
         let snap = self.snapshot().await?;
+        if !snap.trees.contains_key(&tree)
+            && let Some(old) = lock(&self.retired).clone()
+            && old.trees.contains_key(&tree)
+        {
+            return Ok(old);
+        }
+        Ok(snap)
+    }
+
+    async fn list_tree_now(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
+        let snap = self.snapshot_of(tree).await?;
         let (raw, path) = self.tree_items(&snap, tree)?;
         let blobs: Vec<(Vec<u8>, ObjectId)> = raw
             .iter()

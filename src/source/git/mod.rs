@@ -71,6 +71,9 @@ pub struct GitSource {
     /// The commit served; swapped whole when a followed branch moves. The
     /// load itself runs under `loading`, never under this lock.
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// The commit served before the branch last moved: directories the
+    /// kernel still holds from it are listed from its trees.
+    retired: Mutex<Option<Arc<Snapshot>>>,
     loading: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<(Instant, SourceError)>>,
     dirs: Mutex<listing::DirCache>,
@@ -138,6 +141,7 @@ impl GitSource {
             rt,
             state,
             snapshot: Mutex::new(None),
+            retired: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
             dirs: Mutex::new(listing::DirCache::new()),
@@ -240,7 +244,8 @@ impl GitSource {
             match self.snapshot_for(commit).await {
                 Ok(s) => {
                     self.state.remember(&self.repo.name, commit);
-                    *lock(&self.snapshot) = Some(Arc::new(s));
+                    let old = lock(&self.snapshot).replace(Arc::new(s));
+                    *lock(&self.retired) = old;
                     self.generation.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
                 }
