@@ -90,6 +90,9 @@ impl GitSource {
         if self.sizes.known(&tree) {
             return self.list_tree(tree).await.map(|e| (e, true));
         }
+        if let Some(e) = lock(&self.names).get(&tree) {
+            return Ok((e, false));
+        }
         let snap = self.snapshot_of(tree).await?;
         let (raw, _) = self.tree_items(&snap, tree)?;
         let mut entries: Vec<Entry> = raw
@@ -118,7 +121,9 @@ impl GitSource {
             })
             .collect();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((Arc::new(entries), false))
+        let entries = Arc::new(entries);
+        lock(&self.names).insert(tree, entries.clone());
+        Ok((entries, false))
     }
 
     /// The snapshot holding `tree`: the one served, or for a directory

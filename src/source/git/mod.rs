@@ -14,6 +14,7 @@
 mod ahead;
 pub mod delta;
 mod fleet;
+mod follow;
 pub mod hosts;
 pub mod lfs;
 mod listing;
@@ -77,6 +78,8 @@ pub struct GitSource {
     loading: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<(Instant, SourceError)>>,
     dirs: Mutex<listing::DirCache>,
+    /// Listings without sizes (`list_names`), bounded as `dirs`.
+    names: Mutex<listing::DirCache>,
     /// One listing at a time per tree (others wait for its result).
     listing: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// A path of each tree seen (for host APIs that work by path).
@@ -145,6 +148,7 @@ impl GitSource {
             loading: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
             dirs: Mutex::new(listing::DirCache::new()),
+            names: Mutex::new(listing::DirCache::new()),
             listing: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             filter_warned: AtomicBool::new(false),
@@ -197,64 +201,6 @@ impl GitSource {
                 Err(e)
             }
         }
-    }
-
-    /// Follows the branch: every `refresh`, resolves the ref and, when it
-    /// moved, loads the new commit and swaps it in atomically. Files already
-    /// open keep reading the old contents. Ends when the source is shut down.
-    pub async fn follow(self: Arc<Self>) {
-        let Some(every) = self.repo.refresh else {
-            return;
-        };
-        // Hold the source only while working, so that an unmounted one is
-        // released without waiting for the next refresh.
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(this) = weak.upgrade() else {
-                return;
-            };
-            if !this.refresh_once().await {
-                return;
-            }
-        }
-    }
-
-    /// One refresh: resolves the ref and swaps in a new commit. False once
-    /// the source is shut down.
-    async fn refresh_once(self: &Arc<Self>) -> bool {
-        {
-            if self.stopped.load(Ordering::Relaxed) {
-                return false;
-            }
-            let Some(current) = self.current_commit() else {
-                return true; // not loaded yet: the first access loads it
-            };
-            let commit = match self.remote.resolve_ref().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(repo = %self.repo.name, "refresh: cannot resolve the ref: {e}");
-                    return true;
-                }
-            };
-            if commit == current {
-                return true;
-            }
-            match self.snapshot_for(commit).await {
-                Ok(s) => {
-                    self.state.remember(&self.repo.name, commit);
-                    let old = lock(&self.snapshot).replace(Arc::new(s));
-                    *lock(&self.retired) = old;
-                    self.generation.fetch_add(1, Ordering::SeqCst);
-                    tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
-                }
-                Err(e) => {
-                    tracing::warn!(repo = %self.repo.name, %commit, "refresh: cannot load the new commit: {e}")
-                }
-            }
-        }
-        true
     }
 
     /// Stops background work (refresh) for a repository being unmounted.
