@@ -48,6 +48,7 @@
 # (scripts/install-deps.sh; the git server needs only python3's standard
 # library). Builds target/release/repofs first; REPOFS_BIN=/path/to/repofs
 # skips the build and uses that binary. LOG_DIR=dir keeps the daemons' logs.
+# FILE_READS=passthrough (or daemon, no-open) sets `file_reads` of every mount.
 # Cleans up after itself (daemons, mounts, servers, the work directory).
 set -euo pipefail
 export LC_ALL=C
@@ -111,6 +112,7 @@ write_config() {
     echo "mount_root = \"$dir/mnt\""
     echo "cache_dir = \"$dir/cache\""
     echo 'cache_size = "32GiB"'
+    [ -z "${FILE_READS:-}" ] || echo "file_reads = \"$FILE_READS\""
     for line in "$@"; do echo "$line"; done
     echo '[[repository]]'
     echo "name = \"$name\""

@@ -4,8 +4,11 @@
 //! failures as [`SourceError`], which carries the errno to give the caller.
 
 pub mod git;
+mod local;
 pub mod s3;
 pub mod transfer;
+
+pub use local::{LocalFile, read_file_into, read_file_range};
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -142,27 +145,6 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A complete, verified local (cache) file of known size.
-pub struct LocalFile {
-    pub file: std::fs::File,
-    pub size: u64,
-}
-
-impl FileReader for LocalFile {
-    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        read_file_range(&self.file, offset, size)
-    }
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-        read_file_into(&self.file, offset, buf)
-    }
-    fn size(&self) -> Option<u64> {
-        Some(self.size)
-    }
-    fn local_file(&self) -> Option<&std::fs::File> {
-        Some(&self.file)
-    }
-}
-
 /// Complete, verified contents held in memory.
 pub struct MemoryFile(pub Arc<[u8]>);
 
@@ -177,38 +159,6 @@ impl FileReader for MemoryFile {
     fn size(&self) -> Option<u64> {
         Some(self.0.len() as u64)
     }
-}
-
-/// Reads up to `size` bytes at `offset` of a local (cache) file; fewer only at its end.
-pub fn read_file_range(
-    file: &std::fs::File,
-    offset: u64,
-    size: u32,
-) -> Result<Vec<u8>, SourceError> {
-    let mut buf = vec![0u8; size as usize];
-    let n = read_file_into(file, offset, &mut buf)?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
-/// Fills `buf` from `offset` of a local (cache) file, except at its end;
-/// returns the count.
-pub fn read_file_into(
-    file: &std::fs::File,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<usize, SourceError> {
-    use std::os::unix::fs::FileExt;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(SourceError::Unavailable(format!("reading the cache: {e}"))),
-        }
-    }
-    Ok(filled)
 }
 
 /// A read-only tree. Calls block; the FUSE adapter calls them from its

@@ -30,9 +30,7 @@ use sha2::Digest;
 
 use crate::cache::{Cache, CacheWriter};
 use crate::config::{RepoConfig, S3Config};
-use crate::source::{
-    Entry, FileReader, Node, NodeKind, Source, SourceError, lock, read_file_range,
-};
+use crate::source::{Entry, FileReader, LocalFile, Node, NodeKind, Source, SourceError, lock};
 
 #[path = "s3_client.rs"]
 mod client;
@@ -484,20 +482,6 @@ impl FileReader for S3Reader {
     }
 }
 
-struct CachedReader(std::fs::File);
-
-impl FileReader for CachedReader {
-    fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>, SourceError> {
-        read_file_range(&self.0, offset, size)
-    }
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-        super::read_file_into(&self.0, offset, buf)
-    }
-    fn local_file(&self) -> Option<&std::fs::File> {
-        Some(&self.0)
-    }
-}
-
 impl Source for S3Source {
     fn name(&self) -> &str {
         &self.name
@@ -538,13 +522,13 @@ impl Source for S3Source {
         if let Some(f) = self.cache.get(&ck) {
             if f.metadata().map(|m| m.len()).ok() == Some(size) {
                 self.opens.record(true);
-                return Ok(Arc::new(CachedReader(f)));
+                return Ok(Arc::new(LocalFile::new(f, size)));
             }
             self.cache.remove(&ck);
         }
         if let Some(f) = self.from_shared(&ck, &etag, size) {
             self.opens.record(true);
-            return Ok(Arc::new(CachedReader(f)));
+            return Ok(Arc::new(LocalFile::new(f, size)));
         }
         self.opens.record(false);
         let writer = self.cache.writer(&ck).ok();

@@ -449,7 +449,7 @@ impl Source for GitSource {
                     .metadata()
                     .map(|m| m.len())
                     .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
-                Arc::new(LocalFile { file, size })
+                Arc::new(LocalFile::new(file, size))
             }
             objects::Opened::Memory(m) => Arc::new(MemoryFile(m)),
             objects::Opened::Streaming(transfer, size) => Arc::new(TransferReader {

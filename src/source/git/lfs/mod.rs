@@ -314,7 +314,7 @@ impl Lfs {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(p.oid.clone());
-                return Ok(Arc::new(LocalFile { file, size: p.size }));
+                return Ok(Arc::new(LocalFile::new(file, p.size)));
             }
             tracing::warn!(repo = %self.repo, oid = %p.oid, "cached LFS object is corrupt; downloading it again");
             cache.remove(&p.cache_key());
