@@ -633,28 +633,36 @@ fn hostile_tree_entries_are_skipped_with_a_warning() {
     git(&bare, &["init", "-q", "--bare", "-b", "main"]);
     let blob_path = f.dir.join("blob");
     std::fs::write(&blob_path, "payload\n").unwrap();
-    let blob = git(&bare, &["hash-object", "-w", blob_path.to_str().unwrap()]);
-    let raw_blob: Vec<u8> = (0..20)
-        .map(|i| u8::from_str_radix(&blob[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    // A tree no honest git would write: ".", "..", a name with a slash, a duplicate.
+    let raw_id = |path: &Path| -> Vec<u8> {
+        let id = git(&bare, &["hash-object", "-w", path.to_str().unwrap()]);
+        (0..20)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    let raw_blob = raw_id(&blob_path);
+    let other_path = f.dir.join("other");
+    std::fs::write(&other_path, "the second dup\n").unwrap();
+    let raw_other = raw_id(&other_path);
+    // A tree no honest git would write: ".", "..", a name with a slash,
+    // duplicates (one of them apart from the first, with other contents).
     let mut tree = Vec::new();
-    for name in [
-        &b"."[..],
-        b"..",
-        b".GIT",
-        b".git",
-        b".git. .",
-        b"GIT~1",
-        b"a/b",
-        b"dup",
-        b"dup",
-        b"ok.txt",
+    for (name, id) in [
+        (&b"."[..], &raw_blob),
+        (b"..", &raw_blob),
+        (b".GIT", &raw_blob),
+        (b".git", &raw_blob),
+        (b".git. .", &raw_blob),
+        (b"GIT~1", &raw_blob),
+        (b"a/b", &raw_blob),
+        (b"dup", &raw_blob),
+        (b"dup", &raw_blob),
+        (b"ok.txt", &raw_blob),
+        (b"dup", &raw_other),
     ] {
         tree.extend_from_slice(b"100644 ");
         tree.extend_from_slice(name);
         tree.push(0);
-        tree.extend_from_slice(&raw_blob);
+        tree.extend_from_slice(id);
     }
     let tree_path = f.dir.join("tree");
     std::fs::write(&tree_path, tree).unwrap();
@@ -692,6 +700,8 @@ fn hostile_tree_entries_are_skipped_with_a_warning() {
         std::fs::read_to_string(m.join("ok.txt")).unwrap(),
         "payload\n"
     );
+    // Of the entries named alike, the first in the tree.
+    assert_eq!(std::fs::read_to_string(m.join("dup")).unwrap(), "payload\n");
     // ".." still means the parent directory, never a tree entry.
     assert_eq!(
         std::fs::canonicalize(m.join("..")).unwrap(),

@@ -34,8 +34,9 @@ impl GitSource {
         r
     }
 
-    /// The names, kinds and ids of a tree's entries (hostile names and
-    /// duplicates left out), the paths of its subtrees remembered.
+    /// The names, kinds and ids of a tree's entries, sorted bytewise
+    /// (hostile names and duplicates left out), the paths of its subtrees
+    /// remembered.
     fn tree_items(
         &self,
         snap: &super::snapshot::Snapshot,
@@ -45,8 +46,7 @@ impl GitSource {
             SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
         })?;
         let path = lock(&self.paths).get(&tree).cloned();
-        let mut raw = Vec::new();
-        let mut seen = HashSet::new();
+        let mut raw: Vec<Item> = Vec::new();
         for item in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1) {
             let item = item.map_err(|e| SourceError::Corrupt(format!("tree {tree}: {e}")))?;
             let name: &[u8] = item.filename.as_ref();
@@ -54,12 +54,19 @@ impl GitSource {
                 tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a tree entry whose name cannot be shown (unsafe, or a .git spelling)");
                 continue;
             }
-            if !seen.insert(name.to_vec()) {
-                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(name), "skipping a duplicate tree entry");
-                continue;
-            }
             raw.push((name.to_vec(), item.mode.kind(), item.oid.to_owned()));
         }
+        // Bytewise order, which lookups search (git's tree order puts `a/`
+        // after `a.b`). The sort is stable: of entries named alike (a
+        // hostile tree), the first in the tree stays and the rest go.
+        raw.sort_by(|a, b| a.0.cmp(&b.0));
+        raw.dedup_by(|later, first| {
+            let dup = later.0 == first.0;
+            if dup {
+                tracing::warn!(repo = %self.repo.name, %tree, name = %String::from_utf8_lossy(&later.0), "skipping a duplicate tree entry");
+            }
+            dup
+        });
         if let Some(p) = &path {
             let mut paths = lock(&self.paths);
             for (name, kind, oid) in &raw {
@@ -95,7 +102,8 @@ impl GitSource {
         }
         let snap = self.snapshot_of(tree).await?;
         let (raw, _) = self.tree_items(&snap, tree)?;
-        let mut entries: Vec<Entry> = raw
+        // In the items' (bytewise) order.
+        let entries: Vec<Entry> = raw
             .into_iter()
             .map(|(name, kind, oid)| {
                 let (key, kind): (Arc<[u8]>, NodeKind) = match kind {
@@ -120,7 +128,6 @@ impl GitSource {
                 }
             })
             .collect();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
         let entries = Arc::new(entries);
         lock(&self.names).insert(tree, entries.clone());
         Ok((entries, false))
@@ -204,8 +211,7 @@ impl GitSource {
                 },
             });
         }
-        // Git's tree order puts `a/` after `a.b`; lookups search bytewise.
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        // In the items' (bytewise) order, which lookups search.
         let entries = Arc::new(entries);
         lock(&self.dirs).insert(tree, entries.clone());
         Ok(entries)

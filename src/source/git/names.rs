@@ -84,6 +84,10 @@ fn hfs_ignored(c: char) -> bool {
 /// noncharacter U+FFFE/U+FFFF, which git's decoder also rejects) and is
 /// judged by what comes before: `.git\xff` is refused, as git refuses it.
 fn is_hfs_dotgit(name: &[u8]) -> bool {
+    if name.is_ascii() {
+        // No code point to ignore: the common case, without decoding.
+        return name.eq_ignore_ascii_case(b".git");
+    }
     let valid = match name.utf8_chunks().next() {
         Some(chunk) => chunk.valid(),
         None => return false,
