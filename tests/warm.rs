@@ -379,8 +379,8 @@ fn a_walk_for_names_downloads_no_contents() {
         std::fs::read(m.mount.join(last)).unwrap() == *data,
         "{last}: wrong bytes"
     );
-    // `du` looks at every file: the true sizes, the listing's placeholders
-    // resolved (the script, the link's target text).
+    // `du` looks at every file: the true sizes, from the sized listings
+    // its lookups ask for (the script, the link's target text).
     let (code, out, err) = sh(&format!("du -sb {}", s(&m.mount)), Duration::from_secs(120));
     assert_eq!(code, 0, "du: {err}");
     let du: usize = out.split_whitespace().next().unwrap().parse().unwrap();

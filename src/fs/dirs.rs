@@ -25,7 +25,8 @@ use fuser::{FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 use super::{ROOT, RepoFs, UNKNOWN_INO, observe::Op};
 use crate::source::{Entry, Node, NodeKind, SourceError};
 
-/// How long after a placeholder was resolved readdirplus lists with sizes.
+/// How long after a file lookup needed sizes readdirplus lists with them
+/// (`ls -l`, `du`: what looks at one file looks at the others).
 pub(super) const SIZES_WANTED_FOR: Duration = Duration::from_secs(2);
 
 impl RepoFs {

@@ -66,7 +66,7 @@ pub struct RepoFs {
     /// Whether extended attributes are answered; without them the kernel
     /// is told once (ENOSYS) and stops asking (`ls -l` asks every file).
     xattrs: bool,
-    /// When (ms after `started`) a names-only entry was last resolved.
+    /// When (ms after `started`) a file lookup last needed sizes.
     sizes_asked: AtomicU64,
     started: std::time::Instant,
     uid: u32,

@@ -55,8 +55,10 @@ impl GitSource {
             match self.snapshot_for(commit).await {
                 Ok(s) => {
                     self.state.remember(&self.repo.name, commit);
-                    let old = lock(&self.snapshot).replace(Arc::new(s));
-                    *lock(&self.retired) = old;
+                    // The commit served so far is retired before the new
+                    // one is served: a tree from it is always in one of them.
+                    *lock(&self.retired) = lock(&self.snapshot).clone();
+                    *lock(&self.snapshot) = Some(Arc::new(s));
                     self.generation.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
                 }

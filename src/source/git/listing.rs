@@ -43,7 +43,14 @@ impl GitSource {
         tree: ObjectId,
     ) -> Result<(Vec<Item>, Option<String>), SourceError> {
         let data = snap.trees.get(&tree).ok_or_else(|| {
-            SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) > 1 {
+                // Held from two or more commits ago (see `snapshot_of`).
+                SourceError::NotFound(format!(
+                    "directory {tree} is from a commit the branch has moved on from: open it again from the mount"
+                ))
+            } else {
+                SourceError::Corrupt(format!("tree {tree} is missing from the fetched commit"))
+            }
         })?;
         let path = lock(&self.paths).get(&tree).cloned();
         let mut raw: Vec<Item> = Vec::new();
@@ -94,8 +101,13 @@ impl GitSource {
         if let Some(e) = lock(&self.dirs).get(&tree) {
             return Ok((e, true));
         }
-        if self.sizes.known(&tree) {
-            return self.list_tree(tree).await.map(|e| (e, true));
+        // Sizes stored: the sized listing (a listing too large for `dirs`
+        // to keep is made again from them), unless it cannot be had now
+        // (an LFS pointer to fetch, the server away); the names can.
+        if self.sizes.known(&tree)
+            && let Ok(e) = self.list_tree(tree).await
+        {
+            return Ok((e, true));
         }
         if let Some(e) = lock(&self.names).get(&tree) {
             return Ok((e, false));
