@@ -87,12 +87,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("repofs-io")
         .build()?;
-    // SIGUSR1 asks for a fresh status; its default action is to end the
-    // process, so take it over before anything can send it (tokio keeps
-    // the handler installed for the life of the process).
-    let _ = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-    });
+    // Every signal served is taken over before the first mount: their
+    // default action ends the process, so a SIGHUP (reload) or SIGUSR1
+    // (status) sent as soon as a mount appears would kill the daemon, and a
+    // SIGTERM would leave its mounts behind. Signals that arrive before the
+    // loop below are kept for it.
+    let (mut term, mut int, mut hup, mut usr1) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+            // `repofs status` and `repofs prefetch` ask for a fresh status.
+            signal(SignalKind::user_defined1())?,
+        ))
+    })?;
     // A status left by a daemon that crashed names a process that is gone
     // (or another one that got its pid).
     let _ = std::fs::remove_file(status_path(&config));
@@ -176,12 +185,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let registration = crate::status::register(&status_path(&config));
 
     let signal = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        // `repofs status` and `repofs prefetch` ask for a fresh status.
-        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
