@@ -34,12 +34,12 @@ use crate::cache::{Cache, CacheWriter};
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
 use crate::source::{SourceError, lock};
 
+mod probe;
+
 /// Most ids in one `fetch`.
 pub const BATCH: usize = 1000;
 /// Blobs up to this size are collected in memory; larger ones are streamed.
 pub(super) const MEMORY_MAX: u64 = 1 << 20;
-/// Size probes of single blobs run at most this many at once.
-const PROBE_PARALLEL: usize = 8;
 /// When the disk cache cannot take a blob, blobs up to this size are kept
 /// in memory instead (up to `MEMORY_STORE` bytes in all).
 pub(super) const MEMORY_FALLBACK: u64 = 64 << 20;
@@ -448,143 +448,6 @@ impl Objects {
             }
         };
         self.land(&oid, &tx, state);
-    }
-
-    /// Exact sizes of `oids` without downloading any blob larger than
-    /// `keep` (smaller ones are fetched and cached on the way: they are the
-    /// directory's prefetch).
-    pub async fn probe(
-        &self,
-        oids: &[ObjectId],
-        keep: u64,
-    ) -> Result<HashMap<ObjectId, u64>, SourceError> {
-        let mut sizes = HashMap::new();
-        let mut unknown: Vec<ObjectId> = Vec::new();
-        let known = |o: &ObjectId| {
-            self.cached_size(o)
-                .or_else(|| lock(&self.probed).get(o).copied())
-        };
-        for oid in oids {
-            match known(oid) {
-                Some(s) => {
-                    sizes.insert(*oid, s);
-                }
-                None if !unknown.contains(oid) => unknown.push(*oid),
-                None => {}
-            }
-        }
-        let me = self
-            .me
-            .upgrade()
-            .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
-        let gate = Arc::new(tokio::sync::Semaphore::new(PROBE_PARALLEL));
-        let mut singles = Vec::new();
-        let mut single = |oid: ObjectId| {
-            let (me, gate) = (me.clone(), gate.clone());
-            singles.push(self.rt.spawn(async move {
-                let _permit = gate.acquire().await;
-                (oid, me.probe_one(oid, keep).await)
-            }));
-        };
-        let mut rounds = 0;
-        while !unknown.is_empty() {
-            rounds += 1;
-            if unknown.len() <= PROBE_PARALLEL || rounds > 64 {
-                // Few left: one request each, all at once, each exact.
-                unknown.drain(..).for_each(&mut single);
-                break;
-            }
-            // One request for (up to a batch of) the rest, read up to the
-            // first large blob; the small ones before it come whole.
-            let chunk: Vec<ObjectId> = unknown.iter().take(BATCH).copied().collect();
-            let (owned, waiting) = self.claim(&chunk);
-            let asked: Vec<ObjectId> = owned.iter().map(|(o, _)| *o).collect();
-            let mut stopped = None;
-            if !owned.is_empty() {
-                // A task: a listing that gives up must not leave flights
-                // that nobody will finish.
-                let me2 = me.clone();
-                let (got, stop, err) = self
-                    .rt
-                    .spawn(async move { me2.fetch_batch(owned, Some(keep)).await })
-                    .await
-                    .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                sizes.extend(got);
-                stopped = stop;
-            }
-            for t in waiting {
-                let _ = self.sized_or_finished(&t).await;
-            }
-            unknown.retain(|o| match sizes.get(o).copied().or_else(|| known(o)) {
-                Some(s) => {
-                    sizes.insert(*o, s);
-                    false
-                }
-                None => true,
-            });
-            if stopped.is_none() {
-                if let Some(missing) = asked.iter().find(|o| unknown.contains(o)) {
-                    return Err(SourceError::Corrupt(format!(
-                        "the server did not send blob {missing}"
-                    )));
-                }
-            } else if !unknown.is_empty() {
-                // Servers send wants in the order asked, so the blob we
-                // stopped at is most likely the first one left: size it on
-                // its own (exactly, whatever it is) and go on with the rest.
-                single(unknown.remove(0));
-            }
-        }
-        for t in singles {
-            let (oid, r) = t
-                .await
-                .map_err(|e| SourceError::Unavailable(format!("size probe: {e}")))?;
-            sizes.insert(oid, r?);
-        }
-        Ok(sizes)
-    }
-
-    /// Waits until another fetch of a blob finished, or (a large blob being
-    /// streamed) until its size is known: a size probe need not wait for
-    /// the whole download.
-    async fn sized_or_finished(&self, t: &Arc<Transfer>) -> Result<(), SourceError> {
-        let t2 = t.clone();
-        t.wait(self.stall_limit, move |s| {
-            matches!(s, TransferState::Done | TransferState::Released) || t2.size.get().is_some()
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
-        for _ in 0..3 {
-            if let Some(s) = self
-                .cached_size(&oid)
-                .or_else(|| lock(&self.probed).get(&oid).copied())
-            {
-                return Ok(s);
-            }
-            let (owned, waiting) = self.claim(&[oid]);
-            if owned.is_empty() {
-                for t in waiting {
-                    self.sized_or_finished(&t).await?;
-                }
-                continue;
-            }
-            let (got, stopped, err) = self.fetch_batch(owned, Some(keep)).await;
-            if let Some(e) = err {
-                return Err(e);
-            }
-            if let Some(s) = got.get(&oid).copied().or(stopped) {
-                return Ok(s);
-            }
-        }
-        Err(SourceError::Unavailable(format!(
-            "cannot learn the size of blob {oid}"
-        )))
     }
 
     /// Fetches a commit and its trees (and, without `filter`, its blobs,

@@ -1,0 +1,273 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/repofs/config.toml"), text, &|v| {
+        (v == "GOOD_TOKEN").then(|| "tok123\n".to_string())
+    })
+}
+
+const BASE: &str = "mount_root = \"/mnt/repos\"\ncache_dir = \"/tmp/c\"\n";
+
+#[test]
+fn full_config_parses() {
+    let c = parse(&format!(
+        "{BASE}cache_size = \"2GiB\"\nallow_other = true\n\
+         [[repository]]\nname = \"a\"\nprovider = \"github\"\nurl = \"https://github.com/acme/a\"\nref = \"main\"\ntoken_env = \"GOOD_TOKEN\"\ndescription = \"x\"\n\
+         [[repository]]\nname = \"b.c_d-e\"\nprovider = \"git\"\nurl = \"http://127.0.0.1:1/b.git\"\nmount_point = \"/srv/b\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cache_size, 2 << 30);
+    assert!(c.allow_other);
+    assert_eq!(c.repositories.len(), 2);
+    let a = &c.repositories[0];
+    assert_eq!(a.mount_point, PathBuf::from("/mnt/repos/a"));
+    assert_eq!(a.token.as_ref().unwrap().secret.expose(), "tok123");
+    assert_eq!(c.repositories[1].mount_point, PathBuf::from("/srv/b"));
+    assert_eq!(c.request_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn unknown_key_names_repository_and_key() {
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"churn\"\nprovider = \"git\"\nurl = \"http://h/r\"\ntokn = \"x\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/etc/repofs/config.toml"), "{e}");
+    assert!(e.contains("repository 'churn'"), "{e}");
+    assert!(e.contains("`tokn`"), "{e}");
+    assert!(e.contains("did you mean `token`"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = parse(&format!("{BASE}cache_sise = \"1GiB\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`cache_sise`") && e.contains("cache_size"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_url_and_duplicate_names() {
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("repository 'x'") && e.contains("`url`"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n\
+         [[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/b\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unique"), "{e}");
+}
+
+#[test]
+fn nested_mount_points_are_refused() {
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"http://h/a\"\nmount_point = \"/srv/a\"\n\
+         [[repository]]\nname = \"b\"\nprovider = \"git\"\nurl = \"http://h/b\"\nmount_point = \"/srv/a/b\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("repository 'b'") && e.contains("nested"), "{e}");
+    // Siblings with a common prefix in their names are fine.
+    parse(&format!(
+        "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"http://h/a\"\nmount_point = \"/srv/a\"\n\
+         [[repository]]\nname = \"b\"\nprovider = \"git\"\nurl = \"http://h/b\"\nmount_point = \"/srv/ab\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn bad_values() {
+    let e = parse(&format!("{BASE}cache_size = \"12 parsecs\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`cache_size`"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"../x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`name`"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"svn\"\nurl = \"http://h/a\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown provider 'svn'"), "{e}");
+    let e = parse("cache_dir = \"/x\"\n").unwrap_err().to_string();
+    assert!(e.contains("mount_root"), "{e}");
+    let e = parse("mount_root = [\n").unwrap_err().to_string();
+    assert!(e.contains("not valid TOML"), "{e}");
+}
+
+#[test]
+fn token_sources() {
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_file = \"/nonexistent/tok\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`token_file`") && e.contains("/nonexistent/tok"),
+        "{e}"
+    );
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_env = \"MISSING_VAR\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("MISSING_VAR"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken = \"a\"\ntoken_env = \"GOOD_TOKEN\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("only one"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tok");
+    std::fs::write(&f, "s3cr3t\n").unwrap();
+    let c = parse(&format!(
+        "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\ntoken_file = \"{}\"\n",
+        f.display()
+    ))
+    .unwrap();
+    let t = c.repositories[0].token.as_ref().unwrap();
+    assert_eq!(t.secret.expose(), "s3cr3t");
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../config/example.toml");
+    // Token files do not exist here: swap them for inline tokens.
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("token_file") {
+                "token = \"t\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(Path::new("example.toml"), &text, &|v| {
+        (v == "GHE_TOKEN").then(|| "t".to_string())
+    })
+    .unwrap();
+    assert_eq!(c.repositories.len(), 7);
+    for (name, _) in Provider::ALL {
+        assert!(
+            c.repositories.iter().any(|r| r.provider.as_str() == *name),
+            "example lacks provider {name}"
+        );
+    }
+}
+
+#[test]
+fn refresh_defaults_and_values() {
+    let repo = |extra: &str| {
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"x\"\nprovider = \"git\"\nurl = \"http://h/a\"\n{extra}\n"
+        ))
+    };
+    assert_eq!(
+        repo("").unwrap().repositories[0].refresh,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        repo("refresh = \"never\"").unwrap().repositories[0].refresh,
+        None
+    );
+    assert_eq!(
+        repo("refresh = \"30s\"").unwrap().repositories[0].refresh,
+        Some(Duration::from_secs(30))
+    );
+    let pinned = "ref = \"0123456789abcdef0123456789abcdef01234567\"";
+    assert_eq!(repo(pinned).unwrap().repositories[0].refresh, None);
+    let e = repo(&format!("{pinned}\nrefresh = \"5m\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`refresh`") && e.contains("commit id"), "{e}");
+    let e = repo("refresh = \"often\"").unwrap_err().to_string();
+    assert!(e.contains("`refresh`") && e.contains("never"), "{e}");
+}
+
+#[test]
+fn s3_entries() {
+    let s3 = |extra: &str| {
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"d\"\nprovider = \"s3\"\nbucket = \"b\"\n{extra}\n"
+        ))
+    };
+    let c = s3("prefix = \"/data\"").unwrap();
+    let cfg = c.repositories[0].s3.as_ref().unwrap();
+    assert_eq!(cfg.prefix, "data/");
+    assert_eq!(cfg.metadata_ttl, Duration::from_secs(60));
+    assert!(matches!(
+        cfg.credentials,
+        S3Credentials::Auto { profile: None }
+    ));
+    assert!(!cfg.force_path_style);
+    let c = s3("endpoint_url = \"http://127.0.0.1:9000\"\ncredentials = \"anonymous\"").unwrap();
+    let cfg = c.repositories[0].s3.as_ref().unwrap();
+    assert!(cfg.force_path_style && cfg.credentials == S3Credentials::Anonymous);
+    let c =
+        s3("access_key_id = \"AK\"\nsecret_access_key = \"SK\"\nsession_token = \"ST\"").unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("\"SK\"") && !shown.contains("\"ST\""),
+        "{shown}"
+    );
+    for (extra, key) in [
+        ("access_key_id = \"AK\"", "secret"),
+        ("secret_access_key = \"SK\"", "access_key_id"),
+        (
+            "credentials = \"anonymous\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"",
+            "anonymous",
+        ),
+        ("session_token = \"T\"", "session_token"),
+        ("url = \"https://x\"", "`url`"),
+        ("metadata_ttl = \"soon\"", "metadata_ttl"),
+        ("credentials = \"maybe\"", "credentials"),
+    ] {
+        let e = s3(extra).unwrap_err().to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"g\"\nprovider = \"git\"\nurl = \"http://h/a\"\nbucket = \"b\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`bucket`") && e.contains("s3"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"d\"\nprovider = \"s3\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`bucket`"), "{e}");
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+    assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+    assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert!(parse_size("").is_err());
+    assert!(parse_size("-1G").is_err());
+    assert!(parse_size("0").is_err());
+    assert!(parse_size("5 furlongs").is_err());
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert!(parse_duration("0s").is_err());
+    assert!(parse_duration("soon").is_err());
+}
