@@ -35,36 +35,35 @@ impl GitSource {
     /// One refresh: resolves the ref and swaps in a new commit. False once
     /// the source is shut down.
     async fn refresh_once(self: &Arc<Self>) -> bool {
-        {
-            if self.stopped.load(Ordering::Relaxed) {
-                return false;
-            }
-            let Some(current) = self.current_commit() else {
-                return true; // not loaded yet: the first access loads it
-            };
-            let commit = match self.remote.resolve_ref().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(repo = %self.repo.name, "refresh: cannot resolve the ref: {e}");
-                    return true;
-                }
-            };
-            if commit == current {
+        if self.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(current) = self.current_commit() else {
+            return true; // not loaded yet: the first access loads it
+        };
+        let commit = match self.remote.resolve_ref().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(repo = %self.repo.name, "refresh: cannot resolve the ref: {e}");
                 return true;
             }
-            match self.snapshot_for(commit).await {
-                Ok(s) => {
-                    self.state.remember(&self.repo.name, commit);
-                    // The commit served so far is retired before the new
-                    // one is served: a tree from it is always in one of them.
-                    *lock(&self.retired) = lock(&self.snapshot).clone();
-                    *lock(&self.snapshot) = Some(Arc::new(s));
-                    self.generation.fetch_add(1, Ordering::SeqCst);
-                    tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
-                }
-                Err(e) => {
-                    tracing::warn!(repo = %self.repo.name, %commit, "refresh: cannot load the new commit: {e}")
-                }
+        };
+        if commit == current {
+            return true;
+        }
+        match self.snapshot_for(commit).await {
+            Ok(s) => {
+                self.state.remember(&self.repo.name, commit);
+                // The commit served so far is retired before the new
+                // one is served: a tree from it is always in one of them.
+                let served = lock(&self.snapshot).clone();
+                *lock(&self.retired) = served;
+                *lock(&self.snapshot) = Some(Arc::new(s));
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(repo = %self.repo.name, from = %current, to = %commit, "the ref moved: now serving the new commit");
+            }
+            Err(e) => {
+                tracing::warn!(repo = %self.repo.name, %commit, "refresh: cannot load the new commit: {e}")
             }
         }
         true
