@@ -461,6 +461,49 @@ for k in keys:
 }
 
 #[test]
+fn name_filter_skips_every_spelling_of_dot_git() {
+    let s = setup();
+    // The spellings git refuses in a tree: any case, the NTFS short name
+    // and trailing dots/spaces, an HFS+ ignorable code point; as
+    // directories (common prefixes) and as a file.
+    s.s3.py(r#"
+s3.create_bucket(Bucket='dotgit')
+keys = ['.git/config', '.GIT/x', 'git~1/y', '.git. ./z', '.g\u200cit', 'normal.txt']
+for k in keys:
+    s3.put_object(Bucket='dotgit', Key=k, Body=k.encode(), ACL='public-read')
+"#);
+    let cfg = config(
+        &s,
+        &[(
+            "dotgit",
+            "bucket = \"dotgit\"\ncredentials = \"anonymous\"\nmetadata_ttl = \"1s\"",
+        )],
+    );
+    let m = s.dir.join("mnt/dotgit");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &s.dir.join("daemon.log"));
+    // Listed twice, the second time after metadata_ttl: one warning per
+    // skipped name all the same.
+    for round in 0..2 {
+        assert_eq!(names(&m), ["normal.txt"], "round {round}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert_eq!(std::fs::read(m.join("normal.txt")).unwrap(), b"normal.txt");
+    for path in [
+        ".git/config",
+        ".GIT/x",
+        "git~1/y",
+        ".git. ./z",
+        ".g\u{200c}it",
+    ] {
+        let e = std::fs::read(m.join(path)).expect_err(path);
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{path}: {e}");
+    }
+    let log = d.log_text();
+    assert_eq!(count(&log, "a spelling of `.git`"), 5, "{log}");
+    d.stop();
+}
+
+#[test]
 fn a_missing_bucket_is_an_error_not_an_empty_directory() {
     let s = setup();
     s.s3.py("s3.create_bucket(Bucket='present')\ns3.put_object(Bucket='present', Key='hello.txt', Body=b'hello', ACL='public-read')");

@@ -5,6 +5,7 @@
 
 pub mod git;
 mod local;
+pub mod names;
 pub mod s3;
 pub mod transfer;
 

@@ -23,7 +23,9 @@
 //! the decoded key). Skipped, with one warning per key naming the reason:
 //! a key that is not valid percent-encoded UTF-8, a NUL anywhere, an empty
 //! segment (`//`), `.` or `..`, a segment over 255 bytes, a `/` inside one
-//! level (a server that ignored the delimiter), and a file whose name a
+//! level (a server that ignored the delimiter), a spelling of `.git` (the
+//! rules git trees follow, in [`crate::source::names`]: any case, `git~1`,
+//! `.git. .`, HFS+ ignorable code points), and a file whose name a
 //! directory already has. Keys the server lists outside the requested
 //! prefix are skipped with one warning per prefix. Keys appear in warnings
 //! escaped (`{:?}`), so a name cannot forge log lines.
@@ -284,6 +286,8 @@ fn segment_problem(seg: &str) -> Option<&'static str> {
     } else if seg.contains('/') {
         // Only a server that ignored `delimiter=/` lists such a key here.
         Some("a `/` inside one directory level (the server ignored the delimiter)")
+    } else if crate::source::names::is_dotgit(seg.as_bytes()) {
+        Some("a spelling of `.git` (any case, or its NTFS or HFS+ form), which git refuses too")
     } else {
         None
     }
@@ -353,6 +357,31 @@ mod tests {
         }
         let long = format!("dir/{}", "x".repeat(256));
         assert!(matches!(listed_file(&long, "dir/"), Listed::Bad(_)));
+        // Every spelling of `.git` git refuses, as a file or a directory.
+        for seg in [
+            ".git",
+            ".GIT",
+            "git~1",
+            "GIT~1",
+            ".git. .",
+            ".g\u{200c}it",
+            ".git::$DATA",
+        ] {
+            let key = format!("dir/{seg}");
+            assert!(
+                matches!(listed_file(&key, "dir/"), Listed::Bad(_)),
+                "{key:?}"
+            );
+            let common = format!("dir/{seg}/");
+            assert!(
+                matches!(listed_dir(&common, "dir/"), Listed::Bad(_)),
+                "{common:?}"
+            );
+        }
+        for seg in [".gitignore", ".github", "git", ".git~1"] {
+            let key = format!("dir/{seg}");
+            assert_eq!(listed_file(&key, "dir/"), Listed::Name(seg));
+        }
         let ok = format!("dir/{}", "x".repeat(255));
         assert!(matches!(listed_file(&ok, "dir/"), Listed::Name(_)));
         // Control characters other than NUL are legal names.

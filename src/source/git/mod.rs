@@ -18,7 +18,7 @@ mod follow;
 pub mod hosts;
 pub mod lfs;
 mod listing;
-pub mod names;
+pub use crate::source::names;
 pub mod objects;
 pub mod pack;
 pub mod protocol;

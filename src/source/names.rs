@@ -1,7 +1,9 @@
-//! Which names from a git tree may be shown as file names.
+//! Which names from a source may be shown as file names, for every source
+//! (git trees, S3 keys): one set of rules, so no source serves a name
+//! another refuses.
 //!
-//! A tree is the server's data, and a hostile one can hold any bytes as an
-//! entry name. A name is refused when it cannot be a Linux file name
+//! A listing is the server's data, and a hostile one can hold any bytes as
+//! an entry name. A name is refused when it cannot be a Linux file name
 //! (empty, `.`, `..`, a `/` or NUL byte, more than 255 bytes), and when it
 //! is a spelling of `.git` that git itself refuses to check out
 //! (`verify_path` in git's `read-cache.c`, with `is_hfs_dotgit` and
@@ -37,9 +39,14 @@ pub fn safe_name(name: &[u8]) -> bool {
         && !name.contains(&b'/')
         && !name.contains(&0)
         && name.len() <= NAME_MAX
-        && !name.eq_ignore_ascii_case(b".git")
-        && !is_ntfs_dotgit(name)
-        && !is_hfs_dotgit(name)
+        && !is_dotgit(name)
+}
+
+/// Whether `name` is a spelling of `.git` that git refuses to check out:
+/// any case, or what NTFS or HFS+ would take for `.git` (see the module
+/// documentation).
+pub fn is_dotgit(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b".git") || is_ntfs_dotgit(name) || is_hfs_dotgit(name)
 }
 
 /// `name` without a leading `prefix` compared ASCII case-insensitively.
