@@ -107,7 +107,9 @@ pub fn name_from_url(url: &str) -> String {
         // s3://bucket/prefix/: the last part of the prefix, else the bucket.
         return clean(segs.last().copied().unwrap_or("bucket"));
     }
-    segs.remove(0); // the host
+    if !segs.is_empty() {
+        segs.remove(0); // the host
+    }
     if let Some(i) = segs
         .iter()
         .position(|s| matches!(*s, "tree" | "blob" | "browse" | "src"))

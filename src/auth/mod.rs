@@ -231,19 +231,16 @@ fn load_key(path: &Path) -> Result<aws_lc_rs::rsa::KeyPair, AppError> {
     }
 }
 
-/// The label and the base64 body of the first PEM block.
+/// The label and the base64 body of the first PEM block. Whatever the
+/// file holds, only `split_once` takes it apart (no index arithmetic): the
+/// END marker is looked for after the BEGIN line, so markers with nothing
+/// or each other between them give an empty body or `None`, never a panic.
 fn pem_body(text: &str) -> Option<(String, String)> {
-    let start = text.find("-----BEGIN ")?;
-    let rest = &text[start + 11..];
-    let label_end = rest.find("-----")?;
-    let label = rest[..label_end].to_string();
-    let body_start = label_end + 5;
-    let end = rest.find(&format!("-----END {label}-----"))?;
-    let body: String = rest[body_start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    Some((label, body))
+    let (_, rest) = text.split_once("-----BEGIN ")?;
+    let (label, after) = rest.split_once("-----")?;
+    let (body, _) = after.split_once(&format!("-----END {label}-----"))?;
+    let body: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    Some((label.to_string(), body))
 }
 
 #[cfg(test)]
@@ -335,5 +332,35 @@ mod tests {
             private_key_file: dir.path().join("missing"),
         };
         assert!(GithubApp::new(&cfg, "x".into(), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn pem_markers_with_nothing_between_them_are_a_bad_key() {
+        for text in [
+            "-----BEGIN RSA PRIVATE KEY----------END RSA PRIVATE KEY-----",
+            "-----BEGIN RSA PRIVATE KEY-----END RSA PRIVATE KEY-----",
+            "-----BEGIN RSA PRIVATE KEY-----\n-----END RSA PRIVATE KEY-----\n",
+            "-----BEGIN -----END -----",
+            "-----BEGIN ----------END -----",
+            "-----BEGIN ",
+            "-----BEGIN é-----",
+        ] {
+            if let Some((_, body)) = pem_body(text) {
+                assert!(body.is_empty(), "{text:?}: {body:?}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let key = dir.path().join("k.pem");
+            std::fs::write(&key, text).unwrap();
+            let cfg = GithubAppConfig {
+                app_id: 1,
+                installation_id: 1,
+                private_key_file: key,
+            };
+            let e = GithubApp::new(&cfg, "x".into(), Duration::from_secs(1))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("not an RSA private key"), "{text:?}: {e}");
+        }
     }
 }

@@ -270,4 +270,32 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
     assert!(parse_duration("0s").is_err());
     assert!(parse_duration("soon").is_err());
-}
+    // Large enough to overflow `n * 3600`, u64 itself, or a timeout times
+    // `max_attempts`: a clear error, never a panic or a wrapped value.
+    assert_eq!(
+        parse_duration("8784h").unwrap(),
+        super::values::MAX_DURATION
+    );
+    for huge in [
+        "8785h",
+        "5124095576030431h",
+        "307445734561825861m",
+        "18446744073709551615s",
+        "18446744073709551616s",
+        "99999999999999999999999999ms",
+        "18446744073709551615ms",
+    ] {
+        let e = parse_duration(huge).unwrap_err();
+        assert!(e.contains("too long"), "{huge}: {e}");
+    }
+    let e = Config::parse(
+        Path::new("c.toml"),
+        "mount_root = \"/m\"\nrequest_timeout = \"5124095576030431h\"\nmax_attempts = 10\n",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`request_timeout`") && e.contains("too long"),
+        "{e}"
+    );}

@@ -149,7 +149,7 @@ async fn call(
     url: &str,
     body: Option<Value>,
 ) -> Result<Value, ApiError> {
-    let shown = transport::redact_query(url);
+    let shown = crate::redact::url(url);
     let (status, headers, bytes) = t
         .api_call(
             method,

@@ -109,7 +109,10 @@ impl GitSource {
             .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
         // Packs from older versions were written here; nothing is any more.
         let _ = std::fs::remove_dir_all(config.cache_dir.join("scratch"));
-        let stall_limit = config.request_timeout * config.max_attempts + Duration::from_secs(5);
+        let stall_limit = config
+            .request_timeout
+            .saturating_mul(config.max_attempts)
+            .saturating_add(Duration::from_secs(5));
         let objects = objects::Objects::new(
             &repo.name,
             remote.clone(),

@@ -373,7 +373,7 @@ impl Transport {
         headers: &[(String, String)],
         range_start: u64,
     ) -> Result<reqwest::Response, RemoteError> {
-        let shown = redact_query(href);
+        let shown = crate::redact::url(href);
         let mut rb = self.bare_client.get(href);
         for (k, v) in headers {
             let mut value = HeaderValue::from_str(v).map_err(|_| {
@@ -403,7 +403,7 @@ impl Transport {
     }
 
     async fn status_error(&self, status: u16, url: &str, resp: reqwest::Response) -> RemoteError {
-        let url = url.to_string();
+        let url = crate::redact::url(url);
         match status {
             401 | 403 | 404 if matches!(self.auth, Auth::App(_)) => {
                 if let Auth::App(app) = &self.auth {
@@ -478,7 +478,7 @@ impl Transport {
     }
 
     fn classify(&self, e: reqwest::Error, url: &str) -> RemoteError {
-        let url = url.to_string();
+        let url = crate::redact::url(url);
         let e = e.without_url();
         if e.is_timeout() {
             return RemoteError::Timeout {
@@ -513,7 +513,8 @@ impl Transport {
         while let Some(chunk) = self.next_chunk(&mut resp, url).await? {
             if out.len() + chunk.len() > MAX_COMMAND_RESPONSE {
                 return Err(RemoteError::Protocol(format!(
-                    "{url}: an answer larger than {} MiB",
+                    "{}: an answer larger than {} MiB",
+                    crate::redact::url(url),
                     MAX_COMMAND_RESPONSE >> 20
                 )));
             }
@@ -578,13 +579,10 @@ pub fn github_api(provider: Provider, clone_url: &str) -> String {
     }
 }
 
-/// Drops the query string of a URL for messages: presigned URLs carry
-/// signatures there.
+/// A URL as messages show it: [`crate::redact::url`] (no userinfo, no
+/// query), under the name older callers use.
 pub fn redact_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
-    }
+    crate::redact::url(url)
 }
 
 fn basic(user: &str, secret: &str) -> String {
