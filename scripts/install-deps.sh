@@ -11,7 +11,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  fuse3 git git-lfs systemd python3 python3-pip curl diffutils coreutils procps ca-certificates >/dev/null
+  fuse3 git git-lfs systemd python3 python3-pip curl diffutils coreutils procps util-linux ca-certificates >/dev/null
 # The test LFS server (giftless) and its dependencies.
 req="$(dirname "$0")/../tests/support/requirements.txt"
 python3 -m pip install --quiet --disable-pip-version-check -r "$req" 2>/dev/null ||

@@ -64,7 +64,16 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
                     );
                 }
             };
-            match probe_lfs(&remote, &lfs_endpoint, repo.token.is_some()).await {
+            let lfs_trusted = remote.transport.trusts(&lfs_endpoint);
+            if !lfs_trusted {
+                notes.push(format!(
+                    "the LFS endpoint {} (from .lfsconfig) is on another origin than the clone URL: it is asked without the repository's credentials; set lfs_url in the config if it should get them",
+                    crate::redact::url(&lfs_endpoint)
+                ));
+            }
+            let has_credentials =
+                (repo.token.is_some() || repo.github_app.is_some()) && lfs_trusted;
+            match probe_lfs(&remote, &lfs_endpoint, has_credentials).await {
                 LfsProbe::Ok => notes.push("LFS endpoint accepts the credentials".to_string()),
                 LfsProbe::Absent(why) => notes.push(format!(
                     "no LFS at {lfs_endpoint} ({why}); fine unless the repository uses LFS"
@@ -158,27 +167,26 @@ async fn check_s3(repo: &RepoConfig, config: &Config) -> CheckLine {
 /// Loads the commit's trees into a throw-away cache and returns the LFS
 /// endpoint (honouring `.lfsconfig`).
 async fn fetch_lfs_endpoint(repo: &RepoConfig, config: &Config) -> Result<String, String> {
-    let scratch =
-        std::env::temp_dir().join(format!("repofs-check-{}-{}", std::process::id(), repo.name));
+    // An exclusive directory of its own (0700, a name no one can predict),
+    // removed when `scratch` is dropped.
+    let scratch = tempfile::Builder::new()
+        .prefix("repofs-check-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch directory for the check: {e}"))?;
     let mut cfg = config.clone();
-    cfg.cache_dir = scratch.clone();
-    let result = async {
-        let cache = std::sync::Arc::new(
-            crate::cache::Cache::open(&scratch.join("content"), u64::MAX)
-                .map_err(|e| e.to_string())?,
-        );
-        let source = crate::source::git::GitSource::new(
-            repo,
-            &cfg,
-            cache,
-            tokio::runtime::Handle::current(),
-            None,
-        )?;
-        source.lfs_endpoint().await.map_err(|e| e.to_string())
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    cfg.cache_dir = scratch.path().to_path_buf();
+    let cache = std::sync::Arc::new(
+        crate::cache::Cache::open(&scratch.path().join("content"), u64::MAX)
+            .map_err(|e| e.to_string())?,
+    );
+    let source = crate::source::git::GitSource::new(
+        repo,
+        &cfg,
+        cache,
+        tokio::runtime::Handle::current(),
+        None,
+    )?;
+    source.lfs_endpoint().await.map_err(|e| e.to_string())
 }
 
 enum LfsProbe {

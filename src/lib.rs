@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod overlay;
 pub mod prefetch;
+pub mod private;
 pub mod redact;
 pub mod repo_cmd;
 pub mod shared;

@@ -128,6 +128,8 @@ enum RepoAction {
 }
 
 fn main() -> ExitCode {
+    // Before anything is written: whatever repofs creates is its user's alone.
+    repofs::private::restrict_umask();
     let cli = Cli::parse();
     let explicit_config = cli.config.is_some();
     let config_path = cli

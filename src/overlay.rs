@@ -36,16 +36,16 @@ fn option_path(p: &Path) -> Result<String, String> {
 /// Mounts a writable view of `lower` (a repofs mount) at `target`, with its
 /// layers under `cache_dir`. Returns the upper directory.
 pub fn create(lower: &Path, target: &Path, cache_dir: &Path) -> Result<PathBuf, String> {
-    match mount_at(lower) {
-        Some(m) if m.fstype.starts_with("fuse") && m.source.starts_with("repofs:") => {}
+    let lower_mount = match mount_at(lower) {
+        Some(m) if m.fstype.starts_with("fuse") && m.source.starts_with("repofs:") => m,
         _ => {
             return Err(format!(
                 "{} is not a repofs mount (is the daemon running?)",
                 lower.display()
             ));
         }
-    }
-    std::fs::create_dir_all(target)
+    };
+    crate::private::create_open_dir(target)
         .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
     let target = target
         .canonicalize()
@@ -65,6 +65,7 @@ pub fn create(lower: &Path, target: &Path, cache_dir: &Path) -> Result<PathBuf, 
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    open_as_lower(&upper, &lower_mount.options)?;
     let record = |name: &str, p: &Path| {
         std::fs::write(base.join(name), p.as_os_str().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", base.join(name).display()))
@@ -108,6 +109,31 @@ pub fn create(lower: &Path, target: &Path, cache_dir: &Path) -> Result<PathBuf, 
         ));
     }
     Ok(upper)
+}
+
+/// Gives the view's root (the upper layer's root, whose owner and mode
+/// overlayfs shows for the merged root) the access of its lower mount.
+/// Overlayfs reads the lower layer with the credentials of whoever mounted
+/// it (root), so without this any user could read through the view what the
+/// FUSE mount refuses them: without `allow_other` the root is 0700 and owned
+/// by the FUSE mount's user (the only one it lets in); with `allow_other`,
+/// 0755.
+fn open_as_lower(upper: &Path, fuse_options: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let option = |key: &str| {
+        fuse_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('=')?.parse::<u32>().ok())
+    };
+    let allow_other = fuse_options.split(',').any(|o| o == "allow_other");
+    let (uid, gid) = (option("user_id"), option("group_id"));
+    if let (Some(uid), Some(gid)) = (uid, gid) {
+        std::os::unix::fs::chown(upper, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", upper.display()))?;
+    }
+    let mode = if allow_other { 0o755 } else { 0o700 };
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", upper.display()))
 }
 
 /// Unmounts the view at `target` and deletes its upper layer. Returns the

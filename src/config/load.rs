@@ -123,6 +123,18 @@ impl Config {
             )));
         }
 
+        let max_tree_bytes = match raw.max_tree_bytes {
+            None => super::values::default_max_tree_bytes(),
+            Some(toml::Value::Integer(n)) if n > 0 => n as u64,
+            Some(toml::Value::String(s)) => {
+                parse_size(&s).map_err(|m| err(format!("key `max_tree_bytes`: {m}")))?
+            }
+            Some(other) => {
+                return Err(err(format!(
+                    "key `max_tree_bytes`: expected a size such as \"1GiB\", got {other}"
+                )));
+            }
+        };
         let metrics_listen = match raw.metrics_listen.as_deref() {
             None => None,
             Some(a) => Some(a.parse().map_err(|_| {
@@ -188,6 +200,7 @@ impl Config {
             request_timeout,
             connect_timeout,
             max_attempts,
+            max_tree_bytes,
             metrics_listen,
             shared_cache,
             repositories,

@@ -122,6 +122,9 @@ pub struct RepoConfig {
     pub s3: Option<S3Config>,
     /// Where the daemon puts a writable overlay view of the mount.
     pub overlay: Option<PathBuf>,
+    /// An LFS endpoint the operator trusts with the repository's
+    /// credentials (instead of `<clone url>/info/lfs` or `.lfsconfig`).
+    pub lfs_url: Option<String>,
 }
 
 /// How an S3 repository signs its requests.
@@ -178,6 +181,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How many times a failed request (connection error, timeout, 5xx) is tried in all.
     pub max_attempts: u32,
+    /// The most bytes of trees one commit fetch may hold in memory.
+    pub max_tree_bytes: u64,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Whether the mounts answer extended attribute calls (`user.repofs.*`).
@@ -218,6 +223,7 @@ struct RawConfig {
     request_timeout: Option<String>,
     connect_timeout: Option<String>,
     max_attempts: Option<u32>,
+    max_tree_bytes: Option<toml::Value>,
     metrics_listen: Option<String>,
     xattrs: Option<bool>,
     file_reads: Option<FileReads>,
@@ -275,6 +281,7 @@ struct RawRepo {
     overlay: Option<PathBuf>,
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
+    lfs_url: Option<String>,
     bucket: Option<String>,
     prefix: Option<String>,
     region: Option<String>,
@@ -305,6 +312,7 @@ const TOP_KEYS: &[&str] = &[
     "request_timeout",
     "connect_timeout",
     "max_attempts",
+    "max_tree_bytes",
     "metrics_listen",
     "xattrs",
     "file_reads",
@@ -325,6 +333,7 @@ const REPO_KEYS: &[&str] = &[
     "overlay",
     "refresh",
     "github_app",
+    "lfs_url",
     "bucket",
     "prefix",
     "region",

@@ -228,8 +228,13 @@ pub(super) fn validate_repo(
             })
         }
     };
+    let lfs_url = match r.lfs_url {
+        None => None,
+        Some(u) => Some(lfs_url_of(&u).map_err(|m| ctx("lfs_url", m))?),
+    };
     Ok(RepoConfig {
         s3: None,
+        lfs_url,
         github_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
@@ -255,6 +260,7 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
         ("username", r.username.is_some()),
         ("refresh", r.refresh.is_some()),
         ("github_app", r.github_app.is_some()),
+        ("lfs_url", r.lfs_url.is_some()),
     ] {
         if set {
             return Err(ctx(
@@ -369,6 +375,7 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
         mount_point,
         refresh: None,
         github_app: None,
+        lfs_url: None,
         s3: Some(S3Config {
             bucket,
             prefix,
@@ -380,6 +387,22 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
             inline_secret,
         }),
     })
+}
+
+/// Checks an `lfs_url`: an absolute `http(s)` URL without credentials in
+/// it, returned without a trailing `/`.
+fn lfs_url_of(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("{url:?} is not a URL ({e}); give the LFS server's address, such as https://lfs.example.com/org/repo"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not contain credentials; the repository's token is sent to it".into());
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Checks an `overlay` directory: absolute, and neither inside the mount

@@ -298,4 +298,34 @@ fn sizes_and_durations() {
     assert!(
         e.contains("`request_timeout`") && e.contains("too long"),
         "{e}"
-    );}
+    );
+}
+
+#[test]
+fn lfs_url_is_an_http_url_without_credentials() {
+    let entry = |v: &str| {
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"r\"\nprovider = \"git\"\nurl = \"https://h/r.git\"\nlfs_url = \"{v}\"\n"
+        ))
+    };
+    let c = entry("https://lfs.example/org/r/").unwrap();
+    assert_eq!(
+        c.repositories[0].lfs_url.as_deref(),
+        Some("https://lfs.example/org/r")
+    );
+    for bad in [
+        "ftp://lfs.example/r",
+        "not a url",
+        "https://u:p@lfs.example/r",
+        "https://",
+    ] {
+        let e = entry(bad).unwrap_err().to_string();
+        assert!(e.contains("`lfs_url`"), "{bad}: {e}");
+    }
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"s\"\nprovider = \"s3\"\nbucket = \"b\"\nlfs_url = \"https://x/y\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`lfs_url`"), "{e}");
+}

@@ -110,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // A status left by a daemon that crashed names a process that is gone
     // (or another one that got its pid).
     let _ = std::fs::remove_file(status_path(&config));
+    crate::private::secure_cache_dir(&config.cache_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cache = Arc::new(
         Cache::open(&config.cache_dir.join("content"), config.cache_size).map_err(|e| {
             anyhow::anyhow!("{e}; check that cache_dir exists and the repofs user may write to it")
@@ -520,7 +521,7 @@ fn prepare_mount_point(path: &Path) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| format!("{} is still unusable after unmounting: {e}", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::private::create_open_dir(path)
             .map_err(|e| format!("cannot create {}: {e}", path.display())),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

@@ -34,6 +34,8 @@ pub use report::LastError;
 use table::Table;
 
 const ROOT: u64 = 1;
+/// The longest name a directory entry can have (bytes), as on ext4.
+const NAME_MAX: usize = 255;
 /// Forgotten inodes between two returns of freed memory to the system.
 const TRIM_EVERY: u64 = 20_000;
 /// The inode number readdir gives a name not looked up yet (as libfuse).
@@ -153,6 +155,11 @@ impl fuser::Filesystem for RepoFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.ops.start(Op::Lookup);
         let parent = parent.0;
+        // As every local file system answers a name no directory can hold.
+        if name.len() > NAME_MAX {
+            reply.error(t.error(Errno::from_i32(libc::ENAMETOOLONG)));
+            return;
+        }
         let result = self.child_node(parent, name);
         match result {
             Ok(Some(node)) => {

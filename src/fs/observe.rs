@@ -133,6 +133,7 @@ pub fn errno_name(code: i32) -> String {
         libc::ERANGE => "ERANGE",
         libc::ENOTTY => "ENOTTY",
         libc::ENOSYS => "ENOSYS",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
         _ => return format!("E{code}"),
     };
     name.to_string()

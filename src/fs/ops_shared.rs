@@ -163,7 +163,11 @@ impl RepoFs {
             crtime: mtime,
             kind,
             perm,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            // Directories say 1, as btrfs does: "not counted". A count of 2
+            // would tell `find` and other tools that trust it that there
+            // are no subdirectories, and the true count (ext4's 2 plus the
+            // subdirectories) would need every directory's listing first.
+            nlink: 1,
             uid: self.uid,
             gid: self.gid,
             rdev: 0,

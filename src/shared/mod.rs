@@ -82,6 +82,7 @@ fn as_repo(cfg: &SharedCacheConfig) -> RepoConfig {
         github_app: None,
         s3: Some(cfg.s3.clone()),
         overlay: None,
+        lfs_url: None,
     }
 }
 

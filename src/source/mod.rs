@@ -52,6 +52,9 @@ pub enum SourceError {
     Unavailable(String),
     #[error("invalid data from the server: {0}")]
     Corrupt(String),
+    /// A symbolic link whose target is longer than PATH_MAX.
+    #[error("{0}")]
+    NameTooLong(String),
 }
 
 impl SourceError {
@@ -60,6 +63,7 @@ impl SourceError {
             SourceError::NotFound(_) => libc::ENOENT,
             SourceError::Denied(_) => libc::EACCES,
             SourceError::Unavailable(_) | SourceError::Corrupt(_) => libc::EIO,
+            SourceError::NameTooLong(_) => libc::ENAMETOOLONG,
         }
     }
 }

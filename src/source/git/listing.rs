@@ -229,8 +229,12 @@ impl GitSource {
         Ok(entries)
     }
 
-    /// Which regular files of a directory are LFS pointers: blobs whose size
-    /// is in the pointer range are fetched (one batch) and parsed.
+    /// Which regular files of a directory are LFS pointers: blobs whose
+    /// listed size is in the pointer range are fetched (one batch that
+    /// stops at any blob over [`lfs::MAX_POINTER_SIZE`]: a listed size can
+    /// lie) and parsed. A pointer whose size was listed out of the range is
+    /// recognised when it is opened (`GitSource::open`): its own bytes
+    /// decide, not a listing.
     async fn lfs_pointers(
         &self,
         raw: &[Item],
@@ -252,12 +256,16 @@ impl GitSource {
         if candidates.is_empty() {
             return Ok(out);
         }
-        self.objects.ensure(&candidates).await?;
+        // The small ones come whole (and are cached); a larger one is sized
+        // from its pack header and never downloaded: it is no pointer.
+        self.objects
+            .probe(&candidates, lfs::MAX_POINTER_SIZE)
+            .await?;
         for oid in candidates {
             // A read that fails fails the listing (and is retried with it):
             // taking the blob for "not a pointer" would show its text.
-            let data = self.read_small_blob(oid).await?;
-            if let Some(p) = lfs::parse_pointer(&data) {
+            let data = self.small_blob(oid, lfs::MAX_POINTER_SIZE).await?;
+            if let Some(p) = data.as_deref().and_then(lfs::parse_pointer) {
                 out.insert(oid, p);
             }
         }

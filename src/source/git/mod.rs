@@ -55,6 +55,10 @@ const PREFETCH_DIR_MAX: u64 = 16 * 1024 * 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Upper bound for one blocking filesystem call, whatever the server does.
 const CALL_LIMIT: Duration = Duration::from_secs(600);
+/// Longest symbolic link target served: PATH_MAX (4096) with its NUL.
+const SYMLINK_MAX: u64 = 4095;
+/// Largest `.lfsconfig` read.
+const LFSCONFIG_MAX: u64 = 64 * 1024;
 /// Marker key for submodule directories (always empty).
 const SUBMODULE_KEY: &[u8] = b"submodule";
 
@@ -85,6 +89,9 @@ pub struct GitSource {
     /// A path of each tree seen (for host APIs that work by path).
     paths: Mutex<HashMap<ObjectId, String>>,
     filter_warned: AtomicBool,
+    /// Whether the LFS endpoint's note (`.lfsconfig` not followed as
+    /// written) was logged.
+    lfs_warned: AtomicBool,
     prefetched: Mutex<HashSet<ObjectId>>,
     /// How long a reader waits on a download that makes no progress.
     stall_limit: Duration,
@@ -120,6 +127,7 @@ impl GitSource {
             rt.clone(),
             stall_limit,
             shared,
+            config.max_tree_bytes,
         );
         let api = hosts::HostApi::for_repo(repo.provider, &remote.transport.clone_url);
         let sizes = sizes::Sizes::new(
@@ -155,6 +163,7 @@ impl GitSource {
             listing: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             filter_warned: AtomicBool::new(false),
+            lfs_warned: AtomicBool::new(false),
             prefetched: Mutex::new(HashSet::new()),
             stall_limit,
             generation: AtomicU64::new(0),
@@ -328,44 +337,82 @@ impl GitSource {
         }
     }
 
-    /// The LFS endpoint, honouring a committed `.lfsconfig` in the root tree.
+    /// The LFS endpoint: the config's `lfs_url`, else a committed
+    /// `.lfsconfig` in the root tree (within the origin rule of
+    /// [`lfs::endpoint`], whose note is logged once per repository), else
+    /// the clone URL's.
     async fn find_lfs_endpoint(
         &self,
         trees: &HashMap<ObjectId, Arc<[u8]>>,
         root: &ObjectId,
     ) -> String {
         let clone_url = &self.remote.transport.clone_url;
+        let lfs_url = self.repo.lfs_url.as_deref();
         let lfsconfig = trees.get(root).and_then(|data| {
             gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
                 .filter_map(Result::ok)
                 .find(|e| e.filename == ".lfsconfig" && e.mode.is_blob())
                 .map(|e| e.oid.to_owned())
         });
-        let Some(oid) = lfsconfig else {
-            return lfs::endpoint(clone_url, None);
+        let data = match lfsconfig {
+            Some(oid) if lfs_url.is_none() => {
+                match self.read_small_blob(oid, LFSCONFIG_MAX).await {
+                    Ok(data) => Some(data),
+                    Err(e) => {
+                        tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
-        match self.read_small_blob(oid).await {
-            Ok(data) => lfs::endpoint(clone_url, Some(&data)),
-            Err(e) => {
-                tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
-                lfs::endpoint(clone_url, None)
+        let (endpoint, note) = lfs::endpoint(clone_url, lfs_url, data.as_deref());
+        if let Some(note) = note {
+            if !self.lfs_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(repo = %self.repo.name, "{note}");
             }
         }
+        endpoint
     }
 
-    /// A small blob's bytes (symlink targets, `.lfsconfig`, pointers).
-    async fn read_small_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
-        let mut f = match self.objects.open(oid, 0).await? {
-            objects::Opened::File(f) => f,
-            objects::Opened::Memory(m) => return Ok(m.to_vec()),
-            objects::Opened::Streaming(..) => {
-                return Err(SourceError::Corrupt(format!("blob {oid} is not small")));
+    /// A small blob's bytes (symlink targets, `.lfsconfig`, pointers), at
+    /// most `max` of them: a longer blob answers
+    /// [`SourceError::NameTooLong`] (see [`Self::small_blob`]).
+    async fn read_small_blob(&self, oid: ObjectId, max: u64) -> Result<Vec<u8>, SourceError> {
+        self.small_blob(oid, max).await?.ok_or_else(|| {
+            SourceError::NameTooLong(format!("blob {oid} is longer than {max} bytes"))
+        })
+    }
+
+    /// A blob's bytes when it is at most `max` bytes long, `None` when it
+    /// is longer. Its true size is learned first (the cache's, or the pack
+    /// entry's header, never a listed one) and a longer blob is never
+    /// fetched nor read whole.
+    pub(super) async fn small_blob(
+        &self,
+        oid: ObjectId,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        // Fetches it on the way when it is at most `max` bytes.
+        let size = self.objects.probe(&[oid], max).await?.get(&oid).copied();
+        let size = size.ok_or_else(|| {
+            SourceError::Unavailable(format!("cannot learn the size of blob {oid}"))
+        })?;
+        if size > max {
+            return Ok(None);
+        }
+        let data = match self.objects.open(oid, size).await? {
+            objects::Opened::File(f) => {
+                let mut data = Vec::new();
+                f.take(max + 1)
+                    .read_to_end(&mut data)
+                    .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
+                data
             }
+            objects::Opened::Memory(m) if m.len() as u64 <= max => m.to_vec(),
+            objects::Opened::Memory(_) | objects::Opened::Streaming(..) => return Ok(None),
         };
-        let mut data = Vec::new();
-        f.read_to_end(&mut data)
-            .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
-        Ok(data)
+        Ok((data.len() as u64 <= max).then_some(data))
     }
 
     fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
@@ -462,6 +509,20 @@ impl Source for GitSource {
                 stall_limit: self.stall_limit,
             }),
         };
+        // LFS-ness is decided by the blob's own bytes: one listed with a
+        // size out of the pointer range (a host or the shared tier lied, or
+        // no size was listed) that is a pointer is served as its LFS file.
+        if let Some(real) = reader
+            .size()
+            .filter(|r| *r != listed && (lfs::MIN_POINTER_SIZE..lfs::MAX_POINTER_SIZE).contains(r))
+            && let Some(p) = reader
+                .read_at(0, real as u32)
+                .ok()
+                .and_then(|head| lfs::parse_pointer(&head))
+        {
+            self.size_corrected(&oid, listed, real);
+            return self.open_lfs(&p);
+        }
         // Every reader knows the true size before its first byte.
         if let Some(real) = reader.size().filter(|r| *r != listed) {
             self.size_corrected(&oid, listed, real);
@@ -471,7 +532,14 @@ impl Source for GitSource {
 
     fn readlink(&self, link: &Node) -> Result<Vec<u8>, SourceError> {
         let oid = node_oid(link)?;
-        self.block_on(self.read_small_blob(oid))
+        self.block_on(self.read_small_blob(oid, SYMLINK_MAX))
+            .map_err(|e| match e {
+                SourceError::NameTooLong(_) => SourceError::NameTooLong(format!(
+                    "symbolic link {oid}: its target is longer than PATH_MAX ({} bytes)",
+                    SYMLINK_MAX + 1
+                )),
+                e => e,
+            })
     }
 
     fn prefetch(&self, dir: &Node) {

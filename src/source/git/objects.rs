@@ -46,8 +46,9 @@ pub(super) const MEMORY_FALLBACK: u64 = 64 << 20;
 const MEMORY_STORE: u64 = 256 << 20;
 /// Blob ids remembered as verified, at most.
 const VERIFIED_MAX: usize = 20_000;
-/// Largest tree or commit accepted (they are held in memory).
-pub(super) const MAX_TREE: u64 = 256 << 20;
+/// Largest tree or commit accepted (they are held in memory; all of a
+/// commit's together are bounded by `max_tree_bytes`).
+pub(super) const MAX_TREE: u64 = 64 << 20;
 
 pub fn blob_key(oid: &ObjectId) -> String {
     format!("git-{oid}")
@@ -79,6 +80,8 @@ pub struct Objects {
     pub(super) stall_limit: Duration,
     /// The fleet's shared cache tier, asked before the origin.
     pub(super) shared: Option<Arc<crate::shared::Shared>>,
+    /// The most bytes of trees one commit fetch may hold (`max_tree_bytes`).
+    tree_budget: u64,
 }
 
 impl Objects {
@@ -89,6 +92,7 @@ impl Objects {
         rt: tokio::runtime::Handle,
         stall_limit: Duration,
         shared: Option<Arc<crate::shared::Shared>>,
+        tree_budget: u64,
     ) -> Arc<Objects> {
         Arc::new_cyclic(|me| Objects {
             me: me.clone(),
@@ -102,6 +106,7 @@ impl Objects {
             memory: crate::cache::Memory::new(MEMORY_STORE),
             stall_limit,
             shared,
+            tree_budget,
         })
     }
 
@@ -264,6 +269,8 @@ impl Objects {
             stopped_at: None,
             writer: None,
             trees: None,
+            tree_bytes: 0,
+            tree_budget: 0,
             local_error: None,
             beat: None,
         };
@@ -466,18 +473,17 @@ impl Objects {
             stopped_at: None,
             writer: None,
             trees: Some(HashMap::new()),
+            tree_bytes: 0,
+            tree_budget: self.tree_budget,
             local_error: None,
             beat: None,
         };
-        let limits = Limits {
-            retain_max: 64 << 20,
-            max_retained: 1 << 30,
-            ..self.limits()
-        };
+        // Trees are kept as delta bases whatever their size: the sink
+        // bounds them in all.
         self.remote
             .fetch(
                 protocol::fetch_args(&[commit], shallow, filter),
-                limits,
+                self.limits(),
                 &mut sink,
             )
             .await

@@ -5,9 +5,11 @@
 //! reading the pack there (a size probe only needs the entry's header).
 //!
 //! Nothing touches the disk here and memory is bounded by [`Limits`]: small
-//! objects are kept as possible delta bases up to `max_retained` bytes in
+//! blobs are kept as possible delta bases up to `max_retained` bytes in
 //! all, a delta's instructions up to `max_delta`, and no allocation follows
-//! a size from the network beyond `max_object`. The pack's trailing SHA-1
+//! a size from the network beyond `max_object`. Trees and commits a sink
+//! takes in memory are kept as bases too: the sink bounds them (it holds
+//! them anyway, so keeping them costs nothing more). The pack's trailing SHA-1
 //! is checked, and every object's id is computed from its contents.
 
 use std::collections::HashMap;
@@ -45,7 +47,7 @@ impl Default for Limits {
             max_object: 1 << 40,
             max_delta: 64 << 20,
             retain_max: 1 << 20,
-            max_retained: 256 << 20,
+            max_retained: 64 << 20,
         }
     }
 }
@@ -501,6 +503,8 @@ impl PackDecoder {
         data: Option<&Arc<[u8]>>,
     ) {
         let kept = match data {
+            // Trees and commits: the sink that took them bounds them.
+            Some(d) if kind != Kind::Blob => Kept::Memory(kind, oid, d.clone()),
             Some(d)
                 if size <= self.limits.retain_max
                     && self.retained + size <= self.limits.max_retained =>

@@ -298,13 +298,31 @@ pub fn parse_object_info(body: &[u8]) -> Result<Vec<(ObjectId, Option<u64>)>, Pr
     Ok(out)
 }
 
+/// Progress messages (band 2) kept: the last ones, up to this many bytes.
+pub const PROGRESS_KEEP: usize = 4 * 1024;
+/// Progress a fetch may carry in all (it asks for none: `no-progress`).
+pub const MAX_PROGRESS: u64 = 1 << 20;
+/// Bytes of the sections before `packfile` (acknowledgments, shallow-info,
+/// wanted-refs) a fetch may carry in all.
+pub const MAX_SECTIONS: u64 = 4 << 20;
+/// Longest server message (`ERR`, band 3) shown, in characters.
+const MESSAGE_MAX: usize = 1024;
+
 /// Incremental parser for a `fetch` response: skips the sections before
 /// `packfile`, then hands pack bytes (band 1) to the sink as they arrive.
+/// Memory is bounded whatever the server sends: at most one pkt-line (64
+/// KiB) is buffered, progress text is kept to its last [`PROGRESS_KEEP`]
+/// bytes (and [`MAX_PROGRESS`] in all is an error), the sections before the
+/// pack to [`MAX_SECTIONS`], and any byte after the final flush is an error.
 pub struct FetchResponseParser {
     buf: Vec<u8>,
     state: State,
     pub shallow: Vec<ObjectId>,
+    /// The last progress messages (at most [`PROGRESS_KEEP`] bytes).
     pub progress: Vec<String>,
+    progress_kept: usize,
+    progress_total: u64,
+    sections_total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +330,22 @@ enum State {
     Sections,
     Pack,
     Done,
+    /// Bytes came after the final flush (an error, reported once more by `finish`).
+    Trailing,
 }
+
+/// A server message as shown in an error: lossy UTF-8, trimmed, at most
+/// [`MESSAGE_MAX`] characters.
+fn message(msg: &[u8]) -> String {
+    let text = String::from_utf8_lossy(msg);
+    let text = text.trim();
+    match text.char_indices().nth(MESSAGE_MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+const TRAILING: &str = "the server sent bytes after the end of the fetch response";
 
 impl Default for FetchResponseParser {
     fn default() -> Self {
@@ -327,7 +360,42 @@ impl FetchResponseParser {
             state: State::Sections,
             shallow: Vec::new(),
             progress: Vec::new(),
+            progress_kept: 0,
+            progress_total: 0,
+            sections_total: 0,
         }
+    }
+
+    /// Keeps a progress message, dropping the oldest past [`PROGRESS_KEEP`].
+    fn note_progress(&mut self, msg: &[u8]) -> Result<(), ProtocolError> {
+        self.progress_total += msg.len() as u64;
+        if self.progress_total > MAX_PROGRESS {
+            return Err(perr(format!(
+                "the server sent more than {} KiB of progress messages (none were asked for); the last began {:?}",
+                MAX_PROGRESS >> 10,
+                self.progress
+                    .last()
+                    .map(|m| m.chars().take(80).collect::<String>())
+                    .unwrap_or_default()
+            )));
+        }
+        let mut text = message(msg);
+        if text.len() > PROGRESS_KEEP {
+            let mut cut = PROGRESS_KEEP;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        self.progress_kept += text.len();
+        self.progress.push(text);
+        let mut drop = 0;
+        while self.progress_kept > PROGRESS_KEEP && drop < self.progress.len() {
+            self.progress_kept -= self.progress[drop].len();
+            drop += 1;
+        }
+        self.progress.drain(..drop);
+        Ok(())
     }
 
     /// Feeds response bytes; pack data goes to `sink`.
@@ -336,9 +404,18 @@ impl FetchResponseParser {
         chunk: &[u8],
         sink: &mut dyn FnMut(&[u8]) -> Result<(), ProtocolError>,
     ) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Trailing => return Err(perr(TRAILING)),
+            // Nothing may follow the final flush: never buffered.
+            State::Done if !chunk.is_empty() => return self.trailing(),
+            _ => {}
+        }
         self.buf.extend_from_slice(chunk);
         let mut pos = 0;
-        while pos < self.buf.len() && self.state != State::Done {
+        while pos < self.buf.len() {
+            if self.state == State::Done {
+                return self.trailing();
+            }
             let (line, used) = match decode::streaming(&self.buf[pos..])
                 .map_err(|e| perr(format!("malformed pkt-line in fetch response: {e}")))?
             {
@@ -348,12 +425,24 @@ impl FetchResponseParser {
                 } => (line, bytes_consumed),
                 Stream::Incomplete { .. } => break,
             };
+            if self.state == State::Sections {
+                self.sections_total += used as u64;
+                if self.sections_total > MAX_SECTIONS {
+                    return Err(perr(format!(
+                        "the fetch response has more than {} MiB before its packfile section",
+                        MAX_SECTIONS >> 20
+                    )));
+                }
+            }
             match (self.state, line) {
                 (State::Sections, PacketLineRef::Data(d)) => {
                     let t = String::from_utf8_lossy(d);
                     let t = t.trim_end_matches('\n');
                     if let Some(msg) = t.strip_prefix("ERR ") {
-                        return Err(perr(format!("the server reported an error: {msg}")));
+                        return Err(perr(format!(
+                            "the server reported an error: {}",
+                            message(msg.as_bytes())
+                        )));
                     } else if t == "packfile" {
                         self.state = State::Pack;
                     } else if let Some(oid) = t.strip_prefix("shallow ") {
@@ -368,13 +457,15 @@ impl FetchResponseParser {
                 (State::Sections, _) => {}
                 (State::Pack, PacketLineRef::Data(d)) => match d.split_first() {
                     Some((1, data)) => sink(data)?,
-                    Some((2, msg)) => self
-                        .progress
-                        .push(String::from_utf8_lossy(msg).trim().to_string()),
+                    Some((2, msg)) => {
+                        // At most one pkt-line; copied so `self` can keep it.
+                        let msg = msg.to_vec();
+                        self.note_progress(&msg)?
+                    }
                     Some((3, msg)) => {
                         return Err(perr(format!(
                             "the server aborted the fetch: {}",
-                            String::from_utf8_lossy(msg).trim()
+                            message(msg)
                         )));
                     }
                     _ => return Err(perr("unknown sideband channel in the pack stream")),
@@ -383,7 +474,7 @@ impl FetchResponseParser {
                     self.state = State::Done;
                 }
                 (State::Pack, PacketLineRef::Delimiter) => {}
-                (State::Done, _) => {}
+                (State::Done | State::Trailing, _) => {}
             }
             pos += used;
         }
@@ -391,11 +482,18 @@ impl FetchResponseParser {
         Ok(())
     }
 
+    /// Bytes after the final flush: an error, and nothing of them kept.
+    fn trailing(&mut self) -> Result<(), ProtocolError> {
+        self.state = State::Trailing;
+        self.buf = Vec::new();
+        Err(perr(TRAILING))
+    }
+
     /// Checks that the response ended properly.
     pub fn finish(&self) -> Result<(), ProtocolError> {
         match self.state {
-            State::Done if self.buf.is_empty() => Ok(()),
-            State::Done => Err(perr("trailing bytes after the fetch response")),
+            State::Done => Ok(()),
+            State::Trailing => Err(perr(TRAILING)),
             _ => Err(perr(
                 "the fetch response ended early (connection closed before the pack was complete)",
             )),
@@ -541,6 +639,64 @@ mod tests {
 
         let mut p = FetchResponseParser::new();
         assert!(p.feed(b"0000", &mut sink).is_err());
+    }
+
+    #[test]
+    fn fetch_response_bounds() {
+        let mut sink = |_: &[u8]| Ok(());
+        // Bytes after the final flush: an error at once, in the same chunk
+        // or a later one, and nothing of them is kept.
+        let mut body = pkt(b"packfile\n");
+        body.extend(pkt(b"\x01PACK"));
+        body.extend_from_slice(b"0000");
+        let mut p = FetchResponseParser::new();
+        p.feed(&body, &mut sink).unwrap();
+        p.finish().unwrap();
+        assert!(
+            p.feed(b"x", &mut sink)
+                .unwrap_err()
+                .0
+                .contains("after the end")
+        );
+        assert!(p.feed(b"", &mut sink).is_err());
+        assert!(p.finish().is_err());
+        let mut p = FetchResponseParser::new();
+        let mut with_tail = body.clone();
+        with_tail.extend(pkt(b"\x01more"));
+        assert!(p.feed(&with_tail, &mut sink).is_err());
+        assert!(p.buf.is_empty() && p.finish().is_err());
+
+        // Progress: the last few KiB kept, and a limit in all.
+        let mut p = FetchResponseParser::new();
+        p.feed(&pkt(b"packfile\n"), &mut sink).unwrap();
+        let line = pkt(&[&b"\x02"[..], &[b'p'; 1000]].concat());
+        let mut fed = 0u64;
+        let err = loop {
+            match p.feed(&line, &mut sink) {
+                Ok(()) => fed += 1000,
+                Err(e) => break e,
+            }
+            assert!(p.progress.iter().map(String::len).sum::<usize>() <= PROGRESS_KEEP);
+            assert!(p.buf.len() < 65536);
+        };
+        assert!(err.0.contains("progress"), "{err}");
+        assert!(fed <= MAX_PROGRESS && fed + 1000 > MAX_PROGRESS, "{fed}");
+
+        // Endless lines before the packfile section.
+        let mut p = FetchResponseParser::new();
+        let ack = pkt(&[b'a'; 60000]);
+        let err = loop {
+            if let Err(e) = p.feed(&ack, &mut sink) {
+                break e;
+            }
+        };
+        assert!(err.0.contains("before its packfile"), "{err}");
+
+        // A long fatal message is cut.
+        let mut p = FetchResponseParser::new();
+        let mut body = pkt(b"packfile\n");
+        body.extend(pkt(&[&b"\x03"[..], &[b'e'; 60000]].concat()));
+        assert!(p.feed(&body, &mut sink).unwrap_err().0.len() < 2 * MESSAGE_MAX);
     }
 
     #[test]

@@ -27,8 +27,13 @@ pub(super) struct BatchSink<'a> {
     pub(super) stop_over: Option<u64>,
     pub(super) stopped_at: Option<u64>,
     pub(super) writer: Option<CacheWriter>,
-    /// Collects commits and trees (for a commit fetch).
+    /// Collects commits and trees (for a commit fetch); without it, trees
+    /// a server sends are read through and dropped (never held).
     pub(super) trees: Option<HashMap<ObjectId, Arc<[u8]>>>,
+    /// Bytes of the trees and commits collected so far...
+    pub(super) tree_bytes: u64,
+    /// ...and at most (`max_tree_bytes`).
+    pub(super) tree_budget: u64,
     /// A failure of the disk cache (not of the server).
     pub(super) local_error: Option<String>,
     /// When waiters were last told the fetch is alive.
@@ -42,10 +47,24 @@ fn cache_err(e: impl std::fmt::Display) -> PackError {
 impl ObjectSink for BatchSink<'_> {
     fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
         if kind != Kind::Blob {
-            // Trees and commits are held in memory: no honest one is this big.
+            if self.trees.is_none() {
+                // Not asked for: read through, never held.
+                return Ok(Take::Stream);
+            }
+            // Trees and commits are held in memory: no honest one is this
+            // big, and all of a commit's together are bounded. Checked from
+            // the stated size before a byte is inflated (the decoder never
+            // inflates past it).
             if size > MAX_TREE {
                 return Err(PackError(format!(
                     "a {kind} of {size} bytes is larger than the limit of {MAX_TREE} bytes"
+                )));
+            }
+            self.tree_bytes = self.tree_bytes.saturating_add(size);
+            if self.tree_bytes > self.tree_budget {
+                return Err(PackError(format!(
+                    "the commit's trees are larger than {} MiB in all (`max_tree_bytes`; raise it if the repository really has trees this large)",
+                    self.tree_budget >> 20
                 )));
             }
             return Ok(Take::Memory);

@@ -15,6 +15,8 @@ use crate::config::{Provider, RepoConfig};
 /// The largest answer to a command other than `fetch` (`ls-refs`,
 /// `object-info`) that is read into memory.
 pub const MAX_COMMAND_RESPONSE: usize = 64 << 20;
+/// The most of an HTTP error's body read (for its excerpt in the error).
+const ERROR_BODY_MAX: usize = 4 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
@@ -79,6 +81,11 @@ pub struct Transport {
     /// never carries the repository's credentials.
     bare_client: reqwest::Client,
     auth: Auth,
+    /// The origins (`scheme://host:port`) the credentials may go to: the
+    /// clone URL's, the host API's and a configured `lfs_url`'s. A URL
+    /// anywhere else (from repository content or a server's answer) is
+    /// asked anonymously.
+    trusted: Vec<String>,
     /// The raw token, for host APIs (sent as `Bearer`).
     api_token: Option<crate::config::Secret>,
     has_token: bool,
@@ -146,11 +153,20 @@ impl Transport {
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut trusted: Vec<String> = [Some(clone_url.as_str()), repo.lfs_url.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(String::from)
+            .chain([github_api(repo.provider, &clone_url)])
+            .filter_map(|u| origin(&u))
+            .collect();
+        trusted.dedup();
         Ok(Transport {
             clone_url,
             client,
             bare_client,
             auth,
+            trusted,
             api_token: repo.token.as_ref().map(|t| t.secret.clone()),
             has_token: repo.token.is_some() || repo.github_app.is_some(),
             provider: repo.provider,
@@ -166,12 +182,23 @@ impl Transport {
             .header("Git-Protocol", "version=2")
     }
 
-    /// Adds the repository's credentials (a GitHub App token is fetched or
-    /// renewed here when needed).
+    /// Whether `url` is on an origin the repository's credentials may go to.
+    pub fn trusts(&self, url: &str) -> bool {
+        origin(url).is_some_and(|o| self.trusted.contains(&o))
+    }
+
+    /// Adds the repository's credentials to a request for `url` (a GitHub
+    /// App token is fetched or renewed here when needed), but only when
+    /// `url` is on a trusted origin: anything else goes anonymously.
     async fn authorize(
         &self,
         rb: reqwest::RequestBuilder,
+        url: &str,
     ) -> Result<reqwest::RequestBuilder, RemoteError> {
+        if !self.trusts(url) {
+            tracing::debug!(url = %crate::redact::url(url), "another origin than the repository's: sent without credentials");
+            return Ok(rb);
+        }
         Ok(match &self.auth {
             Auth::None => rb,
             Auth::Static(v) => rb.header(reqwest::header::AUTHORIZATION, v.clone()),
@@ -210,7 +237,7 @@ impl Transport {
         let url = format!("{}/info/refs?service=git-upload-pack", self.clone_url);
         self.retry(|| async {
             let rb = self
-                .authorize(self.request(reqwest::Method::GET, &url))
+                .authorize(self.request(reqwest::Method::GET, &url), &url)
                 .await?;
             let resp = self.send(rb, &url).await?;
             self.read_all(resp, &url).await
@@ -259,7 +286,7 @@ impl Transport {
                 "application/x-git-upload-pack-result",
             )
             .body(body.to_vec());
-        let rb = self.authorize(rb).await?;
+        let rb = self.authorize(rb, &url).await?;
         Ok((self.send(rb, &url).await?, url))
     }
 
@@ -286,6 +313,7 @@ impl Transport {
         }
         rb = match &self.auth {
             Auth::None => rb,
+            _ if !self.trusts(url) => rb,
             Auth::Static(_) | Auth::App(_) => {
                 let token = match (&self.auth, &self.api_token) {
                     (Auth::App(app), _) => app
@@ -335,7 +363,7 @@ impl Transport {
                 "application/vnd.git-lfs+json",
             )
             .body(body);
-        self.authorize(rb).await
+        self.authorize(rb, url).await
     }
 
     /// POSTs a Git LFS batch request (with the repository's credentials).
@@ -402,7 +430,12 @@ impl Transport {
         Err(self.status_error(status.as_u16(), url, resp).await)
     }
 
-    async fn status_error(&self, status: u16, url: &str, resp: reqwest::Response) -> RemoteError {
+    async fn status_error(
+        &self,
+        status: u16,
+        url: &str,
+        mut resp: reqwest::Response,
+    ) -> RemoteError {
         let url = crate::redact::url(url);
         match status {
             401 | 403 | 404 if matches!(self.auth, Auth::App(_)) => {
@@ -448,7 +481,19 @@ impl Transport {
             },
             _ => {
                 // A short, printable excerpt of the body helps with proxies' error pages.
-                let text = resp.text().await.unwrap_or_default();
+                // At most ERROR_BODY_MAX bytes are read, however long the body.
+                let mut body = Vec::new();
+                while body.len() < ERROR_BODY_MAX {
+                    match resp.chunk().await {
+                        Ok(Some(c)) => {
+                            let n = c.len().min(ERROR_BODY_MAX - body.len());
+                            body.extend_from_slice(&c[..n]);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                drop(resp);
+                let text = String::from_utf8_lossy(&body);
                 let excerpt: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
                 let detail = if excerpt.trim().is_empty() {
                     String::new()
@@ -579,6 +624,21 @@ pub fn github_api(provider: Provider, clone_url: &str) -> String {
     }
 }
 
+/// The origin of an absolute `http(s)` URL, `scheme://host:port` with the
+/// scheme's default port made explicit; `None` for anything else.
+pub fn origin(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?
+    ))
+}
+
 /// A URL as messages show it: [`crate::redact::url`] (no userinfo, no
 /// query), under the name older callers use.
 pub fn redact_query(url: &str) -> String {
@@ -586,47 +646,44 @@ pub fn redact_query(url: &str) -> String {
 }
 
 fn basic(user: &str, secret: &str) -> String {
-    use base64_engine::encode;
-    format!("Basic {}", encode(format!("{user}:{secret}").as_bytes()))
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+    format!("Basic {encoded}")
 }
 
-/// Minimal standard base64 (RFC 4648, with padding) for the Basic header.
-mod base64_engine {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+    #[test]
+    fn basic_is_rfc4648_base64() {
+        assert_eq!(
+            basic("x-access-token", "foobar"),
+            "Basic eC1hY2Nlc3MtdG9rZW46Zm9vYmFy"
+        );
     }
 
-    #[cfg(test)]
     #[test]
-    fn rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(encode(i.as_bytes()), o);
-        }
+    fn origins_compare_scheme_host_and_port() {
+        assert_eq!(
+            origin("https://H.example/a/b.git").as_deref(),
+            Some("https://h.example:443")
+        );
+        assert_eq!(
+            origin("https://h.example:443/x"),
+            origin("https://h.example/y")
+        );
+        assert_ne!(origin("http://h.example/x"), origin("https://h.example/x"));
+        assert_ne!(
+            origin("http://127.0.0.1:8/x"),
+            origin("http://127.0.0.1:9/x")
+        );
+        // Userinfo does not make another origin look like this one.
+        assert_eq!(
+            origin("http://h.example@evil.example/x").as_deref(),
+            Some("http://evil.example:80")
+        );
+        assert_eq!(origin("ftp://h/x"), None);
+        assert_eq!(origin("not a url"), None);
     }
 }

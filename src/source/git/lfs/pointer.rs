@@ -3,6 +3,8 @@
 //! names; the endpoint is `lfs.url` from a committed `.lfsconfig`, else the
 //! clone URL's `info/lfs`.
 
+use crate::source::git::transport::origin;
+
 /// Largest blob that can be a pointer (git-lfs's own limit).
 pub const MAX_POINTER_SIZE: u64 = 1024;
 /// Most objects asked for in one batch request.
@@ -91,18 +93,50 @@ pub fn parse_pointer(data: &[u8]) -> Option<Pointer> {
     })
 }
 
-/// The LFS endpoint for a repository: `lfs.url` from a committed
-/// `.lfsconfig`, else `<clone url>/info/lfs` (adding `.git` when the clone
-/// URL lacks it, as git-lfs does).
-pub fn endpoint(clone_url: &str, lfsconfig: Option<&[u8]>) -> String {
-    if let Some(url) = lfsconfig.and_then(lfsconfig_url) {
-        return url.trim_end_matches('/').to_string();
+/// The LFS endpoint for a repository, and a warning for the log when the
+/// repository's own `.lfsconfig` was not followed as written.
+///
+/// `lfs_url` (the operator's, from the config) wins. Else `lfs.url` from a
+/// committed `.lfsconfig` is used, but the repository cannot widen where
+/// its credentials go: an endpoint on another origin than the clone URL is
+/// asked anonymously (the transport sends credentials only to trusted
+/// origins), and a plain `http://` endpoint for an `https://` clone URL is
+/// not used at all. Else `<clone url>/info/lfs` (adding `.git` when the
+/// clone URL lacks it, as git-lfs does).
+pub fn endpoint(
+    clone_url: &str,
+    lfs_url: Option<&str>,
+    lfsconfig: Option<&[u8]>,
+) -> (String, Option<String>) {
+    let default = || {
+        if clone_url.ends_with(".git") {
+            format!("{clone_url}/info/lfs")
+        } else {
+            format!("{clone_url}.git/info/lfs")
+        }
+    };
+    if let Some(url) = lfs_url {
+        return (url.trim_end_matches('/').to_string(), None);
     }
-    if clone_url.ends_with(".git") {
-        format!("{clone_url}/info/lfs")
-    } else {
-        format!("{clone_url}.git/info/lfs")
+    let Some(url) = lfsconfig.and_then(lfsconfig_url) else {
+        return (default(), None);
+    };
+    let url = url.trim_end_matches('/').to_string();
+    let (theirs, ours) = (origin(&url), origin(clone_url));
+    if theirs.is_some() && theirs == ours {
+        return (url, None);
     }
+    let shown = crate::redact::url(&url);
+    if clone_url.starts_with("https://") && url.starts_with("http://") {
+        let note = format!(
+            ".lfsconfig names the LFS server {shown}, plain http for an https repository: it is not used (the default endpoint is); set lfs_url in the config to use it"
+        );
+        return (default(), Some(note));
+    }
+    let note = format!(
+        ".lfsconfig names the LFS server {shown}, on another origin than the clone URL: it is asked without the repository's credentials; set lfs_url in the config if it should get them"
+    );
+    (url, Some(note))
 }
 
 /// `url` in the `[lfs]` section of a git-config style file.
@@ -184,19 +218,49 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            endpoint("https://h/o/r.git", None),
-            "https://h/o/r.git/info/lfs"
-        );
-        assert_eq!(endpoint("http://h/r", None), "http://h/r.git/info/lfs");
+        let ep = |clone, cfg| endpoint(clone, None, cfg).0;
+        assert_eq!(ep("https://h/o/r.git", None), "https://h/o/r.git/info/lfs");
+        assert_eq!(ep("http://h/r", None), "http://h/r.git/info/lfs");
         let cfg = b"# comment\n[core]\n\turl = https://wrong\n[lfs]\n\turl = \"https://lfs.example/org/repo/\"\n";
         assert_eq!(
-            endpoint("https://h/o/r.git", Some(cfg)),
+            ep("https://h/o/r.git", Some(cfg)),
             "https://lfs.example/org/repo"
         );
         assert_eq!(
-            endpoint("https://h/o/r.git", Some(b"[lfs]\nurl = ftp://x\n")),
+            ep("https://h/o/r.git", Some(b"[lfs]\nurl = ftp://x\n")),
             "https://h/o/r.git/info/lfs"
         );
+    }
+
+    #[test]
+    fn the_repository_cannot_widen_where_credentials_go() {
+        // Same origin: followed, nothing to say.
+        let same = b"[lfs]\nurl = https://h:443/lfs/r\n";
+        assert_eq!(
+            endpoint("https://h/o/r.git", None, Some(same)),
+            ("https://h:443/lfs/r".into(), None)
+        );
+        // Another origin: followed (anonymously, by the transport), said once.
+        let other = b"[lfs]\nurl = http://127.0.0.1:9/steal?sig=SECRET\n";
+        let (url, note) = endpoint("http://127.0.0.1:8/r.git", None, Some(other));
+        assert_eq!(url, "http://127.0.0.1:9/steal?sig=SECRET");
+        let note = note.expect("a note for another origin");
+        assert!(
+            note.contains("without the repository's credentials"),
+            "{note}"
+        );
+        assert!(!note.contains("SECRET"), "{note}");
+        // A downgrade to plain http is not used at all.
+        let plain = b"[lfs]\nurl = http://h/o/r.git/info/lfs\n";
+        let (url, note) = endpoint("https://h/o/r.git", None, Some(plain));
+        assert_eq!(url, "https://h/o/r.git/info/lfs");
+        assert!(note.is_some_and(|n| n.contains("not used")));
+        // The operator's lfs_url wins over the repository's.
+        let (url, note) = endpoint(
+            "https://h/o/r.git",
+            Some("https://lfs.corp/x/"),
+            Some(other),
+        );
+        assert_eq!((url.as_str(), note), ("https://lfs.corp/x", None));
     }
 }
