@@ -65,7 +65,16 @@ Control endpoints:
   api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
   only; ok clears it;
 - GET /_ratelimit: {"limit": n, "used": n, "reset": epoch}; POST clears `used`;
-- GET /_app: {"issued": n} GitHub App tokens issued.
+- GET /_app: {"issued": n} GitHub App tokens issued;
+- with --hostile only: GET /_hostile?repo=NAME.git&mode=MODE makes that
+  repository's v2 fetches answer as a hostile server would (mode=ok clears
+  it; everything else, and every other repository, is served as usual):
+  progress: a blob fetch (no `deepen`) answers `packfile` and then sideband-2
+  progress packets without end; error-body: a blob fetch answers HTTP 500
+  with a body without end; after-flush: a blob fetch gets git's own answer
+  and then, after its final flush, pkt-lines without end; tree-bomb: a
+  commit fetch (with `deepen`) answers a valid pack of 100 trees of 16 MiB
+  each (zlib of zeros: about 16 KiB each on the wire).
 
 LFS: with --lfs-upstream URL, POST <name>.git/info/lfs/objects/batch is
 checked against the same tokens and forwarded to URL/test/<name>/objects/batch
@@ -82,6 +91,7 @@ import argparse
 import base64
 import gzip
 import json
+import hashlib
 import os
 import select
 import signal
@@ -92,6 +102,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -99,7 +110,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import host_api  # noqa: E402  (next to this file)
 
 CHUNK = 64 * 1024
-STATE = {"fault": "ok", "stats": {}, "wants": {}, "app_tokens": {}, "issued": 0}
+STATE = {"fault": "ok", "stats": {}, "wants": {}, "app_tokens": {}, "issued": 0, "hostile": {}}
 LOCK = threading.Lock()
 GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 GITHUB_CAPS = ["version 2", "agent=git/github-g1a2b3c4d5e6", "ls-refs=unborn",
@@ -176,6 +187,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "repofs-test-git/2"
     body = b""
     counted = None  # (repo, is an API call) whose counters this request's bodies go to
+    endless_tail = None  # --hostile after-flush: what follows git's answer, forever
 
     def setup(self):
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
@@ -285,6 +297,15 @@ class Handler(BaseHTTPRequestHandler):
                 info = {"limit": self.server.github_rate_limit, "used": host_api.RATE["used"],
                         "reset": int(host_api.RATE["start"] + 3600)}
             return self.send_body(200, json.dumps(info).encode(), "application/json")
+        if url.path == "/_hostile" and self.server.hostile:
+            q = parse_qs(url.query)
+            repo, mode = q.get("repo", [""])[0], q.get("mode", ["ok"])[0]
+            with LOCK:
+                if mode == "ok":
+                    STATE["hostile"].pop(repo, None)
+                else:
+                    STATE["hostile"][repo] = mode
+            return self.send_body(200, mode.encode())
         if url.path == "/_fault":
             mode = parse_qs(url.query).get("mode", ["ok"])[0]
             with LOCK:
@@ -419,6 +440,11 @@ class Handler(BaseHTTPRequestHandler):
             if wants is not None:
                 self.account(repo, fetches=1)
                 self.count_wants(repo, wants, "asked")
+                with LOCK:
+                    hostile = STATE["hostile"].get(repo) if srv.hostile else None
+                self.endless_tail = None
+                if hostile and self.hostile(hostile, plain):
+                    return
         proc = subprocess.Popen(["git", "http-backend"], env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         err = []
@@ -456,6 +482,46 @@ class Handler(BaseHTTPRequestHandler):
             proc.wait()
             proc.stdout.close()
 
+    def hostile(self, mode, plain):
+        """Answers a fetch as hostile `mode` says; False: serve it as usual
+        (after-flush is served by `stream`, which then sends bytes forever)."""
+        commit_fetch = any(p and p.startswith(b"deepen") for _, p in pkt_lines(plain))
+        if mode == "tree-bomb" and commit_fetch:
+            pack = tree_bomb_pack()
+            body = pkt("packfile\n") + b"".join(
+                pkt(b"\x01" + pack[i: i + 65000]) for i in range(0, len(pack), 65000)) + b"0000"
+            self.send_forever(200, body, b"")
+            return True
+        if commit_fetch:
+            return False
+        if mode == "progress":
+            noise = pkt(b"\x02" + b"Counting objects: 42% (4242/10000)\r" * 1800)
+            self.send_forever(200, pkt("packfile\n"), noise)
+            return True
+        if mode == "error-body":
+            self.send_forever(500, b"<html><body>", b"<p>internal error</p>\n" * 3000)
+            return True
+        if mode == "after-flush":
+            self.endless_tail = pkt(b"\x01" + b"after the end" * 5000)
+        return False
+
+    def send_forever(self, status, first, piece):
+        """A chunked response: `first`, then `piece` until the client goes."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-git-upload-pack-result")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(first), first))
+            if not piece:
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+            while True:
+                self.wfile.write(chunk)
+        except GONE + (OSError,):
+            self.close_connection = True
+
     def stream(self, repo, proc, status, ctype, headers, first):
         """Relays git's output; (written completely with git's success, carried a packfile)."""
         chunked = self.request_version == "HTTP/1.1"
@@ -488,6 +554,9 @@ class Handler(BaseHTTPRequestHandler):
                         time.sleep(0.05)  # about 1.3 MB/s
                 data = b""
             ok = proc.wait() == 0
+            forever = self.endless_tail
+            while forever and chunked:  # --hostile after-flush: until the client goes
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(forever), forever))
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
             return ok, packed
@@ -518,6 +587,27 @@ class Handler(BaseHTTPRequestHandler):
         except urllib.error.HTTPError as e:
             status, payload = e.code, e.read()
         self.send_body(status, payload, ctype)
+
+
+BOMB = []
+
+
+def tree_bomb_pack(count=100, size=16 << 20):
+    """A valid pack of `count` trees of `size` zero bytes each (not real
+    trees: a decoder holds them before it parses any)."""
+    if not BOMB:
+        def header(kind, n):
+            c, n, out = (kind << 4) | (n & 15), n >> 4, bytearray()
+            while n:
+                out.append(c | 0x80)
+                c, n = n & 0x7F, n >> 7
+            out.append(c)
+            return bytes(out)
+
+        entry = header(2, size) + zlib.compress(b"\0" * size, 9)
+        body = b"PACK" + (2).to_bytes(4, "big") + count.to_bytes(4, "big") + entry * count
+        BOMB.append(body + hashlib.sha1(body).digest())
+    return BOMB[0]
 
 
 def feed(pipe, body):
@@ -565,6 +655,7 @@ def main():
     ap.add_argument("--app-installation", default="")
     ap.add_argument("--app-token-ttl", type=float, default=3600)
     ap.add_argument("--app-repos", default="")
+    ap.add_argument("--hostile", action="store_true", help="enable /_hostile (tests only)")
     a = ap.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
@@ -582,6 +673,7 @@ def main():
     srv.app_installation = a.app_installation
     srv.app_token_ttl = a.app_token_ttl
     srv.app_repos = set(filter(None, a.app_repos.split(",")))
+    srv.hostile = a.hostile
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 
