@@ -307,7 +307,7 @@ fn mount_repo(
             if let Some(m) = crate::mountinfo::mount_at(&repo.mount_point) {
                 crate::mountinfo::raise_readahead(&m.dev, READAHEAD_KIB);
             }
-            tracing::info!(mount_point = %repo.mount_point.display(), url = %repo.url, "mounted");
+            tracing::info!(mount_point = %repo.mount_point.display(), url = %crate::redact::url(&repo.url), "mounted");
             if let Some(g) = &git {
                 let preload = g.clone();
                 rt.spawn(async move {

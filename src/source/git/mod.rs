@@ -300,7 +300,7 @@ impl GitSource {
             self.stall_limit,
             self.objects.shared.clone(),
         ));
-        tracing::info!(repo = %self.repo.name, %commit, trees = trees.len() - 1, lfs = %lfs.endpoint, "repository ready");
+        tracing::info!(repo = %self.repo.name, %commit, trees = trees.len() - 1, lfs = %crate::redact::url(&lfs.endpoint), "repository ready");
         Ok(Snapshot {
             commit,
             root_tree,

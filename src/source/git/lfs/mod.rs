@@ -104,16 +104,17 @@ impl Lfs {
                 status, message, ..
             } => SourceError::Denied(format!(
                 "the LFS server at {} refused the batch request (HTTP {status}): {message}{}",
-                self.endpoint,
+                crate::redact::url(&self.endpoint),
                 self.denied_hint()
             )),
             RemoteError::NotFound { .. } => SourceError::Unavailable(format!(
                 "no LFS server at {} (HTTP 404); set lfs.url in .lfsconfig if LFS is hosted elsewhere",
-                self.endpoint
+                crate::redact::url(&self.endpoint)
             )),
-            other => {
-                SourceError::Unavailable(format!("LFS batch request to {}: {other}", self.endpoint))
-            }
+            other => SourceError::Unavailable(format!(
+                "LFS batch request to {}: {other}",
+                crate::redact::url(&self.endpoint)
+            )),
         }
     }
 
@@ -134,7 +135,10 @@ impl Lfs {
             .await
             .map_err(|e| self.batch_error(e))?;
         let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
-            SourceError::Corrupt(format!("LFS batch response from {url} is not JSON: {e}"))
+            SourceError::Corrupt(format!(
+                "LFS batch response from {} is not JSON: {e}",
+                crate::redact::url(&url)
+            ))
         })?;
         let mut found = HashMap::new();
         let mut errors: HashMap<String, SourceError> = HashMap::new();
