@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use repofs::config::{Config, DEFAULT_CONFIG_PATH};
+use repofs::config::{Config, DEFAULT_CONFIG_PATH, Secrets};
 use repofs::url_mount::UrlArgs;
 
 /// The version, and the commit the binary was built from.
@@ -127,6 +127,17 @@ enum RepoAction {
     },
 }
 
+/// Whose secrets a command needs: `mount` every repository's, `check NAME`
+/// only NAME's, the others none (they send no request).
+fn secrets_for(command: &Command) -> Secrets {
+    match command {
+        Command::Mount { .. } => Secrets::All,
+        Command::Check { names, .. } if names.is_empty() => Secrets::All,
+        Command::Check { names, .. } => Secrets::Only(names.clone()),
+        _ => Secrets::None,
+    }
+}
+
 fn main() -> ExitCode {
     // Before anything is written: whatever repofs creates is its user's alone.
     repofs::private::restrict_umask();
@@ -144,17 +155,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let load = || match Config::load(&config_path) {
+    let load_for = |secrets: &Secrets| match Config::load_with(&config_path, secrets) {
         Ok(c) => Ok(c),
         Err(e) => {
             eprintln!("repofs: {e}");
             Err(ExitCode::from(2))
         }
     };
+    // Commands that send no request resolve no secret.
+    let load = || load_for(&Secrets::None);
     // The config file, when the command can do without one.
     let optional = || {
         (explicit_config || config_path.exists())
-            .then(|| Config::load(&config_path).ok())
+            .then(|| Config::load_with(&config_path, &Secrets::None).ok())
             .flatten()
     };
     let from_url = |url: &str, mount_point: Option<&std::path::Path>, opts: &UrlArgs| {
@@ -238,7 +251,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             }
         }
-        _ => match load() {
+        _ => match load_for(&secrets_for(&cli.command)) {
             Ok(c) => c,
             Err(code) => return code,
         },

@@ -43,7 +43,9 @@ fn find(doc: &DocumentMut, name: &str) -> Option<usize> {
 
 /// Validates the edited text as a config, then replaces the file atomically.
 fn write_validated(path: &Path, text: &str) -> Result<(), String> {
-    Config::parse(path, text, &|v| std::env::var(v).ok())
+    // The secrets are not read: they may be at hand only for the service.
+    let env = |v: &str| std::env::var(v).ok();
+    Config::parse_with(path, text, &env, &crate::config::Secrets::None)
         .map_err(|e| format!("not written, the result would be invalid: {e}"))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(

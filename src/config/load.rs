@@ -7,13 +7,19 @@ use super::values::parse_duration_key;
 use super::*;
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`, resolving every secret.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, &Secrets::All)
+    }
+
+    /// Reads and validates the file at `path`, resolving the secrets of
+    /// the repositories `secrets` names.
+    pub fn load_with(path: &Path, secrets: &Secrets) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
             message: format!("cannot read the config file: {e}"),
         })?;
-        let config = Self::parse(path, &text, &|var| std::env::var(var).ok())?;
+        let config = Self::parse_with(path, &text, &|var| std::env::var(var).ok(), secrets)?;
         // A file holding a secret must not be readable by everyone.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
@@ -48,6 +54,16 @@ impl Config {
         path: &Path,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::parse_with(path, text, env, &Secrets::All)
+    }
+
+    /// [`Config::parse`], resolving only the secrets `secrets` names.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: &Secrets,
     ) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             path: path.to_owned(),
@@ -144,14 +160,17 @@ impl Config {
             })?),
         };
         let shared_cache = match raw.shared_cache {
-            Some(r) => Some(validate_shared(r, &mount_root).map_err(&err)?),
+            Some(r) => {
+                Some(validate_shared(r, &mount_root, *secrets != Secrets::None).map_err(&err)?)
+            }
             None => None,
         };
         let mut names = HashSet::new();
         let mut mount_points = HashSet::new();
         let mut repositories = Vec::new();
         for (i, r) in raw.repository.into_iter().enumerate() {
-            let repo = validate_repo(i, r, &mount_root, env).map_err(&err)?;
+            let resolve = r.name.as_deref().is_some_and(|n| secrets.wants(n));
+            let repo = validate_repo(i, r, &mount_root, env, resolve).map_err(&err)?;
             if !names.insert(repo.name.clone()) {
                 return Err(err(format!(
                     "repository '{}': key `name`: the name is used by more than one repository; names must be unique",

@@ -348,6 +348,31 @@ const REPO_KEYS: &[&str] = &[
     "metadata_ttl",
 ];
 
+/// Whose secrets a command resolves (reads from the environment or from
+/// files) when it loads the config. Commands that send no request resolve
+/// none, so they work where the secrets are not at hand (an operator's
+/// shell beside a service that gets them from systemd's `LoadCredential`).
+/// An entry whose secrets were not resolved holds empty placeholders in
+/// their place (with their origin, for `repo list`); it is never used to
+/// send a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secrets {
+    All,
+    None,
+    /// Only the named repositories' (and not the shared tier's).
+    Only(Vec<String>),
+}
+
+impl Secrets {
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Secrets::All => true,
+            Secrets::None => false,
+            Secrets::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
 /// A map from repository name to entry, for quick lookup by commands.
 pub fn by_name(config: &Config) -> BTreeMap<&str, &RepoConfig> {
     config

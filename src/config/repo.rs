@@ -10,6 +10,7 @@ use super::*;
 pub(super) fn validate_shared(
     r: RawShared,
     mount_root: &Path,
+    resolve: bool,
 ) -> Result<SharedCacheConfig, String> {
     let timeout = parse_duration_key(r.timeout.as_deref(), 5)
         .map_err(|m| format!("[shared_cache]: key `timeout`: {m}"))?;
@@ -29,7 +30,7 @@ pub(super) fn validate_shared(
         session_token: r.session_token,
         ..RawRepo::default()
     };
-    let s3 = validate_s3("shared_cache".into(), repo, mount_root)
+    let s3 = validate_s3("shared_cache".into(), repo, mount_root, resolve)
         .map_err(|e| e.replace("repository 'shared_cache':", "[shared_cache]:"))?
         .s3
         .ok_or("[shared_cache]: not an S3 location")?;
@@ -41,6 +42,8 @@ pub(super) fn validate_repo(
     r: RawRepo,
     mount_root: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    // Whether to read the secrets (see `Secrets`); else placeholders.
+    resolve: bool,
 ) -> Result<RepoConfig, String> {
     let name = r.name.clone().ok_or_else(|| {
         format!(
@@ -75,7 +78,7 @@ pub(super) fn validate_repo(
         )
     })?;
     if provider == Provider::S3 {
-        return validate_s3(name, r, mount_root);
+        return validate_s3(name, r, mount_root, resolve);
     }
     for (key, set) in [
         ("bucket", r.bucket.is_some()),
@@ -131,6 +134,16 @@ pub(super) fn validate_repo(
             secret: Secret::new(t.trim()),
             origin: "token".into(),
         })
+    } else if let Some(var) = r.token_env.as_ref().filter(|_| !resolve) {
+        Some(Token {
+            secret: Secret::new(""),
+            origin: format!("token_env {var}"),
+        })
+    } else if let Some(file) = r.token_file.as_ref().filter(|_| !resolve) {
+        Some(Token {
+            secret: Secret::new(""),
+            origin: format!("token_file {}", file.display()),
+        })
     } else if let Some(var) = r.token_env {
         let value = env(&var).ok_or_else(|| {
             ctx(
@@ -159,7 +172,7 @@ pub(super) fn validate_repo(
     } else {
         None
     };
-    if let Some(t) = &token {
+    if let Some(t) = token.as_ref().filter(|_| resolve) {
         if t.secret.expose().is_empty() {
             return Err(ctx(
                 "token",
@@ -212,7 +225,12 @@ pub(super) fn validate_repo(
             ));
         }
         Some(app) => {
-            std::fs::File::open(&app.private_key_file).map_err(|e| {
+            let opened = if resolve {
+                std::fs::File::open(&app.private_key_file).map(drop)
+            } else {
+                Ok(())
+            };
+            opened.map_err(|e| {
                 ctx(
                     "github_app",
                     format!(
@@ -249,7 +267,12 @@ pub(super) fn validate_repo(
     })
 }
 
-fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig, String> {
+fn validate_s3(
+    name: String,
+    r: RawRepo,
+    mount_root: &Path,
+    resolve: bool,
+) -> Result<RepoConfig, String> {
     let ctx = |key: &str, msg: String| format!("repository '{name}': key `{key}`: {msg}");
     for (key, set) in [
         ("url", r.url.is_some()),
@@ -304,6 +327,7 @@ fn validate_s3(name: String, r: RawRepo, mount_root: &Path) -> Result<RepoConfig
             ));
         }
         (Some(s), None) => Some(Secret::new(s.trim())),
+        (None, Some(_)) if !resolve => Some(Secret::new("")),
         (None, Some(f)) => Some(Secret::new(
             std::fs::read_to_string(&f)
                 .map_err(|e| {

@@ -329,3 +329,46 @@ fn lfs_url_is_an_http_url_without_credentials() {
     .to_string();
     assert!(e.contains("`lfs_url`"), "{e}");
 }
+
+#[test]
+fn only_the_secrets_a_command_needs_are_resolved() {
+    let text = format!(
+        "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"https://h/a.git\"\ntoken_env = \"UNSET_VAR\"\n\
+         [[repository]]\nname = \"b\"\nprovider = \"git\"\nurl = \"https://h/b.git\"\ntoken_file = \"/nonexistent/token\"\n\
+         [[repository]]\nname = \"c\"\nprovider = \"git\"\nurl = \"https://h/c.git\"\ntoken_env = \"GOOD_TOKEN\"\n"
+    );
+    let path = Path::new("/etc/repofs/config.toml");
+    let env = |v: &str| (v == "GOOD_TOKEN").then(|| "tok123".to_string());
+    let e = Config::parse(path, &text, &env).unwrap_err().to_string();
+    assert!(e.contains("UNSET_VAR is not set"), "{e}");
+    // No secret: every entry loads, and says where its secret lives.
+    let c = Config::parse_with(path, &text, &env, &Secrets::None).unwrap();
+    let origins: Vec<&str> = c
+        .repositories
+        .iter()
+        .map(|r| r.token.as_ref().unwrap().origin.as_str())
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            "token_env UNSET_VAR",
+            "token_file /nonexistent/token",
+            "token_env GOOD_TOKEN"
+        ]
+    );
+    assert!(
+        c.repositories
+            .iter()
+            .all(|r| r.token.as_ref().unwrap().secret.expose().is_empty())
+    );
+    // One repository's: only its own.
+    let c = Config::parse_with(path, &text, &env, &Secrets::Only(vec!["c".into()])).unwrap();
+    assert_eq!(
+        c.repositories[2].token.as_ref().unwrap().secret.expose(),
+        "tok123"
+    );
+    let e = Config::parse_with(path, &text, &env, &Secrets::Only(vec!["b".into()]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/token"), "{e}");
+}
