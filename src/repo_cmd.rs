@@ -214,13 +214,13 @@ pub fn reload(config: &Config) -> Result<String, String> {
     let path = crate::daemon::status_path(config);
     let text = std::fs::read_to_string(&path)
         .map_err(|_| format!("repofs is not running (no status at {})", path.display()))?;
-    let pid = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("pid").and_then(|p| p.as_i64()))
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("{} has no daemon pid", path.display()))?;
-    // SAFETY: plain kill(2) on a pid read from our own status file.
-    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+    let doc = serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+    // Only a process verified to be a repofs daemon is signalled: the pid
+    // of a daemon that exited may belong to anything by now.
+    let pid = crate::status::daemon_pid(&doc, &path).map_err(|e| e.to_string())?;
+    // SAFETY: kill(2) of a process just verified to be a repofs daemon.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         return Err(format!(
             "cannot signal repofs (pid {pid}): {}",
             std::io::Error::last_os_error()

@@ -113,23 +113,18 @@ pub fn fresh(path: &Path) -> Result<serde_json::Value, String> {
         serde_json::from_str(&text).map_err(|e| format!("{} is unreadable: {e}", path.display()))
     };
     let doc = read()?;
-    let pid = doc.get("pid").and_then(|p| p.as_i64()).unwrap_or(0);
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    if pid <= 0 || pid > i64::from(i32::MAX) || unsafe { libc::kill(pid as i32, 0) } != 0 {
-        return Err(format!(
-            "repofs is not running (the status at {} is from process {pid}, which has exited)",
-            path.display()
-        ));
-    }
+    let pid = match daemon_pid(&doc, path) {
+        Ok(pid) => pid,
+        // Another user's daemon (say root's): it cannot be signalled
+        // anyway, so its last status is shown as it is.
+        Err(Unverified::NotPermitted(_)) => return Ok(doc),
+        Err(Unverified::Stale(why)) => return Err(why),
+    };
     let seq = |d: &serde_json::Value| d.get("sequence").and_then(|s| s.as_u64());
     let before = seq(&doc);
-    // Only a repofs process is asked (a pid from a stale file may belong to
-    // anything by now).
-    let is_repofs = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim_end() == "repofs");
-    // SAFETY: sends a signal the daemon handles; fails harmlessly (EPERM)
-    // for a daemon of another user, and then the last status is shown.
-    if before.is_none() || !is_repofs || unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+    // SAFETY: sends a signal the daemon handles, to a process verified to
+    // be a repofs daemon just now.
+    if before.is_none() || unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
         return Ok(doc);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -143,6 +138,100 @@ pub fn fresh(path: &Path) -> Result<serde_json::Value, String> {
         }
     }
     Ok(doc)
+}
+
+/// Why the process a status file names may not be signalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// It is gone, or it is not a repofs daemon: the file is stale.
+    Stale(String),
+    /// It belongs to another user (its executable cannot be inspected, and
+    /// it could not be signalled either).
+    NotPermitted(String),
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::Stale(s) | Unverified::NotPermitted(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The pid of the daemon that wrote the status `doc` (read from `path`),
+/// once verified to be a repofs daemon, so that a signal never goes to
+/// whatever process has the pid of a daemon that exited since.
+///
+/// The check: `/proc/PID/exe` is the same file (device and inode) as this
+/// process's own executable, or, for a daemon started before the binary
+/// was replaced by an upgrade, the kernel's name for it is this
+/// executable's path with ` (deleted)`; and its command line has `mount`
+/// (a `repofs status` or `repofs prefetch` that got the pid is no
+/// daemon). The executable is the kernel's record of what the process
+/// runs: unlike `comm` (which any process sets with `prctl`) or argv
+/// (which it may rewrite), it cannot be forged by the process.
+pub fn daemon_pid(doc: &serde_json::Value, path: &Path) -> Result<i32, Unverified> {
+    let shown = path.display();
+    let pid = doc
+        .get("pid")
+        .and_then(|p| p.as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Unverified::Stale(format!("{shown} names no daemon pid")))?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return Err(Unverified::Stale(format!(
+            "repofs is not running (the status at {shown} is from process {pid}, which has exited)"
+        )));
+    }
+    let stale = |what: String| {
+        Unverified::Stale(format!(
+            "repofs is not running: the status at {shown} is stale (process {pid} is {what}, not a repofs daemon)"
+        ))
+    };
+    let proc_exe = format!("/proc/{pid}/exe");
+    let theirs = match std::fs::metadata(&proc_exe) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Unverified::NotPermitted(format!(
+                "cannot verify that process {pid} (named by {shown}) is repofs: it belongs to another user; run this as the daemon's user"
+            )));
+        }
+        // An executable that is gone (replaced by an upgrade): judged by
+        // its name below.
+        Err(_) => None,
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = format!("`{}`", comm.trim_end().escape_debug());
+    let same_file = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    };
+    let ours = std::fs::metadata("/proc/self/exe").ok();
+    // The kernel's name of an executable, without the ` (deleted)` it
+    // gets once its file was replaced.
+    let name = |link: &str| {
+        let link = std::fs::read_link(link).ok()?;
+        let link = link.to_str()?;
+        Some(link.strip_suffix(" (deleted)").unwrap_or(link).to_string())
+    };
+    let replaced = || Some(name(&proc_exe)? == name("/proc/self/exe")?);
+    let is_repofs = match (&theirs, &ours) {
+        (Some(t), Some(o)) if same_file(t, o) => true,
+        _ => replaced() == Some(true),
+    };
+    if !is_repofs {
+        return Err(stale(format!("running {comm}")));
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !cmdline.split(|b| *b == 0).skip(1).any(|a| a == b"mount") {
+        return Err(stale(format!(
+            "a repofs command other than `mount` ({comm})"
+        )));
+    }
+    Ok(pid)
 }
 
 /// Renders the status published at `path`, or says why there is none.
@@ -283,6 +372,35 @@ pub fn human(bytes: u64) -> String {
 }
 
 #[cfg(test)]
+#[test]
+fn only_a_repofs_daemon_is_verified() {
+    let at = Path::new("/tmp/x/status.json");
+    let doc = |pid: i64| serde_json::json!({"pid": pid, "sequence": 1});
+    let stale = |pid: i64| match daemon_pid(&doc(pid), at) {
+        Err(Unverified::Stale(why)) => why,
+        other => panic!("pid {pid}: {other:?}"),
+    };
+    for pid in [0, -1, i64::from(i32::MAX) + 1, i64::MAX] {
+        assert!(stale(pid).contains("no daemon pid"), "{pid}");
+    }
+    let mut sleep = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let why = stale(i64::from(sleep.id()));
+    assert!(
+        why.contains("stale") && why.contains("`sleep`") && why.contains("not a repofs daemon"),
+        "{why}"
+    );
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    // Gone now (and reaped).
+    assert!(stale(i64::from(sleep.id())).contains("has exited"));
+    // This very process runs the same executable, but is no `mount`.
+    let why = stale(i64::from(std::process::id()));
+    assert!(why.contains("other than `mount`"), "{why}");
+}
+
 #[test]
 fn human_sizes() {
     assert_eq!(human(0), "0 B");
