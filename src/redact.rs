@@ -32,6 +32,31 @@ pub fn url(raw: &str) -> String {
     }
 }
 
+/// `text` with every URL in it (a scheme, `://`, up to the next space,
+/// quote or angle bracket) shown as [`url`] shows it: for text a server
+/// wrote, such as an error page that echoes the URL it was asked for.
+pub fn urls_in(text: &str) -> String {
+    let scheme_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.');
+    let ends = |c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | '`');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let before = rest.get(..i).unwrap_or("");
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !scheme_char(*c))
+            .map_or(0, |(j, c)| j + c.len_utf8());
+        let after = rest.get(i..).unwrap_or("");
+        let end = after.find(ends).map_or(rest.len(), |k| i + k);
+        out.push_str(rest.get(..start).unwrap_or(""));
+        out.push_str(&url(rest.get(start..end).unwrap_or("")));
+        rest = rest.get(end..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The same cut for text that is not a URL with a host (`https://`,
 /// `host:port/path?x`, a label): up to the first `?` or `#`, and without
 /// anything up to the last `@` of the authority.
@@ -94,6 +119,37 @@ mod tests {
             assert_eq!(url(raw), want, "{raw:?}");
             assert!(!url(raw).contains("SECRET"), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn urls_in_text_are_redacted() {
+        use super::urls_in;
+        assert_eq!(
+            urls_in(
+                "<Error>GET https://u:SECRETPW@s3.example/b/k?X-Amz-Signature=SECRETSIG failed</Error>"
+            ),
+            "<Error>GET https://s3.example/b/k?… failed</Error>"
+        );
+        assert_eq!(
+            urls_in("see \"http://h/a?SECRET\" and é:http://h/b#SECRET."),
+            "see \"http://h/a?…\" and é:http://h/b"
+        );
+        for text in [
+            "",
+            "no url here",
+            "://",
+            "x://",
+            "://?SECRET",
+            "é://SECRET@h",
+            "a://b://c?SECRET",
+        ] {
+            assert!(
+                !urls_in(text).contains("SECRET"),
+                "{text:?}: {}",
+                urls_in(text)
+            );
+        }
+        assert_eq!(urls_in("plain text: 404"), "plain text: 404");
     }
 
     #[test]

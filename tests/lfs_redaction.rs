@@ -3,8 +3,9 @@
 //! small listener started here, which answers with hrefs that carry a
 //! signature in the query (`X-Amz-Signature=...`, as S3 presigns them) and
 //! credentials before the host, and then fails those downloads: one with
-//! HTTP 500, one by cutting the connection halfway. Every message about
-//! them must show the URL without its query and userinfo.
+//! HTTP 500 (with an error page that echoes the URL), one by cutting the
+//! connection halfway. Every message about them must show the URL without
+//! its query and userinfo.
 
 mod common;
 
@@ -51,7 +52,10 @@ class H(http.server.BaseHTTPRequestHandler):
         with LOCK:
             SEEN[0] += 1
         if self.path.startswith("/dl/500/"):
-            return self.reply(500, b"internal error", "text/plain")
+            # An error page that echoes the URL asked for, as some stores do.
+            echo = "internal error fetching http://SECRETUSER:SECRETPW@127.0.0.1:%d%s" % (
+                self.server.server_address[1], self.path)
+            return self.reply(500, echo.encode(), "text/plain")
         size = 4000
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")

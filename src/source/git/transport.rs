@@ -493,7 +493,7 @@ impl Transport {
                     }
                 }
                 drop(resp);
-                let text = String::from_utf8_lossy(&body);
+                let text = crate::redact::urls_in(&String::from_utf8_lossy(&body));
                 let excerpt: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
                 let detail = if excerpt.trim().is_empty() {
                     String::new()
