@@ -639,12 +639,6 @@ pub fn origin(url: &str) -> Option<String> {
     ))
 }
 
-/// A URL as messages show it: [`crate::redact::url`] (no userinfo, no
-/// query), under the name older callers use.
-pub fn redact_query(url: &str) -> String {
-    crate::redact::url(url)
-}
-
 fn basic(user: &str, secret: &str) -> String {
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
