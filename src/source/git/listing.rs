@@ -256,8 +256,10 @@ impl GitSource {
         if candidates.is_empty() {
             return Ok(out);
         }
-        // The small ones come whole (and are cached); a larger one is sized
-        // from its pack header and never downloaded: it is no pointer.
+        // The small ones come whole (and are cached: from the fleet's tier
+        // when it has them); a larger one is sized from its pack header and
+        // never downloaded: it is no pointer.
+        self.objects.from_shared_only(&candidates).await;
         self.objects
             .probe(&candidates, lfs::MAX_POINTER_SIZE)
             .await?;

@@ -393,7 +393,9 @@ impl GitSource {
         oid: ObjectId,
         max: u64,
     ) -> Result<Option<Vec<u8>>, SourceError> {
-        // Fetches it on the way when it is at most `max` bytes.
+        // From the fleet's tier if it has it, else from the origin, fetched
+        // on the way when it is at most `max` bytes.
+        self.objects.from_shared_only(&[oid]).await;
         let size = self.objects.probe(&[oid], max).await?.get(&oid).copied();
         let size = size.ok_or_else(|| {
             SourceError::Unavailable(format!("cannot learn the size of blob {oid}"))

@@ -251,6 +251,29 @@ impl Objects {
         Ok(())
     }
 
+    /// Lands what the fleet's shared tier has of `oids` (nothing without a
+    /// tier); the origin is not asked. The tier's copies go to the cache
+    /// (never whole into memory), so their true sizes are then at hand.
+    pub async fn from_shared_only(&self, oids: &[ObjectId]) {
+        if self.shared.is_none() {
+            return;
+        }
+        let (owned, _others) = self.claim(oids);
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        // A task: a caller that gives up must not leave flights unfinished.
+        let _ = self
+            .rt
+            .spawn(async move {
+                for (oid, tx) in me.from_shared(owned).await {
+                    // Not in the tier: whoever waits looks again.
+                    me.finish_flight(&oid, &tx, TransferState::Released);
+                }
+            })
+            .await;
+    }
+
     /// One fetch for `wants`, each landed as it arrives. With `stop_over`,
     /// reading stops at the first blob larger than that (a size probe): the
     /// stopping entry's size and the blobs received are returned.
