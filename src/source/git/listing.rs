@@ -1,10 +1,13 @@
 //! Listing a tree: its entries with exact sizes (from [`sizes`]), LFS
 //! pointers recognised, hostile names refused ([`names`]), the paths of
 //! subtrees remembered for host APIs that work by path, one listing per
-//! tree at a time; and the prefetch of a listed directory's small files.
+//! tree at a time; the prefetch of a listed directory's small files; and
+//! the small blobs the daemon reads whole (symlink targets, LFS pointers,
+//! `.lfsconfig`), each sized before it is read and never read past its bound.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
@@ -272,6 +275,52 @@ impl GitSource {
             }
         }
         Ok(out)
+    }
+
+    /// A small blob's bytes (symlink targets, `.lfsconfig`, pointers), at
+    /// most `max` of them: a longer blob answers
+    /// [`SourceError::NameTooLong`] (see [`Self::small_blob`]).
+    pub(super) async fn read_small_blob(
+        &self,
+        oid: ObjectId,
+        max: u64,
+    ) -> Result<Vec<u8>, SourceError> {
+        self.small_blob(oid, max).await?.ok_or_else(|| {
+            SourceError::NameTooLong(format!("blob {oid} is longer than {max} bytes"))
+        })
+    }
+
+    /// A blob's bytes when it is at most `max` bytes long, `None` when it
+    /// is longer. Its true size is learned first (the cache's, or the pack
+    /// entry's header, never a listed one) and a longer blob is never
+    /// fetched nor read whole.
+    pub(super) async fn small_blob(
+        &self,
+        oid: ObjectId,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        // From the fleet's tier if it has it, else from the origin, fetched
+        // on the way when it is at most `max` bytes.
+        self.objects.from_shared_only(&[oid]).await;
+        let size = self.objects.probe(&[oid], max).await?.get(&oid).copied();
+        let size = size.ok_or_else(|| {
+            SourceError::Unavailable(format!("cannot learn the size of blob {oid}"))
+        })?;
+        if size > max {
+            return Ok(None);
+        }
+        let data = match self.objects.open(oid, size).await? {
+            objects::Opened::File(f) => {
+                let mut data = Vec::new();
+                f.take(max + 1)
+                    .read_to_end(&mut data)
+                    .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
+                data
+            }
+            objects::Opened::Memory(m) if m.len() as u64 <= max => m.to_vec(),
+            objects::Opened::Memory(_) | objects::Opened::Streaming(..) => return Ok(None),
+        };
+        Ok((data.len() as u64 <= max).then_some(data))
     }
 
     /// Fetches the small, not yet cached files of `tree` in one request.

@@ -30,7 +30,6 @@ pub mod transport;
 pub mod url;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -373,48 +372,6 @@ impl GitSource {
             }
         }
         endpoint
-    }
-
-    /// A small blob's bytes (symlink targets, `.lfsconfig`, pointers), at
-    /// most `max` of them: a longer blob answers
-    /// [`SourceError::NameTooLong`] (see [`Self::small_blob`]).
-    async fn read_small_blob(&self, oid: ObjectId, max: u64) -> Result<Vec<u8>, SourceError> {
-        self.small_blob(oid, max).await?.ok_or_else(|| {
-            SourceError::NameTooLong(format!("blob {oid} is longer than {max} bytes"))
-        })
-    }
-
-    /// A blob's bytes when it is at most `max` bytes long, `None` when it
-    /// is longer. Its true size is learned first (the cache's, or the pack
-    /// entry's header, never a listed one) and a longer blob is never
-    /// fetched nor read whole.
-    pub(super) async fn small_blob(
-        &self,
-        oid: ObjectId,
-        max: u64,
-    ) -> Result<Option<Vec<u8>>, SourceError> {
-        // From the fleet's tier if it has it, else from the origin, fetched
-        // on the way when it is at most `max` bytes.
-        self.objects.from_shared_only(&[oid]).await;
-        let size = self.objects.probe(&[oid], max).await?.get(&oid).copied();
-        let size = size.ok_or_else(|| {
-            SourceError::Unavailable(format!("cannot learn the size of blob {oid}"))
-        })?;
-        if size > max {
-            return Ok(None);
-        }
-        let data = match self.objects.open(oid, size).await? {
-            objects::Opened::File(f) => {
-                let mut data = Vec::new();
-                f.take(max + 1)
-                    .read_to_end(&mut data)
-                    .map_err(|e| SourceError::Unavailable(format!("reading the cache: {e}")))?;
-                data
-            }
-            objects::Opened::Memory(m) if m.len() as u64 <= max => m.to_vec(),
-            objects::Opened::Memory(_) | objects::Opened::Streaming(..) => return Ok(None),
-        };
-        Ok((data.len() as u64 <= max).then_some(data))
     }
 
     fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
