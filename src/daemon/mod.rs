@@ -398,9 +398,11 @@ fn reload(
         .iter()
         .map(|r| (r.name.as_str(), r))
         .collect();
+    // Settings every mount was made with: a change remounts them all.
     let timing_changed = config.request_timeout != new.request_timeout
         || config.connect_timeout != new.connect_timeout
         || config.max_attempts != new.max_attempts
+        || config.max_tree_bytes != new.max_tree_bytes
         || config.allow_other != new.allow_other;
     let (mut added, mut removed, mut changed) = (0, 0, 0);
     let names: Vec<String> = repos.keys().cloned().collect();
