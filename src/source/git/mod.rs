@@ -20,6 +20,7 @@ pub mod lfs;
 mod listing;
 pub use crate::source::names;
 pub mod objects;
+mod origin;
 pub mod pack;
 pub mod protocol;
 pub mod remote;
