@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -14,17 +13,7 @@ const TOKEN: &str = "service-token-5f2a";
 
 /// Runs `repofs ARGS` without `VAR` in its environment.
 fn operator(args: &[&str]) -> (bool, String) {
-    let out = Command::new(repofs_bin())
-        .args(args)
-        .env_remove(VAR)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_repofs(args, &[VAR])
 }
 
 fn publish(srv: &Path, work: &Path, name: &str) {

@@ -130,16 +130,7 @@ fn config(f: &Fixture, name: &str, url: String, extra: &str, top: &str) -> PathB
 }
 
 fn check(config: &Path, name: &str) -> (bool, String) {
-    let out = Command::new(repofs_bin())
-        .args(["--config", config.to_str().unwrap(), "check", name])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_repofs(&["--config", config.to_str().unwrap(), "check", name], &[])
 }
 
 /// An LFS pointer to 5 bytes that exist nowhere.

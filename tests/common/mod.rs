@@ -372,6 +372,23 @@ impl Drop for GitServer {
     }
 }
 
+/// Runs `repofs ARGS` to completion without the variables `unset` in its
+/// environment; returns whether it succeeded and its stdout and stderr.
+pub fn run_repofs(args: &[&str], unset: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(repofs_bin());
+    cmd.args(args);
+    for v in unset {
+        cmd.env_remove(v);
+    }
+    let out = cmd.output().expect("run repofs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn repofs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_repofs")
 }
