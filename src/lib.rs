@@ -12,6 +12,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod fetch;
 pub mod fs;
 pub mod metrics;
 pub mod mountinfo;

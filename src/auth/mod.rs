@@ -69,14 +69,14 @@ impl GithubApp {
         timeout: Duration,
     ) -> Result<GithubApp, AppError> {
         let key = load_key(&config.private_key_file)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| AppError::Api {
-                api: api.clone(),
-                cause: e.to_string(),
-            })?;
+        let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
+            connect_timeout: timeout,
+            read_timeout: timeout,
+        })
+        .map_err(|cause| AppError::Api {
+            api: api.clone(),
+            cause,
+        })?;
         Ok(GithubApp {
             config: config.clone(),
             api,

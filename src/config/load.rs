@@ -138,6 +138,27 @@ impl Config {
                 "key `max_attempts`: must be between 1 and 10, got {max_attempts}"
             )));
         }
+        let low_speed_limit = match raw.low_speed_limit {
+            None => crate::fetch::speed::DEFAULT_LIMIT,
+            Some(toml::Value::Integer(n)) if n >= 0 => n as u64,
+            Some(toml::Value::String(s)) => parse_size(s.trim_end_matches("/s"))
+                .map_err(|m| err(format!("key `low_speed_limit`: {m}")))?,
+            Some(other) => {
+                return Err(err(format!(
+                    "key `low_speed_limit`: expected bytes per second such as \"16KiB\" (0 turns the floor off), got {other}"
+                )));
+            }
+        };
+        let low_speed_time = parse_duration_key(
+            raw.low_speed_time.as_deref(),
+            crate::fetch::speed::DEFAULT_TIME.as_secs(),
+        )
+        .map_err(|m| err(format!("key `low_speed_time`: {m}")))?;
+        let call_timeout = parse_duration_key(
+            raw.call_timeout.as_deref(),
+            crate::fetch::bridge::DEFAULT_CALL_TIMEOUT.as_secs(),
+        )
+        .map_err(|m| err(format!("key `call_timeout`: {m}")))?;
 
         let max_tree_bytes = match raw.max_tree_bytes {
             None => super::values::default_max_tree_bytes(),
@@ -219,6 +240,11 @@ impl Config {
             request_timeout,
             connect_timeout,
             max_attempts,
+            low_speed: crate::fetch::speed::Floor {
+                limit: low_speed_limit,
+                time: low_speed_time,
+            },
+            call_timeout,
             max_tree_bytes,
             metrics_listen,
             shared_cache,

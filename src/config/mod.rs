@@ -181,6 +181,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How many times a failed request (connection error, timeout, 5xx) is tried in all.
     pub max_attempts: u32,
+    /// The floor under transfer speed (`low_speed_limit`, `low_speed_time`).
+    pub low_speed: crate::fetch::speed::Floor,
+    /// The longest a FUSE call waits for the network (`call_timeout`).
+    pub call_timeout: Duration,
     /// The most bytes of trees one commit fetch may hold in memory.
     pub max_tree_bytes: u64,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
@@ -223,6 +227,9 @@ struct RawConfig {
     request_timeout: Option<String>,
     connect_timeout: Option<String>,
     max_attempts: Option<u32>,
+    low_speed_limit: Option<toml::Value>,
+    low_speed_time: Option<String>,
+    call_timeout: Option<String>,
     max_tree_bytes: Option<toml::Value>,
     metrics_listen: Option<String>,
     xattrs: Option<bool>,
@@ -312,6 +319,9 @@ const TOP_KEYS: &[&str] = &[
     "request_timeout",
     "connect_timeout",
     "max_attempts",
+    "low_speed_limit",
+    "low_speed_time",
+    "call_timeout",
     "max_tree_bytes",
     "metrics_listen",
     "xattrs",

@@ -402,6 +402,8 @@ fn reload(
     let timing_changed = config.request_timeout != new.request_timeout
         || config.connect_timeout != new.connect_timeout
         || config.max_attempts != new.max_attempts
+        || config.low_speed != new.low_speed
+        || config.call_timeout != new.call_timeout
         || config.max_tree_bytes != new.max_tree_bytes
         || config.allow_other != new.allow_other;
     let (mut added, mut removed, mut changed) = (0, 0, 0);

@@ -13,6 +13,7 @@
 
 mod ahead;
 pub mod delta;
+mod errors;
 mod fleet;
 mod follow;
 pub mod hosts;

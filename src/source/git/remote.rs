@@ -27,6 +27,7 @@ impl Remote {
                 config.connect_timeout,
                 config.request_timeout,
                 config.max_attempts,
+                config.low_speed,
             )?),
             reference: repo.reference.clone(),
             caps: Mutex::new(None),
@@ -71,7 +72,8 @@ impl Remote {
     ) -> Result<Flow, RemoteError> {
         let caps = self.capabilities().await?;
         let body = protocol::command_request("fetch", &caps, &args);
-        let (mut resp, url) = self.transport.open_upload_pack(body).await?;
+        let (resp, url) = self.transport.open_upload_pack(body).await?;
+        let mut resp = self.transport.body(resp);
         let mut parser = FetchResponseParser::new();
         let mut decoder = PackDecoder::new(limits);
         let mut flow = Flow::More;
@@ -94,7 +96,10 @@ impl Remote {
             });
             sink.progress();
             if let Some(e) = pack_error {
-                return Err(RemoteError::Protocol(format!("{url}: {e}")));
+                return Err(RemoteError::Damaged {
+                    url: crate::redact::url(&url),
+                    cause: e.to_string(),
+                });
             }
             if flow == Flow::Stopped {
                 return Ok(Flow::Stopped);
@@ -105,9 +110,10 @@ impl Remote {
             .finish()
             .map_err(|e| RemoteError::Protocol(format!("{url}: {e}")))?;
         if !decoder.is_done() {
-            return Err(RemoteError::Protocol(format!(
-                "{url}: the pack ended before its last object"
-            )));
+            return Err(RemoteError::Damaged {
+                url: crate::redact::url(&url),
+                cause: "the pack ended before its last object".into(),
+            });
         }
         Ok(Flow::Done)
     }

@@ -9,65 +9,19 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 
+use crate::fetch::{LowSpeed, Policy, speed::Floor};
+
 use crate::config::{Provider, RepoConfig};
 
+pub use super::errors::RemoteError;
 use super::origin::basic;
 pub use super::origin::{github_api, origin};
 
-/// A failed exchange with the server, classified for users and for errno.
 /// The largest answer to a command other than `fetch` (`ls-refs`,
 /// `object-info`) that is read into memory.
 pub const MAX_COMMAND_RESPONSE: usize = 64 << 20;
 /// The most of an HTTP error's body read (for its excerpt in the error).
 const ERROR_BODY_MAX: usize = 4 * 1024;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RemoteError {
-    #[error("cannot connect to {url}: {cause}; check the url and that the server is reachable")]
-    Connect { url: String, cause: String },
-    #[error("no answer from {url} within {secs}s (timed out); the server is slow or hanging")]
-    Timeout { url: String, secs: u64 },
-    #[error("{url}: {message}")]
-    Auth {
-        url: String,
-        status: u16,
-        message: String,
-    },
-    #[error("repository not found at {url} (HTTP 404): check the url{hint}")]
-    NotFound { url: String, hint: &'static str },
-    #[error("{url}: the server answered HTTP {status}{detail}")]
-    Http {
-        url: String,
-        status: u16,
-        detail: String,
-    },
-    #[error("{0}")]
-    Protocol(String),
-    #[error("local I/O error: {0}")]
-    Local(String),
-}
-
-impl RemoteError {
-    /// Whether trying again may help (network trouble, 5xx, 429).
-    pub fn retryable(&self) -> bool {
-        match self {
-            RemoteError::Connect { .. } | RemoteError::Timeout { .. } => true,
-            RemoteError::Http { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
-    }
-
-    pub fn into_source_error(self) -> crate::source::SourceError {
-        use crate::source::SourceError;
-        match self {
-            RemoteError::Auth { .. } | RemoteError::NotFound { .. } => {
-                SourceError::Denied(self.to_string())
-            }
-            RemoteError::Protocol(_) => SourceError::Corrupt(self.to_string()),
-            _ => SourceError::Unavailable(self.to_string()),
-        }
-    }
-}
 
 /// Counters of what this transport did (for status output and tests).
 #[derive(Debug, Default)]
@@ -79,10 +33,9 @@ pub struct Counters {
 /// The HTTP side of one repository.
 pub struct Transport {
     pub clone_url: String,
+    /// The daemon's pooled client ([`crate::fetch::http`]): credentials are
+    /// added per request, on trusted origins only.
     client: reqwest::Client,
-    /// For LFS download hrefs, which may be on another host: this client
-    /// never carries the repository's credentials.
-    bare_client: reqwest::Client,
     auth: Auth,
     /// The origins (`scheme://host:port`) the credentials may go to: the
     /// clone URL's, the host API's and a configured `lfs_url`'s. A URL
@@ -93,9 +46,18 @@ pub struct Transport {
     api_token: Option<crate::config::Secret>,
     has_token: bool,
     provider: Provider,
-    max_attempts: u32,
+    /// The one retry policy ([`crate::fetch::retry`]).
+    pub policy: Policy,
+    /// The floor under the speed of every response body.
+    pub floor: Floor,
     timeout: Duration,
     pub counters: Arc<Counters>,
+}
+
+/// A response body being read, with its speed floor.
+pub struct Body {
+    pub resp: reqwest::Response,
+    speed: LowSpeed,
 }
 
 impl Transport {
@@ -104,6 +66,7 @@ impl Transport {
         connect_timeout: Duration,
         timeout: Duration,
         max_attempts: u32,
+        floor: Floor,
     ) -> Result<Transport, String> {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
         let auth = match (&repo.token, &repo.github_app) {
@@ -135,27 +98,10 @@ impl Transport {
                 Auth::Static(v)
             }
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::USER_AGENT,
-            HeaderValue::from_static(concat!("git/2.0 (repofs/", env!("CARGO_PKG_VERSION"), ")")),
-        );
-        let bare_client = reqwest::Client::builder()
-            .default_headers(headers.clone())
-            .connect_timeout(connect_timeout)
-            .read_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(connect_timeout)
-            .read_timeout(timeout)
-            // Credentials are attached per request and reqwest drops them on
-            // redirects to another host; cap redirects all the same.
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
+            connect_timeout,
+            read_timeout: timeout,
+        })?;
         let mut trusted: Vec<String> = [Some(clone_url.as_str()), repo.lfs_url.as_deref()]
             .into_iter()
             .flatten()
@@ -167,13 +113,13 @@ impl Transport {
         Ok(Transport {
             clone_url,
             client,
-            bare_client,
             auth,
             trusted,
             api_token: repo.token.as_ref().map(|t| t.secret.clone()),
             has_token: repo.token.is_some() || repo.github_app.is_some(),
             provider: repo.provider,
-            max_attempts,
+            policy: Policy::new(max_attempts),
+            floor,
             timeout,
             counters: Arc::new(Counters::default()),
         })
@@ -246,6 +192,14 @@ impl Transport {
             self.read_all(resp, &url).await
         })
         .await
+    }
+
+    /// The body of `resp`, to be read with [`Self::next_chunk`].
+    pub fn body(&self, resp: reqwest::Response) -> Body {
+        Body {
+            resp,
+            speed: LowSpeed::new(self.floor),
+        }
     }
 
     /// POST to `git-upload-pack`; `consume` reads the successful response
@@ -336,9 +290,10 @@ impl Transport {
             }
         };
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        let mut resp = self.body(resp);
         let mut body = Vec::new();
         while let Some(c) = self.next_chunk(&mut resp, url).await? {
             if body.len() + c.len() > max_body {
@@ -405,7 +360,8 @@ impl Transport {
         range_start: u64,
     ) -> Result<reqwest::Response, RemoteError> {
         let shown = crate::redact::url(href);
-        let mut rb = self.bare_client.get(href);
+        // Never the repository's credentials: only what the batch answer gave.
+        let mut rb = self.client.get(href);
         for (k, v) in headers {
             let mut value = HeaderValue::from_str(v).map_err(|_| {
                 RemoteError::Protocol(format!("the LFS server sent an invalid header {k:?}"))
@@ -483,6 +439,8 @@ impl Transport {
                 },
             },
             _ => {
+                let retry_after =
+                    crate::fetch::retry::retry_after(resp.headers(), std::time::SystemTime::now());
                 // A short, printable excerpt of the body helps with proxies' error pages.
                 // At most ERROR_BODY_MAX bytes are read, however long the body.
                 let mut body = Vec::new();
@@ -507,6 +465,7 @@ impl Transport {
                     url,
                     status,
                     detail,
+                    retry_after,
                 }
             }
         }
@@ -554,9 +513,10 @@ impl Transport {
 
     pub async fn read_all(
         &self,
-        mut resp: reqwest::Response,
+        resp: reqwest::Response,
         url: &str,
     ) -> Result<Vec<u8>, RemoteError> {
+        let mut resp = self.body(resp);
         let mut out = Vec::new();
         while let Some(chunk) = self.next_chunk(&mut resp, url).await? {
             if out.len() + chunk.len() > MAX_COMMAND_RESPONSE {
@@ -571,19 +531,42 @@ impl Transport {
         Ok(out)
     }
 
-    /// Reads the next chunk of a streamed body (counted), `None` at the end.
+    /// Reads the next chunk of a streamed body (counted), `None` at the
+    /// end. A body under the speed floor is an error (retryable: the
+    /// connection is dropped with the response).
     pub async fn next_chunk(
         &self,
-        resp: &mut reqwest::Response,
+        body: &mut Body,
         url: &str,
     ) -> Result<Option<bytes::Bytes>, RemoteError> {
-        let chunk = resp.chunk().await.map_err(|e| self.classify(e, url))?;
-        if let Some(c) = &chunk {
-            self.counters
-                .bytes_received
-                .fetch_add(c.len() as u64, Ordering::Relaxed);
+        loop {
+            let chunk = match body.speed.budget() {
+                None => body.resp.chunk().await,
+                Some(budget) => match tokio::time::timeout(budget, body.resp.chunk()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        body.speed.record(0).map_err(|s| RemoteError::TooSlow {
+                            url: crate::redact::url(url),
+                            cause: s.to_string(),
+                        })?;
+                        continue;
+                    }
+                },
+            }
+            .map_err(|e| self.classify(e, url))?;
+            if let Some(c) = &chunk {
+                self.counters
+                    .bytes_received
+                    .fetch_add(c.len() as u64, Ordering::Relaxed);
+                body.speed
+                    .record(c.len() as u64)
+                    .map_err(|s| RemoteError::TooSlow {
+                        url: crate::redact::url(url),
+                        cause: s.to_string(),
+                    })?;
+            }
+            return Ok(chunk);
         }
-        Ok(chunk)
     }
 
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T, RemoteError>
@@ -591,19 +574,7 @@ impl Transport {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, RemoteError>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.retryable() && attempt < self.max_attempts => {
-                    let delay = Duration::from_millis(200 * 4u64.pow(attempt - 1));
-                    tracing::warn!(attempt, error = %e, "request failed; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.policy.run("request", None, |_| op()).await
     }
 }
 

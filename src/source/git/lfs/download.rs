@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::Digest;
 
@@ -43,7 +42,7 @@ impl Lfs {
         'outer: loop {
             attempts += 1;
             let action = self.action(transport, cache, p).await?;
-            let mut resp = match transport
+            let resp = match transport
                 .lfs_download(&action.href, &action.headers, written)
                 .await
             {
@@ -68,9 +67,7 @@ impl Lfs {
                         self.denied_hint()
                     )));
                 }
-                Err(e) if e.retryable() && attempts < 3 => {
-                    tracing::warn!(repo = %self.repo, oid = %p.oid, "LFS download: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(300 * attempts)).await;
+                Err(e) if e.retryable() && self.pause(transport, attempts, &e).await => {
                     continue;
                 }
                 Err(e) => {
@@ -108,13 +105,26 @@ impl Lfs {
                 again = written;
             }
             let mut seen = 0u64;
+            let at_start = written;
+            let mut resp = transport.body(resp);
             loop {
                 let chunk = match transport.next_chunk(&mut resp, &action.href).await {
                     Ok(Some(c)) => c,
                     Ok(None) => break 'outer,
-                    Err(e) if e.retryable() && attempts < 3 => {
-                        tracing::warn!(repo = %self.repo, oid = %p.oid, written, "LFS download interrupted: {e}; resuming");
-                        continue 'outer;
+                    Err(e) if e.retryable() => {
+                        // Progress made is progress kept: a response that
+                        // brought bytes earns a fresh set of attempts.
+                        if written > at_start {
+                            attempts = 1;
+                        }
+                        if self.pause(transport, attempts, &e).await {
+                            tracing::warn!(repo = %self.repo, oid = %p.oid, written, "LFS download interrupted: {e}; resuming at byte {written}");
+                            continue 'outer;
+                        }
+                        return Err(SourceError::Unavailable(format!(
+                            "LFS object {}: {e}",
+                            p.oid
+                        )));
                     }
                     Err(e) => {
                         return Err(SourceError::Unavailable(format!(
@@ -191,6 +201,20 @@ impl Lfs {
             }
         }
         Ok(())
+    }
+
+    /// Waits the retry policy's pause after `attempts` failed ones; false
+    /// when none is left.
+    async fn pause(&self, transport: &Transport, attempts: u32, e: &RemoteError) -> bool {
+        use crate::fetch::Retryable;
+        match transport.policy.pause(attempts, e.retry_after()) {
+            Some(d) => {
+                tracing::debug!(repo = %self.repo, "LFS download: {e}; retrying in {d:?}");
+                tokio::time::sleep(d).await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stores a verified-so-far piece: in the cache file, or, once the disk

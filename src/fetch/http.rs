@@ -1,0 +1,47 @@
+//! One HTTP client pool per daemon: every repository, LFS endpoint, host
+//! API and GitHub App token request shares the clients made here, so
+//! connections (and TLS sessions) to one host are reused across
+//! repositories instead of each repository holding pools of its own.
+//!
+//! Clients differ only by their timeouts; credentials are never part of a
+//! client: they are attached per request, and only for the origins a
+//! repository trusts (`source::git::origin`). Redirects are capped, and
+//! reqwest drops `Authorization` on a redirect to another host.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+
+/// What tells one pooled client from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// The longest silence within a response (reqwest's read timeout).
+    pub read_timeout: Duration,
+}
+
+/// The shared client for `opts` (made on first use).
+pub fn client(opts: ClientOptions) -> Result<reqwest::Client, String> {
+    static POOL: OnceLock<Mutex<HashMap<ClientOptions, reqwest::Client>>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = pool.get(&opts) {
+        return Ok(c.clone());
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        HeaderValue::from_static(concat!("git/2.0 (repofs/", env!("CARGO_PKG_VERSION"), ")")),
+    );
+    let c = reqwest::Client::builder()
+        .default_headers(headers)
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    pool.insert(opts, c.clone());
+    Ok(c)
+}
