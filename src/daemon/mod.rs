@@ -260,7 +260,7 @@ fn mount_repo(
             Err(e) => return fail(e),
         };
         let (c, s) = (cache.cache.clone(), cache.shared.clone());
-        match crate::source::s3::S3Source::new(repo, client, c, rt.clone(), s) {
+        match crate::source::s3::S3Source::new(repo, client, c, rt.clone(), s, config) {
             Ok(s) => (s, None),
             Err(e) => return fail(e),
         }
@@ -407,6 +407,7 @@ fn reload(
         || config.max_tree_bytes != new.max_tree_bytes
         || config.allow_other != new.allow_other;
     let (mut added, mut removed, mut changed) = (0, 0, 0);
+    let mut releasing = std::collections::HashMap::new();
     let names: Vec<String> = repos.keys().cloned().collect();
     for name in names {
         let keep = match wanted.get(name.as_str()) {
@@ -432,7 +433,9 @@ fn reload(
             // The lazily unmounted session serves the files still open; it
             // ends when the kernel drops the connection (the last of them is
             // closed), and then its threads and descriptors are released.
-            release_when_unused(old);
+            if let Some(ended) = release_when_unused(old) {
+                releasing.insert(name.clone(), ended);
+            }
             if wanted.contains_key(name.as_str()) {
                 changed += 1;
             } else {
@@ -443,6 +446,14 @@ fn reload(
     }
     for r in &new.repositories {
         if !repos.contains_key(&r.name) {
+            if let Some(ended) = releasing.remove(&r.name) {
+                // fuser unmounts the mount point by path when an old session
+                // ends: let it end before a new mount takes the same path
+                // (it ends at once unless files in it are still open).
+                if ended.recv_timeout(RELEASE_WAIT).is_err() {
+                    tracing::warn!(repo = %r.name, "files of the old mount are still open; mounting the new one beside them");
+                }
+            }
             let state = mount_repo(r, &new, cache, rt);
             repos.insert(
                 r.name.clone(),
@@ -476,9 +487,14 @@ fn sources(repos: &BTreeMap<String, Repo>) -> BTreeMap<String, Arc<dyn Source>> 
         .collect()
 }
 
+/// How long a reload waits for an old session to end before mounting the
+/// new one at the same path.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
+
 /// Waits, on a thread of its own, for an unmounted repository's session to
-/// end, then drops it (its /dev/fuse descriptor, threads and source).
-fn release_when_unused(old: Repo) {
+/// end, then drops it (its /dev/fuse descriptor, threads and source). The
+/// receiver hears when it is done.
+fn release_when_unused(old: Repo) -> Option<std::sync::mpsc::Receiver<()>> {
     let name = old.config.name.clone();
     let RepoState::Mounted {
         session,
@@ -487,8 +503,9 @@ fn release_when_unused(old: Repo) {
         ..
     } = old.state
     else {
-        return;
+        return None;
     };
+    let (done, ended) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("release-{name}"))
         .spawn(move || {
@@ -497,10 +514,13 @@ fn release_when_unused(old: Repo) {
             }
             drop((source, git));
             tracing::debug!(repo = %name, "the old session is released");
+            let _ = done.send(());
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start a thread to release an old session: {e}");
+        return None;
     }
+    Some(ended)
 }
 
 /// Creates the mount point, recovering one left behind by a crashed daemon

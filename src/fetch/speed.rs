@@ -70,6 +70,22 @@ impl LowSpeed {
         )
     }
 
+    /// Waits for `fut` (the next chunk of a body) while the window allows:
+    /// each time the window ends with nothing new, it is judged (a stall
+    /// fails within one window). The caller records the bytes it got.
+    pub async fn wait<F: std::future::Future>(&mut self, fut: F) -> Result<F::Output, TooSlow> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            match self.budget() {
+                None => return Ok(fut.await),
+                Some(b) => match tokio::time::timeout(b, &mut fut).await {
+                    Ok(v) => return Ok(v),
+                    Err(_) => self.record(0)?,
+                },
+            }
+        }
+    }
+
     /// Counts `n` bytes that arrived (0 when the budget ran out with none)
     /// and judges every window that has ended.
     pub fn record(&mut self, n: u64) -> Result<(), TooSlow> {

@@ -267,25 +267,20 @@ impl Shared {
         let mut check = verify::Checker::new(expect, len).map_err(Failure::Bad)?;
         let mut writer = tokio::task::block_in_place(|| cache.writer(cache_key))
             .map_err(|e| Failure::Local(e.to_string()))?;
-        // A tier that trickles is as bad as one that stalls: the whole
-        // object must come at 1 MB/s at least.
-        let deadline =
-            tokio::time::Instant::now() + self.timeout * 3 + Duration::from_secs(len / 1_000_000);
+        // A tier that trickles is as bad as one that stalls, and the origin
+        // is the fallback: the tier must bring 1 MB/s over each window.
+        let mut speed = crate::fetch::LowSpeed::new(crate::fetch::speed::Floor {
+            limit: 1_000_000,
+            time: self.timeout,
+        });
         loop {
-            if tokio::time::Instant::now() > deadline {
-                return Err(Failure::Tier("slower than 1 MB/s".into()));
-            }
-            let chunk = match tokio::time::timeout(self.timeout, body.next()).await {
-                Err(_) => {
-                    return Err(Failure::Tier(format!(
-                        "stalled for {}s",
-                        self.timeout.as_secs_f32()
-                    )));
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(Failure::Tier(e.to_string())),
-                Ok(Some(Ok(c))) => c,
+            let slow = |s: crate::fetch::speed::TooSlow| Failure::Tier(s.to_string());
+            let chunk = match speed.wait(body.next()).await.map_err(slow)? {
+                None => break,
+                Some(Err(e)) => return Err(Failure::Tier(e.to_string())),
+                Some(Ok(c)) => c,
             };
+            speed.record(chunk.len() as u64).map_err(slow)?;
             check.update(&chunk).map_err(Failure::Bad)?;
             tokio::task::block_in_place(|| writer.write_all(&chunk))
                 .map_err(|e| Failure::Local(e.to_string()))?;

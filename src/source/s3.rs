@@ -36,11 +36,11 @@ use crate::source::{Entry, FileReader, LocalFile, Node, NodeKind, Source, Source
 mod client;
 #[path = "s3_listing.rs"]
 pub mod listing;
+#[path = "s3_stream.rs"]
+mod stream;
 
 pub use client::{client_for, describe};
 pub use listing::sample_keys;
-
-const CALL_LIMIT: Duration = Duration::from_secs(600);
 
 /// A mounted bucket.
 pub struct S3Source {
@@ -51,6 +51,11 @@ pub struct S3Source {
     client: Client,
     cache: Arc<Cache>,
     rt: tokio::runtime::Handle,
+    /// FUSE threads' way into the runtime, each wait bounded (`call_timeout`).
+    bridge: crate::fetch::bridge::Bridge,
+    /// The floor under every body's speed, and the retry policy of resumes.
+    floor: crate::fetch::speed::Floor,
+    policy: crate::fetch::Policy,
     listings: Mutex<HashMap<String, (Instant, Arc<Vec<Entry>>)>>,
     warned: Mutex<HashSet<String>>,
     pub requests: AtomicU64,
@@ -72,6 +77,7 @@ impl S3Source {
         cache: Arc<Cache>,
         rt: tokio::runtime::Handle,
         shared: Option<Arc<crate::shared::Shared>>,
+        config: &crate::config::Config,
     ) -> Result<Arc<S3Source>, String> {
         let cfg = repo.s3.clone().ok_or("not an S3 repository")?;
         Ok(Arc::new_cyclic(|me| S3Source {
@@ -80,6 +86,9 @@ impl S3Source {
             cfg,
             client,
             cache,
+            bridge: crate::fetch::bridge::Bridge::new(rt.clone(), config.call_timeout),
+            floor: config.low_speed,
+            policy: crate::fetch::Policy::new(config.max_attempts),
             rt,
             listings: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
@@ -103,11 +112,8 @@ impl S3Source {
         &self,
         fut: impl std::future::Future<Output = Result<T, SourceError>>,
     ) -> Result<T, SourceError> {
-        self.rt.block_on(async {
-            tokio::time::timeout(CALL_LIMIT, fut)
-                .await
-                .unwrap_or_else(|_| Err(SourceError::Unavailable("gave up waiting for S3".into())))
-        })
+        self.bridge
+            .call(&format!("bucket '{}'", self.cfg.bucket), fut)
     }
 
     fn cache_key(&self, key: &str, etag: &str) -> String {
@@ -240,6 +246,8 @@ struct ReadState {
     /// A ranged GET being consumed sequentially: (next byte's offset, end of
     /// its range, body).
     stream: Option<(u64, u64, aws_sdk_s3::primitives::ByteStream)>,
+    /// The speed floor of the stream.
+    speed: crate::fetch::LowSpeed,
     /// Length of the next streamed range: grows 1 -> 8 -> 64 -> 256 MiB, so
     /// small reads stay small, big ones take few requests, and a replaced
     /// object is noticed at the next range (its If-Match fails).
@@ -310,92 +318,6 @@ impl S3Reader {
                 st.writer = None; // not sequential from the start: not cached this time
             }
         }
-    }
-
-    /// Opens the next streamed range at `at`.
-    /// Opens the streamed range at `at` (the one requested ahead, when it
-    /// is that one) and requests the range after it, so that the server's
-    /// time to answer overlaps with reading this one.
-    fn open_stream(&self, st: &mut ReadState, at: u64) -> Result<(), SourceError> {
-        let (end, body) = match st.pending.take() {
-            Some((start, end, task)) if start == at => {
-                let body = self.src.block_on(async {
-                    task.await.unwrap_or_else(|e| {
-                        Err(SourceError::Unavailable(format!("read-ahead failed: {e}")))
-                    })
-                })?;
-                (end, body)
-            }
-            other => {
-                if let Some((_, _, task)) = other {
-                    task.abort();
-                }
-                let end = (at + st.next_len).min(self.size);
-                st.next_len = (st.next_len * 8).min(STREAM_MAX);
-                let body = self
-                    .src
-                    .block_on(self.src.get_stream(&self.key, &self.etag, at, end))?;
-                (end, body)
-            }
-        };
-        st.stream = Some((at, end, body));
-        if end < self.size {
-            let next_end = (end + st.next_len).min(self.size);
-            st.next_len = (st.next_len * 8).min(STREAM_MAX);
-            let (src, key, etag) = (self.src.clone(), self.key.clone(), self.etag.clone());
-            let task = self
-                .src
-                .rt
-                .spawn(async move { src.get_stream(&key, &etag, end, next_end).await });
-            st.pending = Some((end, next_end, task));
-        }
-        Ok(())
-    }
-
-    /// Consumes streamed ranges until `until` (or the object's end).
-    fn pull(&self, st: &mut ReadState, until: u64) -> Result<(), SourceError> {
-        while let Some((pos, end, _)) = st.stream.as_ref() {
-            let (pos, end) = (*pos, *end);
-            if pos >= until {
-                break;
-            }
-            let chunk = {
-                let Some((_, _, body)) = st.stream.as_mut() else {
-                    break;
-                };
-                self.src.block_on(async {
-                    body.try_next().await.map_err(|e| {
-                        SourceError::Unavailable(format!(
-                            "reading {} from bucket {}: {e}",
-                            self.key, self.src.cfg.bucket
-                        ))
-                    })
-                })?
-            };
-            match chunk {
-                Some(bytes) => {
-                    if bytes.len() as u64 > end.saturating_sub(pos) {
-                        // Bytes past the range would be taken for the
-                        // object's next bytes: refuse them.
-                        st.stream = None;
-                        return Err(SourceError::Corrupt(format!(
-                            "S3 sent more than the requested range of {} in bucket {}",
-                            self.key, self.src.cfg.bucket
-                        )));
-                    }
-                    self.src
-                        .bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    if let Some((p, _, _)) = st.stream.as_mut() {
-                        *p += bytes.len() as u64;
-                    }
-                    self.append(st, pos, &bytes);
-                }
-                None if pos == end && end < self.size => self.open_stream(st, end)?,
-                None => st.stream = None,
-            }
-        }
-        Ok(())
     }
 }
 
@@ -537,6 +459,7 @@ impl Source for S3Source {
             .upgrade()
             .ok_or_else(|| SourceError::Unavailable("the repository is being unmounted".into()))?;
         self.streaming.fetch_add(1, Ordering::Relaxed);
+        let speed = crate::fetch::LowSpeed::new(src.floor);
         Ok(Arc::new(S3Reader {
             src,
             key,
@@ -546,6 +469,7 @@ impl Source for S3Source {
                 buf_start: 0,
                 buf: Vec::new(),
                 stream: None,
+                speed,
                 pending: None,
                 next_len: STREAM_FIRST,
                 writer,

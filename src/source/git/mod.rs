@@ -54,8 +54,6 @@ const PREFETCH_FILE_MAX: u64 = sizes::PROBE_KEEP;
 const PREFETCH_DIR_MAX: u64 = 16 * 1024 * 1024;
 /// How long a failed ref resolution is remembered before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// Upper bound for one blocking filesystem call, whatever the server does.
-const CALL_LIMIT: Duration = Duration::from_secs(600);
 /// Longest symbolic link target served: PATH_MAX (4096) with its NUL.
 const SYMLINK_MAX: u64 = 4095;
 /// Largest `.lfsconfig` read.
@@ -73,6 +71,8 @@ pub struct GitSource {
     sizes: sizes::Sizes,
     cache: Arc<Cache>,
     rt: tokio::runtime::Handle,
+    /// FUSE threads' way into the runtime, each wait bounded (`call_timeout`).
+    bridge: crate::fetch::bridge::Bridge,
     state: State,
     /// The commit served; swapped whole when a followed branch moves. The
     /// load itself runs under `loading`, never under this lock.
@@ -153,6 +153,7 @@ impl GitSource {
             objects,
             sizes,
             cache,
+            bridge: crate::fetch::bridge::Bridge::new(rt.clone(), config.call_timeout),
             rt,
             state,
             snapshot: Mutex::new(None),
@@ -192,6 +193,20 @@ impl GitSource {
         if let Some(s) = lock(&self.snapshot).clone() {
             return Ok(s);
         }
+        // A task: a caller that gives up (its FUSE call's bound) does not
+        // cancel the load, which the next call then finds further along.
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
+        self.rt
+            .spawn(async move { me.load_once().await })
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("loading the repository: {e}")))?
+    }
+
+    /// Loads the snapshot unless another load did it meanwhile.
+    async fn load_once(&self) -> Result<Arc<Snapshot>, SourceError> {
         let _loading = self.loading.lock().await;
         if let Some(s) = lock(&self.snapshot).clone() {
             return Ok(s);
@@ -398,15 +413,8 @@ impl GitSource {
         &self,
         fut: impl std::future::Future<Output = Result<T, SourceError>>,
     ) -> Result<T, SourceError> {
-        self.rt.block_on(async {
-            match tokio::time::timeout(CALL_LIMIT, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(SourceError::Unavailable(format!(
-                    "gave up after {}s waiting for the server",
-                    CALL_LIMIT.as_secs()
-                ))),
-            }
-        })
+        self.bridge
+            .call(&format!("repository '{}'", self.repo.name), fut)
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use gix_hash::ObjectId;
 
-use super::pack::{Flow, Limits};
+use super::pack::Limits;
 use super::protocol;
 use super::remote::Remote;
 use super::sinks::{BatchSink, StreamSink};
@@ -156,7 +156,14 @@ impl Objects {
 
     /// Registers flights for the ids nobody is fetching yet; returns those
     /// (ours to fetch) and the transfers already under way for the others.
-    fn claim(&self, oids: &[ObjectId]) -> (Vec<(ObjectId, TransferSender)>, Vec<Arc<Transfer>>) {
+    #[allow(clippy::type_complexity)]
+    fn claim(
+        &self,
+        oids: &[ObjectId],
+    ) -> (
+        Vec<(ObjectId, TransferSender)>,
+        Vec<(ObjectId, Arc<Transfer>)>,
+    ) {
         let mut owned = Vec::new();
         let mut waiting = Vec::new();
         let mut flights = lock(&self.flights);
@@ -166,7 +173,7 @@ impl Objects {
                 continue;
             }
             match flights.get(oid) {
-                Some(t) if t.alive() => waiting.push(t.clone()),
+                Some(t) if t.alive() => waiting.push((*oid, t.clone())),
                 _ => {
                     let (tx, t) = Transfer::new(None);
                     flights.insert(*oid, t);
@@ -236,7 +243,7 @@ impl Objects {
                 break;
             }
             // Waiters follow the flights; the task outlives an impatient caller.
-            waiting.extend(batch.iter().map(|(_, tx)| Transfer::follow(tx)));
+            waiting.extend(batch.iter().map(|(o, tx)| (*o, Transfer::follow(tx))));
             let me = me.clone();
             self.rt.spawn(async move {
                 let rest = me.from_shared(batch).await;
@@ -245,7 +252,7 @@ impl Objects {
                 }
             });
         }
-        for t in waiting {
+        for (_, t) in waiting {
             t.finished(self.stall_limit).await?;
         }
         Ok(())
@@ -277,54 +284,93 @@ impl Objects {
     /// One fetch for `wants`, each landed as it arrives. With `stop_over`,
     /// reading stops at the first blob larger than that (a size probe): the
     /// stopping entry's size and the blobs received are returned.
+    ///
+    /// A fetch that fails on the way (cut, trickle, damaged pack, 5xx) is
+    /// asked again for the blobs that had not arrived only: those received
+    /// and verified are kept. An attempt that brought any blob earns a
+    /// fresh set of attempts (each such retry asks for fewer blobs, so this
+    /// ends); the pause between attempts is the retry policy's.
     async fn fetch_batch(
         &self,
         wants: Vec<(ObjectId, TransferSender)>,
         stop_over: Option<u64>,
     ) -> (HashMap<ObjectId, u64>, Option<u64>, Option<SourceError>) {
-        let ids: Vec<ObjectId> = wants.iter().map(|(o, _)| *o).collect();
-        tracing::debug!(repo = %self.repo, wants = ids.len(), first = ?ids.first(), probe = stop_over.is_some(), "fetching blobs");
-        let mut sink = BatchSink {
-            objects: self,
-            wants: wants.into_iter().collect(),
-            got: HashMap::new(),
-            stop_over,
-            stopped_at: None,
-            writer: None,
-            trees: None,
-            tree_bytes: 0,
-            tree_budget: 0,
-            local_error: None,
-            beat: None,
-        };
-        let result = self
-            .remote
-            .fetch(
-                protocol::fetch_args(&ids, false, false),
-                self.limits(),
-                &mut sink,
-            )
-            .await;
-        let error = match result {
-            Ok(Flow::Stopped) => None,
-            Ok(_) => None,
-            Err(e) => match &sink.local_error {
+        use crate::fetch::Retryable;
+        let order: Vec<ObjectId> = wants.iter().map(|(o, _)| *o).collect();
+        let asked = order.len();
+        let mut wants: HashMap<ObjectId, TransferSender> = wants.into_iter().collect();
+        let mut got = HashMap::new();
+        let mut stopped_at: Option<u64>;
+        let mut failed = 0u32;
+        let error = loop {
+            // In the order asked: servers send wants in that order, which
+            // a size probe relies on.
+            let ids: Vec<ObjectId> = order
+                .iter()
+                .filter(|o| wants.contains_key(*o))
+                .copied()
+                .collect();
+            tracing::debug!(repo = %self.repo, wants = ids.len(), first = ?ids.first(), probe = stop_over.is_some(), "fetching blobs");
+            let mut sink = BatchSink {
+                objects: self,
+                wants: std::mem::take(&mut wants),
+                got: HashMap::new(),
+                stop_over,
+                stopped_at: None,
+                writer: None,
+                trees: None,
+                tree_bytes: 0,
+                tree_budget: 0,
+                local_error: None,
+                beat: None,
+            };
+            let result = self
+                .remote
+                .fetch(
+                    protocol::fetch_args(&ids, false, false),
+                    self.limits(),
+                    &mut sink,
+                )
+                .await;
+            let progressed = !sink.got.is_empty();
+            got.extend(sink.got.drain());
+            wants = std::mem::take(&mut sink.wants);
+            stopped_at = sink.stopped_at;
+            let e = match result {
+                Ok(_) => break None,
                 // The disk, not the server: say so.
-                Some(local) => Some(SourceError::Unavailable(format!(
-                    "cannot store fetched blobs: {local}"
-                ))),
-                None => {
-                    tracing::warn!(repo = %self.repo, wants = ids.len(), "fetch failed: {e}");
-                    Some(e.into_source_error())
+                Err(_) if sink.local_error.is_some() => {
+                    break Some(SourceError::Unavailable(format!(
+                        "cannot store fetched blobs: {}",
+                        sink.local_error.unwrap_or_default()
+                    )));
                 }
-            },
+                Err(e) => e,
+            };
+            if progressed {
+                failed = 0;
+            }
+            failed += 1;
+            let pause = (e.retryable() && !wants.is_empty())
+                .then(|| self.remote.transport.policy.pause(failed, e.retry_after()))
+                .flatten();
+            match pause {
+                Some(d) => {
+                    tracing::warn!(repo = %self.repo, asked, received = got.len(), left = wants.len(), "fetch failed: {e}; asking again for the {} blobs that did not arrive in {d:?}", wants.len());
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    tracing::warn!(repo = %self.repo, asked, left = wants.len(), "fetch failed: {e}");
+                    break Some(e.into_source_error());
+                }
+            }
         };
-        let stopped = sink.stopped_at.is_some();
-        if let (Some(size), [only]) = (sink.stopped_at, &ids[..]) {
+        let stopped = stopped_at.is_some();
+        if let (Some(size), [only]) = (stopped_at, &order[..]) {
             // Alone in its request: the entry we stopped at is this blob.
             lock(&self.probed).insert(*only, size);
         }
-        for (oid, tx) in std::mem::take(&mut sink.wants) {
+        for (oid, tx) in wants {
             let state = match &error {
                 Some(e) => TransferState::Failed(e.clone()),
                 None if stopped => TransferState::Released,
@@ -334,7 +380,7 @@ impl Objects {
             };
             self.land(&oid, &tx, state);
         }
-        (sink.got, sink.stopped_at, error)
+        (got, stopped_at, error)
     }
 
     /// Opens a blob: from the cache, by joining a fetch in flight, or by
@@ -432,7 +478,11 @@ impl Objects {
     }
 
     /// Fetches one large blob alone, streaming it into `writer` so readers
-    /// can follow. Not retried once bytes are written: a new open starts over.
+    /// can follow. A fetch that fails on the way is asked again (git cannot
+    /// fetch part of a blob, so the blob starts over): the bytes readers
+    /// may have seen are compared, never rewritten, and the file grows
+    /// from where it stopped. An attempt that got further than the one
+    /// before earns a fresh set of attempts.
     async fn fetch_streaming(
         &self,
         oid: ObjectId,
@@ -440,6 +490,7 @@ impl Objects {
         writer: CacheWriter,
         transfer: Arc<Transfer>,
     ) {
+        use crate::fetch::Retryable;
         tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
         let mut sink = StreamSink {
             objects: self,
@@ -450,16 +501,43 @@ impl Objects {
             done: false,
             local_error: None,
             flushed: 0,
+            pos: 0,
+            differs: false,
             mem: None,
         };
-        let r = self
-            .remote
-            .fetch(
-                protocol::fetch_args(&[oid], false, false),
-                self.limits(),
-                &mut sink,
-            )
-            .await;
+        let mut failed = 0u32;
+        let r = loop {
+            let before = sink.flushed;
+            let e = match self
+                .remote
+                .fetch(
+                    protocol::fetch_args(&[oid], false, false),
+                    self.limits(),
+                    &mut sink,
+                )
+                .await
+            {
+                Ok(_) => break Ok(()),
+                Err(e) => e,
+            };
+            if sink.local_error.is_some() || sink.differs || sink.done {
+                break Err(e);
+            }
+            if sink.flushed > before {
+                failed = 0;
+            }
+            failed += 1;
+            match (e.retryable())
+                .then(|| self.remote.transport.policy.pause(failed, e.retry_after()))
+                .flatten()
+            {
+                Some(d) => {
+                    tracing::warn!(repo = %self.repo, %oid, received = sink.flushed, "fetching a blob failed: {e}; asking again in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+                None => break Err(e),
+            }
+        };
         let state = match (r, sink.done) {
             (Ok(_), true) => TransferState::Done,
             (Ok(_), false) => TransferState::Failed(SourceError::Corrupt(format!(

@@ -174,6 +174,11 @@ pub(super) struct StreamSink<'a> {
     pub(super) local_error: Option<String>,
     /// Bytes of the file readers may follow (all flushed).
     pub(super) flushed: u64,
+    /// Where this attempt's stream is in the blob: below `flushed` (a
+    /// retry), bytes are compared with what readers may have seen.
+    pub(super) pos: u64,
+    /// A retry's bytes differed from the earlier attempt's: not retried.
+    pub(super) differs: bool,
     /// The blob, once the disk could not take more of it (small ones only).
     pub(super) mem: Option<Vec<u8>>,
 }
@@ -211,6 +216,41 @@ impl StreamSink<'_> {
     }
 }
 
+impl StreamSink<'_> {
+    /// On a retry, checks the part of `data` that readers may have seen
+    /// already (below `flushed`) against what they were given, and returns
+    /// the rest, which is new.
+    fn replayed<'d>(&mut self, data: &'d [u8]) -> Result<&'d [u8], PackError> {
+        let have = match &self.mem {
+            Some(m) => m.len() as u64,
+            None => self.flushed,
+        };
+        if self.pos >= have {
+            return Ok(data);
+        }
+        let n = ((have - self.pos) as usize).min(data.len());
+        let seen = match (&self.mem, &self.transfer.file) {
+            (Some(m), _) => m[self.pos as usize..self.pos as usize + n].to_vec(),
+            (None, Some(f)) => {
+                let mut buf = vec![0u8; n];
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, self.pos)
+                    .map_err(cache_err)?;
+                buf
+            }
+            (None, None) => return Err(PackError("no file to compare with".into())),
+        };
+        if seen != data[..n] {
+            self.differs = true;
+            return Err(PackError(format!(
+                "blob {}: the server sent other bytes when asked again",
+                self.want
+            )));
+        }
+        self.pos += n as u64;
+        Ok(&data[n..])
+    }
+}
+
 impl ObjectSink for StreamSink<'_> {
     fn begin(&mut self, kind: Kind, size: u64) -> Result<Take, PackError> {
         if kind != Kind::Blob || self.writer.is_none() || self.done {
@@ -219,13 +259,27 @@ impl ObjectSink for StreamSink<'_> {
                 self.want
             )));
         }
+        if self.transfer.size.get().is_some_and(|s| *s != size) {
+            self.differs = true;
+            return Err(PackError(format!(
+                "blob {} is {size} bytes in this answer and was not in the one before",
+                self.want
+            )));
+        }
         let _ = self.transfer.size.set(size);
         lock(&self.objects.probed).insert(self.want, size);
-        let _ = self.tx.send(TransferState::Progress(0));
+        self.pos = 0;
+        // Progress is never rewound (a retry starts below it).
+        let _ = self.tx.send(TransferState::Progress(self.flushed));
         Ok(Take::Stream)
     }
 
     fn chunk(&mut self, data: &[u8]) -> Result<(), PackError> {
+        let data = match self.replayed(data)? {
+            [] => return Ok(()),
+            rest => rest,
+        };
+        self.pos += data.len() as u64;
         if let Some(m) = &mut self.mem {
             m.extend_from_slice(data);
             // A heartbeat: readers wait for the end, not for a stall.

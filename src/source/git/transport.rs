@@ -539,34 +539,23 @@ impl Transport {
         body: &mut Body,
         url: &str,
     ) -> Result<Option<bytes::Bytes>, RemoteError> {
-        loop {
-            let chunk = match body.speed.budget() {
-                None => body.resp.chunk().await,
-                Some(budget) => match tokio::time::timeout(budget, body.resp.chunk()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        body.speed.record(0).map_err(|s| RemoteError::TooSlow {
-                            url: crate::redact::url(url),
-                            cause: s.to_string(),
-                        })?;
-                        continue;
-                    }
-                },
-            }
+        let slow = |s: crate::fetch::speed::TooSlow| RemoteError::TooSlow {
+            url: crate::redact::url(url),
+            cause: s.to_string(),
+        };
+        let chunk = body
+            .speed
+            .wait(body.resp.chunk())
+            .await
+            .map_err(slow)?
             .map_err(|e| self.classify(e, url))?;
-            if let Some(c) = &chunk {
-                self.counters
-                    .bytes_received
-                    .fetch_add(c.len() as u64, Ordering::Relaxed);
-                body.speed
-                    .record(c.len() as u64)
-                    .map_err(|s| RemoteError::TooSlow {
-                        url: crate::redact::url(url),
-                        cause: s.to_string(),
-                    })?;
-            }
-            return Ok(chunk);
+        if let Some(c) = &chunk {
+            self.counters
+                .bytes_received
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
+            body.speed.record(c.len() as u64).map_err(slow)?;
         }
+        Ok(chunk)
     }
 
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T, RemoteError>

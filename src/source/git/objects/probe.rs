@@ -2,9 +2,15 @@
 //! request read only up to the first large object's header (the small ones
 //! before it come whole and are cached: the directory's prefetch), each
 //! large one then sized by a request of its own that stops at its header.
+//!
+//! A probe waits for another request's flight of a blob (a prefetch, a
+//! read) at most [`FLIGHT_WAIT`]: past it, it asks for the blob in a
+//! request of its own, so a listing never waits behind a slow transfer of
+//! file contents.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gix_hash::ObjectId;
 
@@ -14,6 +20,8 @@ use crate::source::{SourceError, lock};
 
 /// Size probes of single blobs run at most this many at once.
 const PROBE_PARALLEL: usize = 8;
+/// The longest a probe waits for another request's flight of a blob.
+pub(crate) const FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 impl Objects {
     /// Exact sizes of `oids` without downloading any blob larger than
@@ -45,11 +53,11 @@ impl Objects {
             .ok_or_else(|| SourceError::Unavailable("shutting down".into()))?;
         let gate = Arc::new(tokio::sync::Semaphore::new(PROBE_PARALLEL));
         let mut singles = Vec::new();
-        let mut single = |oid: ObjectId| {
+        let mut single = |oid: ObjectId, patient: bool| {
             let (me, gate) = (me.clone(), gate.clone());
             singles.push(self.rt.spawn(async move {
                 let _permit = gate.acquire().await;
-                (oid, me.probe_one(oid, keep).await)
+                (oid, me.probe_one(oid, keep, patient).await)
             }));
         };
         let mut rounds = 0;
@@ -57,7 +65,7 @@ impl Objects {
             rounds += 1;
             if unknown.len() <= PROBE_PARALLEL || rounds > 64 {
                 // Few left: one request each, all at once, each exact.
-                unknown.drain(..).for_each(&mut single);
+                unknown.drain(..).for_each(|o| single(o, true));
                 break;
             }
             // One request for (up to a batch of) the rest, read up to the
@@ -81,9 +89,16 @@ impl Objects {
                 sizes.extend(got);
                 stopped = stop;
             }
-            for t in waiting {
-                let _ = self.sized_or_finished(&t).await;
+            let mut late = Vec::new();
+            for (oid, t) in waiting {
+                if !self.sized_or_finished(&t).await {
+                    late.push(oid);
+                }
             }
+            // Others' flights that are slow: each sized by a request of
+            // our own (exact, whatever its size), without waiting again.
+            unknown.retain(|o| !late.contains(o));
+            late.into_iter().for_each(|o| single(o, false));
             unknown.retain(|o| match sizes.get(o).copied().or_else(|| known(o)) {
                 Some(s) => {
                     sizes.insert(*o, s);
@@ -101,7 +116,7 @@ impl Objects {
                 // Servers send wants in the order asked, so the blob we
                 // stopped at is most likely the first one left: size it on
                 // its own (exactly, whatever it is) and go on with the rest.
-                single(unknown.remove(0));
+                single(unknown.remove(0), true);
             }
         }
         for t in singles {
@@ -113,19 +128,22 @@ impl Objects {
         Ok(sizes)
     }
 
-    /// Waits until another fetch of a blob finished, or (a large blob being
-    /// streamed) until its size is known: a size probe need not wait for
-    /// the whole download.
-    async fn sized_or_finished(&self, t: &Arc<Transfer>) -> Result<(), SourceError> {
+    /// Waits until another fetch of a blob finished (or failed), or (a
+    /// large blob being streamed) until its size is known: a size probe
+    /// need not wait for the whole download. False when [`FLIGHT_WAIT`]
+    /// passed first.
+    async fn sized_or_finished(&self, t: &Arc<Transfer>) -> bool {
         let t2 = t.clone();
-        t.wait(self.stall_limit, move |s| {
+        let wait = t.wait(self.stall_limit, move |s| {
             matches!(s, TransferState::Done | TransferState::Released) || t2.size.get().is_some()
-        })
-        .await
-        .map(|_| ())
+        });
+        tokio::time::timeout(FLIGHT_WAIT, wait).await.is_ok()
     }
 
-    async fn probe_one(&self, oid: ObjectId, keep: u64) -> Result<u64, SourceError> {
+    /// Sizes one blob by a request that stops at its header. Unless
+    /// `patient`, (another flight of it was slow already) it does not wait
+    /// for another request's flight at all.
+    async fn probe_one(&self, oid: ObjectId, keep: u64, patient: bool) -> Result<u64, SourceError> {
         for _ in 0..3 {
             if let Some(s) = self
                 .cached_size(&oid)
@@ -133,12 +151,17 @@ impl Objects {
             {
                 return Ok(s);
             }
-            let (owned, waiting) = self.claim(&[oid]);
+            let (mut owned, waiting) = self.claim(&[oid]);
             if owned.is_empty() {
-                for t in waiting {
-                    self.sized_or_finished(&t).await?;
+                let mut in_time = patient;
+                for (_, t) in waiting.iter().filter(|_| patient) {
+                    in_time &= self.sized_or_finished(&t).await;
                 }
-                continue;
+                if in_time {
+                    continue;
+                }
+                // Another request's flight is slow: one of our own.
+                owned = unclaimed(&[oid]);
             }
             let (got, stopped, err) = self.fetch_batch(owned, Some(keep)).await;
             if let Some(e) = err {
@@ -152,4 +175,10 @@ impl Objects {
             "cannot learn the size of blob {oid}"
         )))
     }
+}
+
+/// Flights for `oids` that are nobody's but the caller's: a request of its
+/// own beside another one that is slow (whichever lands first is kept).
+fn unclaimed(oids: &[ObjectId]) -> Vec<(ObjectId, crate::source::transfer::TransferSender)> {
+    oids.iter().map(|o| (*o, Transfer::new(None).0)).collect()
 }
