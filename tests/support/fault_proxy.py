@@ -32,7 +32,10 @@ speed); SIGUSR2 turns them on again. --stats FILE is rewritten (atomically)
 at most every 0.1 s and on every fault, as JSON: {"seed", "enabled",
 "connections", "open", "requests", "responses", "bytes_down", "bytes_up",
 "faults": {"cut", "stall", "flip", "cut_after", "trickle"},
-"ranges": [{"request": line, "range": value}]}. --capture DIR writes each
+"ranges": [{"seq", "connection", "request", "range"}], "cuts": [{"seq",
+"connection", "request", "range", "body", "t", "upstream"}]} (seq: the
+request's number, from 1; cuts: the deterministic ones, `body` bytes of body
+passed, at time `t`, on the upstream connection from local port `upstream`). --capture DIR writes each
 connection's server->client bytes as they were passed to DIR/<n>.down.
 """
 
@@ -49,7 +52,7 @@ BLOCK = 16 * 1024
 STATE = {"seed": 0, "enabled": True, "connections": 0, "open": 0, "requests": 0,
          "responses": 0, "bytes_down": 0, "bytes_up": 0,
          "faults": {"cut": 0, "stall": 0, "flip": 0, "cut_after": 0, "trickle": 0},
-         "ranges": []}
+         "ranges": [], "cuts": []}
 COUNTS = {"cut_after": 0, "trickle": 0}
 DIRTY = [False]
 
@@ -169,10 +172,11 @@ class Conn:
         self.methods, self.request_lines = [], []
         self.up = Http(False)
         self.down = Http(True, self.methods)
-        self.line = b""  # the request line the current response answers
+        self.line = (b"", 0, None)  # (request line, seq, Range) the current response answers
         self.answer = 0  # bytes of answer counted for the 16 KiB blocks
         self.body = 0  # bytes of the current response's body
         self.trickling = False
+        self.upstream = 0  # the local port of the connection to the target
         self.capture = open(os.path.join(args.capture, "%d.down" % n), "wb") if args.capture else None
 
     def cut(self, rst=True):
@@ -204,17 +208,19 @@ class Conn:
     def request(self, head):
         lines = head.split(b"\r\n")
         self.methods.append(lines[0].split(b" ")[0])
-        self.request_lines.append(lines[0])
         STATE["requests"] += 1
+        rng = None
         for line in lines[1:]:
             k, _, v = line.partition(b":")
             if k.strip().lower() == b"range" and len(STATE["ranges"]) < 10000:
-                STATE["ranges"].append({"request": lines[0].decode("latin-1"),
-                                        "range": v.strip().decode("latin-1")})
+                rng = v.strip().decode("latin-1")
+                STATE["ranges"].append({"seq": STATE["requests"], "connection": self.n,
+                                        "request": lines[0].decode("latin-1"), "range": rng})
+        self.request_lines.append((lines[0], STATE["requests"], rng))
         mark()
 
     def matches(self):
-        return self.args.match is None or self.args.match.encode() in self.line
+        return self.args.match is None or self.args.match.encode() in self.line[0]
 
     async def send(self, piece):
         if self.capture:
@@ -233,7 +239,7 @@ class Conn:
                 return
             for piece, kind, head in self.down.feed(data):
                 if kind == "start":
-                    self.line = self.request_lines.pop(0) if self.request_lines else b""
+                    self.line = self.request_lines.pop(0) if self.request_lines else (b"", 0, None)
                     self.body = 0
                     STATE["responses"] += 1
                     continue
@@ -256,8 +262,11 @@ class Conn:
             if a.cut_after and (a.cut_count == 0 or COUNTS["cut_after"] < a.cut_count) and is_data:
                 if self.body >= a.cut_after:
                     COUNTS["cut_after"] += 1
+                    STATE["cuts"].append({"seq": self.line[1], "connection": self.n, "body": self.body,
+                                          "request": self.line[0].decode("latin-1"), "range": self.line[2],
+                                          "t": time.time(), "upstream": self.upstream})
                     fault("cut_after", a)
-                    self.cut()
+                    self.cut(rst=False)  # FIN: the client got every byte passed
                     return False
                 n = min(n, a.cut_after - self.body)
             if a.trickle_rate and not self.trickling and self.answer >= a.trickle_after:
@@ -305,6 +314,7 @@ async def handle(reader, writer, args):
         writer.close()
         STATE["open"] -= 1
         return
+    conn.upstream = server.get_extra_info("sockname")[1]
     up = asyncio.ensure_future(conn.client_to_server(server))
     try:
         await conn.server_to_client(server_reader)

@@ -52,8 +52,8 @@ Control endpoints:
   in this order): every request for the repo (git, LFS, API, refused ones
   too), response body bytes actually written (API bodies included; api_bytes
   is their part), v2 fetch commands, API calls;
-- GET /_fetches: every v2 fetch in order, [{"repo", "t", "wants",
-  "throttled"}] (tests/support/wants.py);
+- GET /_fetches: every v2 fetch in order, [{"repo", "t", "port",
+  "wants", "throttled"}] (tests/support/wants.py);
 - GET /_wants: {"name.git": {"<oid>": {"asked": n, "delivered": m}}}: how
   often each oid was in a `want` of a fetch, and in a fetch whose response
   carried a packfile, was written completely (final chunk included), whose
@@ -448,7 +448,7 @@ class Handler(BaseHTTPRequestHandler):
             if wants is not None:
                 self.account(repo, fetches=1)
                 self.count_wants(repo, wants, "asked")
-                fetch_log.log_fetch(repo, wants)
+                fetch_log.log_fetch(repo, wants, self.client_address[1])
                 with LOCK:
                     hostile = STATE["hostile"].get(repo) if srv.hostile else None
                 self.endless_tail = None

@@ -3,7 +3,8 @@
 
 Imported by git_http_server.py:
 - log_fetch(repo, wants): every v2 fetch, in order, for GET /_fetches:
-  [{"repo", "t" (time.time()), "wants": [oid...], "throttled": bool}];
+  [{"repo", "t" (time.time()), "port" (the client's), "wants": [oid...],
+  "throttled": bool}];
   reset() empties it (POST /_stats);
 - the --hostile mode `429:SECONDS:COUNT` (arm() when it is set): the next
   COUNT fetches of the repository answer HTTP 429 with `Retry-After:
@@ -16,6 +17,7 @@ prints, one a line, the oids of the objects that arrived complete in the
 packs of its fetch responses, the last one possibly cut:
 
     python3 wants.py received CAPTURE_FILE...
+    python3 wants.py last CAPTURE_FILE   (the last response's objects only)
 
 Only whole (non-delta) objects are named: a delta's oid needs its base.
 """
@@ -32,9 +34,11 @@ FETCHES = []
 THROTTLE = {}  # (repo, mode) -> fetches still to refuse
 
 
-def log_fetch(repo, wants):
+def log_fetch(repo, wants, port):
+    """`port`: the client's (a proxy's upstream connection names its client)."""
     with LOCK:
-        FETCHES.append({"repo": repo, "t": time.time(), "wants": list(wants), "throttled": False})
+        FETCHES.append({"repo": repo, "t": time.time(), "port": port, "wants": list(wants),
+                        "throttled": False})
 
 
 def fetches_json():
@@ -122,7 +126,7 @@ def pack_objects(pack):
 
 
 def received(stream):
-    """The oids complete in the fetch responses of one captured connection."""
+    """Per response of one captured connection: the oids complete in its pack."""
     from fault_proxy import Http  # next to this file
 
     parser, bodies = Http(True, None), []
@@ -131,7 +135,7 @@ def received(stream):
             bodies.append(b"")
         elif kind == "data" and bodies:
             bodies[-1] += piece
-    oids = []
+    per = []
     for body in bodies:
         lines, pack, on = pkts(body), b"", False
         for p in lines:
@@ -141,15 +145,17 @@ def received(stream):
                 on = p.rstrip(b"\n") == b"packfile"
             elif p[:1] == b"\x01":
                 pack += p[1:]
-        oids += pack_objects(pack)
-    return oids
+        per.append(pack_objects(pack))
+    return per
 
 
 if __name__ == "__main__":
     sys.dont_write_bytecode = True
-    if len(sys.argv) < 3 or sys.argv[1] != "received":
-        sys.exit("usage: wants.py received CAPTURE_FILE...")
+    if len(sys.argv) < 3 or sys.argv[1] not in ("received", "last"):
+        sys.exit("usage: wants.py received|last CAPTURE_FILE...")
     for path in sys.argv[2:]:
         with open(path, "rb") as f:
-            for oid in received(f.read()):
+            per = received(f.read())
+        for oids in (per[-1:] if sys.argv[1] == "last" else per):
+            for oid in oids:
                 print(oid)
