@@ -410,15 +410,6 @@ fn a_cut_packs_received_objects_are_not_asked_for_again() {
     let first = std::fs::read(m.join("d/f000.bin"));
     let w = walk(&m, &files, Duration::from_secs(120));
     report("reading the cut directory", &w);
-    assert!(first.is_ok(), "d/f000.bin: {first:?}\n{}", log_trouble(&d));
-    assert!(
-        w.errors.is_empty() && w.wrong.is_empty(),
-        "{:?} {:?}\n{}",
-        w.errors,
-        w.wrong,
-        log_trouble(&d)
-    );
-
     let cuts = proxy.cuts();
     assert_eq!(
         cuts.len(),
@@ -451,7 +442,7 @@ fn a_cut_packs_received_objects_are_not_asked_for_again() {
         let asked: Vec<&String> = f.wants.iter().filter(|o| got.contains(*o)).collect();
         if !asked.is_empty() {
             again.push(format!(
-                "a fetch {:.2} s after the cut wants {} of the {} objects received ({} wants in all)",
+                "received objects asked for again: a fetch {:.2} s after the cut wants {} of the {} objects received ({} wants in all)",
                 f.t - cut.t,
                 asked.len(),
                 got.len(),
@@ -459,15 +450,26 @@ fn a_cut_packs_received_objects_are_not_asked_for_again() {
             ));
         }
     }
+    // Every finding at once: a failed read (a retry that gave up) does not
+    // hide what the retries asked for.
+    let mut failures = again;
+    if let Err(e) = first {
+        failures.push(format!("the first read of d/f000.bin failed: {e}"));
+    }
+    if !w.errors.is_empty() || !w.wrong.is_empty() {
+        failures.push(format!("reads failed: {:?} wrong: {:?}", w.errors, w.wrong));
+    }
+    if git.max_delivered() > 1 {
+        failures.push(format!(
+            "objects delivered more than once: {}",
+            git.wants_over(1)
+        ));
+    }
     assert!(
-        again.is_empty(),
-        "received objects asked for again:\n{}",
-        again.join("\n")
-    );
-    assert!(
-        git.max_delivered() <= 1,
-        "objects delivered more than once: {}",
-        git.wants_over(1)
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        log_trouble(&d)
     );
 }
 
@@ -613,11 +615,12 @@ fn a_429_with_retry_after_is_retried_after_that_long() {
     let _g = serial();
     let s = Scratch::new();
     let data = noise(46, 5000);
-    publish(&s, "busy", &[("only.txt".to_string(), data.clone())]);
+    // In a subdirectory, untouched until the 429 is armed: its size and
+    // contents need a fetch (the default profile has no object-info).
+    publish(&s, "busy", &[("sub/only.txt".to_string(), data.clone())]);
     let git = GitServer::start(&s.srv(), &["--hostile"]);
     let (cfg, m) = git_config(s.dir(), "busy", &git.url("busy"));
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
-    assert_eq!(std::fs::read_dir(&m).unwrap().count(), 1);
     std::thread::sleep(Duration::from_secs(1));
     git.reset_stats();
     let (code, _) = http_get(
@@ -625,7 +628,7 @@ fn a_429_with_retry_after_is_retried_after_that_long() {
         "/_hostile?repo=busy.git&mode=429:2:1",
     );
     assert_eq!(code, 200);
-    let path = m.join("only.txt");
+    let path = m.join("sub/only.txt");
     let r = timed(Duration::from_secs(30), move || std::fs::read(path));
     let (got, took) =
         r.unwrap_or_else(|| panic!("the read did not end in 30 s\n{}", log_trouble(&d)));
