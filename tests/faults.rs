@@ -190,6 +190,7 @@ fn a_walk_through_cuts_stalls_and_flips_reads_every_byte_right() {
     let url = format!("{}/walk.git", proxy.base());
     let (cfg, m) = git_config(s.dir(), "walk", &url);
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     let mut listed: Vec<String> = Vec::new();
     for e in walkdir(&m) {
         listed.push(e.strip_prefix(&m).unwrap().display().to_string());
@@ -300,6 +301,7 @@ fn one_trickling_connection_does_not_freeze_the_mount() {
     );
     let (cfg, m) = git_config(s.dir(), "trickle", &format!("{}/trickle.git", proxy.base()));
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     let root_names = std::fs::read_dir(&m).unwrap().count();
     assert_eq!(root_names, 4);
 
@@ -407,6 +409,7 @@ fn a_cut_packs_received_objects_are_not_asked_for_again() {
     );
     let (cfg, m) = git_config(s.dir(), "cut", &format!("{}/cut.git", proxy.base()));
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     let first = std::fs::read(m.join("d/f000.bin"));
     let w = walk(&m, &files, Duration::from_secs(120));
     report("reading the cut directory", &w);
@@ -528,6 +531,7 @@ fn a_cut_lfs_download_resumes_by_range() {
     });
     let (cfg, m) = git_config(s.dir(), "lfsr", &git.url("lfsr"));
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     let got = std::fs::read(m.join("big.bin"))
         .unwrap_or_else(|e| panic!("big.bin: {e}\n{}", log_trouble(&d)));
     assert!(
@@ -586,6 +590,7 @@ fn a_cut_s3_download_resumes_by_range() {
     std::fs::write(&cfg, text).unwrap();
     let m = s.dir().join("mnt/s3");
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     let got = std::fs::read(m.join("big.bin"))
         .unwrap_or_else(|e| panic!("big.bin: {e}\n{}", log_trouble(&d)));
     assert!(
@@ -621,6 +626,7 @@ fn a_429_with_retry_after_is_retried_after_that_long() {
     let git = GitServer::start(&s.srv(), &["--hostile"]);
     let (cfg, m) = git_config(s.dir(), "busy", &git.url("busy"));
     let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
     std::thread::sleep(Duration::from_secs(1));
     git.reset_stats();
     let (code, _) = http_get(

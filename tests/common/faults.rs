@@ -255,3 +255,38 @@ pub fn fetches(port: u16) -> Vec<Fetch> {
         })
         .collect()
 }
+
+/// Aborts the FUSE connection of `mount` (through fusectl, mounted at
+/// /sys/fs/fuse/connections if it is not yet; needs root). A read stuck in
+/// the kernel then fails with ENOTCONN instead of keeping the test process
+/// (and a daemon killed meanwhile) in the kernel for ever.
+pub fn abort_fuse(mount: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&mount.to_str().unwrap_or("")))
+            .then(|| f[2].split(':').nth(1).map(str::to_string))?
+    }) else {
+        return;
+    };
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(&dev).exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(ctl)
+            .status();
+    }
+    let _ = std::fs::write(ctl.join(&dev).join("abort"), "1");
+}
+
+/// Declared after the [`super::Daemon`]: when the test panics, aborts the
+/// mount's FUSE connection before the daemon is killed (see [`abort_fuse`]).
+pub struct AbortOnPanic(pub PathBuf);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            abort_fuse(&self.0);
+        }
+    }
+}
