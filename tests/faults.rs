@@ -1,17 +1,14 @@
 //! End-to-end tests on a bad network (issue "One fetch engine"): real FUSE
-//! mounts whose traffic goes through tests/support/fault_proxy.py, which
-//! cuts, stalls, flips and trickles the answers of the git server, the LFS
-//! server or moto's S3, seeded (the seed is printed; `FAULT_SEED=N` replays).
-//! The daemon runs with its default timeouts, attempts and speed floor: what
-//! is tested is what a user gets. The tests run one at a time (their bounds
-//! are times, and the machine may have two cores).
+//! mounts of the test git server through tests/support/fault_proxy.py, which
+//! cuts, stalls, flips and trickles its answers, seeded (the seed is printed;
+//! `FAULT_SEED=N` replays). The daemon runs with its default timeouts,
+//! attempts and speed floor: what is tested is what a user gets. The tests
+//! run one at a time (their bounds are times, and the machine may have two
+//! cores). Resumed LFS and S3 downloads and Retry-After: tests/faults_retry.rs.
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
@@ -31,33 +28,6 @@ const PROFILE: &[&str] = &[
 /// The longest a single read may take under the profile.
 const READ_BOUND: Duration = Duration::from_secs(150);
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A config with the daemon's defaults for timeouts and attempts.
-fn git_config(dir: &Path, name: &str, url: &str) -> (PathBuf, PathBuf) {
-    let text = format!(
-        "mount_root = \"{}\"\ncache_dir = \"{}\"\ncache_size = \"2GiB\"\n[[repository]]\nname = \"{name}\"\nprovider = \"git\"\nurl = \"{url}\"\n",
-        dir.join("mnt").display(),
-        dir.join("cache").display()
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, dir.join("mnt").join(name))
-}
-
-/// Writes `files` (path, contents) into the work tree and publishes `name`.
-fn publish(s: &Scratch, name: &str, files: &[(String, Vec<u8>)]) {
-    for (path, data) in files {
-        let p = s.work().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    }
-    publish_repo(&s.srv(), &s.work(), name);
-}
-
 /// About 5,000 files in 100 directories, 100 B to 64 KiB, some of 64 KiB
 /// to 600 KiB, and four over 1 MiB (read by streaming): about 40 MB.
 fn walk_tree() -> Vec<(String, Vec<u8>)> {
@@ -75,105 +45,6 @@ fn walk_tree() -> Vec<(String, Vec<u8>)> {
         files.push((format!("large/l{i}.bin"), noise(100_000 + i, len)));
     }
     files
-}
-
-/// What a 16-reader walk saw.
-#[derive(Default)]
-struct Walk {
-    wall: Duration,
-    slowest: (Duration, String),
-    errors: BTreeMap<String, String>,
-    wrong: Vec<String>,
-    eio: usize,
-}
-
-/// 16 threads read every file of `expect` under `root` (each file once),
-/// comparing the bytes. Panics if the walk is not over within `limit`.
-fn walk(root: &Path, expect: &[(String, Vec<u8>)], limit: Duration) -> Walk {
-    let expect = Arc::new(expect.to_vec());
-    let next = Arc::new(AtomicUsize::new(0));
-    let out = Arc::new(Mutex::new(Walk::default()));
-    let start = Instant::now();
-    let (tx, rx) = std::sync::mpsc::channel();
-    for _ in 0..16 {
-        let (expect, next, out, root, tx) = (
-            expect.clone(),
-            next.clone(),
-            out.clone(),
-            root.to_path_buf(),
-            tx.clone(),
-        );
-        std::thread::spawn(move || {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((path, data)) = expect.get(i) else {
-                    break;
-                };
-                let t = Instant::now();
-                let got = std::fs::read(root.join(path));
-                let took = t.elapsed();
-                let mut w = out.lock().unwrap();
-                if took > w.slowest.0 {
-                    w.slowest = (took, path.clone());
-                }
-                match got {
-                    Ok(g) if g == *data => {}
-                    Ok(g) => w.wrong.push(format!(
-                        "{path}: {} bytes, expected {}",
-                        g.len(),
-                        data.len()
-                    )),
-                    Err(e) => {
-                        if e.raw_os_error() == Some(libc::EIO) {
-                            w.eio += 1;
-                        }
-                        w.errors.insert(path.clone(), e.to_string());
-                    }
-                }
-            }
-            let _ = tx.send(());
-        });
-    }
-    drop(tx);
-    for _ in 0..16 {
-        if rx
-            .recv_timeout(limit.saturating_sub(start.elapsed()))
-            .is_err()
-        {
-            let done = next.load(Ordering::SeqCst).min(expect.len());
-            panic!(
-                "the 16-reader walk did not end within {limit:?} (about {done} of {} files started)",
-                expect.len()
-            );
-        }
-    }
-    let mut w = std::mem::take(&mut *out.lock().unwrap());
-    w.wall = start.elapsed();
-    w
-}
-
-fn report(label: &str, w: &Walk) {
-    eprintln!(
-        "{label}: wall {:.1} s, slowest read {:.1} s ({}), {} errors ({} EIO), {} wrong",
-        w.wall.as_secs_f64(),
-        w.slowest.0.as_secs_f64(),
-        w.slowest.1,
-        w.errors.len(),
-        w.eio,
-        w.wrong.len()
-    );
-}
-
-/// Lines of the daemon's log that say something went wrong (for reports).
-fn log_trouble(d: &Daemon) -> String {
-    let log = d.log_text();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect();
-    let n = lines.len();
-    let tail = lines[n.saturating_sub(30)..].join("\n");
-    format!("{n} warnings/errors in the daemon's log, the last ones:\n{tail}")
 }
 
 /// (a) A 16-reader walk of 5,000 files through the fault profile: every
@@ -234,39 +105,6 @@ fn a_walk_through_cuts_stalls_and_flips_reads_every_byte_right() {
         faulty.slowest.0,
         faulty.slowest.1
     );
-}
-
-/// Every regular file under `root` (through the mount: readdir and lstat).
-fn walkdir(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-/// Runs `f` on a thread: its result and time, or None if it took over `limit`
-/// (the thread is left behind: a FUSE call cannot be interrupted).
-fn timed<T: Send + 'static>(
-    limit: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<(T, Duration)> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = f();
-        let _ = tx.send((r, t.elapsed()));
-    });
-    rx.recv_timeout(limit).ok()
 }
 
 /// (b) While one connection trickles at 1 KB/s (a large file's transfer),
@@ -375,6 +213,104 @@ fn one_trickling_connection_does_not_freeze_the_mount() {
     );
 }
 
+/// (b) The freeze of the issue: the trickling transfer is a directory's
+/// prefetch, which lookups and readers of that directory share. While it
+/// trickles, `ls` of the root and `stat` in another directory answer in
+/// under 2 s, and 16 readers of the trickling directory all get their
+/// files right within 60 s (a wait for another request's flight is bounded).
+#[test]
+fn a_trickling_prefetch_does_not_hold_the_other_readers() {
+    let _g = serial();
+    let s = Scratch::new();
+    // p/: 40 files of 100 KiB, one prefetch of 4 MB; q/: small files.
+    let mut files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            (
+                format!("p/f{i:02}.bin"),
+                noise(300 + i, 100 * 1024 + i as usize),
+            )
+        })
+        .collect();
+    for i in 0..10u64 {
+        files.push((format!("q/g{i}.txt"), noise(400 + i, 700 + i as usize)));
+    }
+    publish(&s, "pre", &files);
+    let git = GitServer::start(&s.srv(), &[]);
+    let proxy = FaultProxy::start(
+        git.port,
+        6,
+        &[
+            "--trickle-after",
+            "1048576",
+            "--trickle-rate",
+            "1024",
+            "--trickle-connections",
+            "1",
+        ],
+    );
+    let (cfg, m) = git_config(s.dir(), "pre", &format!("{}/pre.git", proxy.base()));
+    let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
+    let _abort = AbortOnPanic(m.clone());
+    assert_eq!(std::fs::read_dir(&m).unwrap().count(), 2);
+    let first = m.join("p/f00.bin");
+    let _reader = std::thread::spawn(move || std::fs::read(first));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.faults("trickle") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no connection trickled:\n{}",
+            log_trouble(&d)
+        );
+    }
+    let root = m.clone();
+    let ls = timed(Duration::from_secs(2), move || {
+        std::fs::read_dir(&root).map(|r| r.count())
+    });
+    assert!(
+        ls.is_some(),
+        "`ls` of the root took over 2 s while the prefetch trickles\n{}",
+        log_trouble(&d)
+    );
+    let other = m.join("q/g3.txt");
+    let st = timed(Duration::from_secs(2), move || {
+        std::fs::metadata(other).map(|m| m.len())
+    });
+    let (len, took) = st.unwrap_or_else(|| {
+        panic!(
+            "`stat q/g3.txt` took over 2 s while the prefetch trickles\n{}",
+            log_trouble(&d)
+        )
+    });
+    assert_eq!(len.expect("stat q/g3.txt"), 703);
+    eprintln!(
+        "stat in another directory during the trickle: {:.3} s",
+        took.as_secs_f64()
+    );
+    let p: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .filter(|(n, _)| n.starts_with("p/"))
+        .cloned()
+        .collect();
+    let root = m.clone();
+    let w = timed(Duration::from_secs(65), move || {
+        walk(&root, &p, Duration::from_secs(60))
+    });
+    let (w, _) = w.unwrap_or_else(|| {
+        panic!(
+            "16 readers of the trickling directory were not done in 60 s\n{}",
+            log_trouble(&d)
+        )
+    });
+    report("16 readers of the trickling directory", &w);
+    assert!(
+        w.errors.is_empty() && w.wrong.is_empty(),
+        "{:?} {:?}\n{}",
+        w.errors,
+        w.wrong,
+        log_trouble(&d)
+    );
+}
+
 /// (c) A fetch cut in the middle of its pack: the objects that had arrived
 /// complete before the cut are not in any later fetch's wants, and no
 /// object is delivered twice.
@@ -473,196 +409,5 @@ fn a_cut_packs_received_objects_are_not_asked_for_again() {
         "{}\n{}",
         failures.join("\n"),
         log_trouble(&d)
-    );
-}
-
-/// The first request after `cut` for the same path that has a Range:
-/// (its start, the cut request's start); panics naming what was asked.
-fn resumed_after(proxy: &FaultProxy, cut: &Cut) -> (u64, u64) {
-    let path = |line: &str| {
-        line.split_whitespace()
-            .nth(1)
-            .unwrap_or("")
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .to_string()
-    };
-    let cut_start = cut.range.as_deref().and_then(range_start).unwrap_or(0);
-    let ranges = proxy.ranges();
-    let next = ranges
-        .iter()
-        .find(|(seq, line, _)| *seq > cut.seq && path(line) == path(&cut.request));
-    let Some((_, _, range)) = next else {
-        let st = proxy.stats();
-        panic!(
-            "the download cut after {} bytes was not resumed by Range ({} requests seen; ranges: {ranges:?})",
-            cut.body, st["requests"]
-        );
-    };
-    (range_start(range).expect("a bytes=N- range"), cut_start)
-}
-
-/// (d) An LFS download cut after 3 MB resumes with `Range` from where it
-/// was cut (the LFS server, giftless, honours ranges), and reads right.
-#[test]
-fn a_cut_lfs_download_resumes_by_range() {
-    let _g = serial();
-    require_git_lfs();
-    let s = Scratch::new();
-    let lfs = LfsServer::start(&s.dir().join("lfs-store"));
-    let proxy = FaultProxy::start(
-        lfs.port,
-        4,
-        &[
-            "--cut-after",
-            "3000000",
-            "--cut-count",
-            "1",
-            "--match",
-            "GET ",
-        ],
-    );
-    // The batch goes through the proxy too, so giftless's hrefs name it.
-    let git = GitServer::start(&s.srv(), &["--lfs-upstream", &proxy.base()]);
-    let data = noise(44, 12 << 20);
-    push_lfs_repo(&git, &lfs, &s.dir().join("lfswork"), "lfsr", |w| {
-        std::fs::write(w.join("big.bin"), &data).unwrap();
-    });
-    let (cfg, m) = git_config(s.dir(), "lfsr", &git.url("lfsr"));
-    let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
-    let _abort = AbortOnPanic(m.clone());
-    let got = std::fs::read(m.join("big.bin"))
-        .unwrap_or_else(|e| panic!("big.bin: {e}\n{}", log_trouble(&d)));
-    assert!(
-        got == data,
-        "big.bin: wrong bytes ({} of {})",
-        got.len(),
-        data.len()
-    );
-    let cuts = proxy.cuts();
-    assert_eq!(cuts.len(), 1, "the LFS download was not cut: {cuts:?}");
-    let (start, from) = resumed_after(&proxy, &cuts[0]);
-    eprintln!(
-        "LFS: cut after {} bytes from {from}, resumed at {start}",
-        cuts[0].body
-    );
-    assert!(
-        start >= from + cuts[0].body / 2 && start <= from + cuts[0].body,
-        "resumed at {start}, but {} bytes from {from} had arrived",
-        cuts[0].body
-    );
-}
-
-/// (d) An S3 object download (moto) cut after 3 MB resumes with `Range`.
-#[test]
-fn a_cut_s3_download_resumes_by_range() {
-    let _g = serial();
-    let s = Scratch::new();
-    let s3 = S3Server::start();
-    s3.py("s3.create_bucket(Bucket='data')");
-    let data = noise(45, 12 << 20);
-    let file = s.dir().join("big.bin");
-    std::fs::write(&file, &data).unwrap();
-    s3.py(&format!(
-        "s3.upload_file('{}', 'data', 'big.bin')",
-        file.display()
-    ));
-    let proxy = FaultProxy::start(
-        s3.port,
-        5,
-        &[
-            "--cut-after",
-            "3000000",
-            "--cut-count",
-            "1",
-            "--match",
-            "GET /data/big.bin",
-        ],
-    );
-    let text = format!(
-        "mount_root = \"{}\"\ncache_dir = \"{}\"\n[[repository]]\nname = \"s3\"\nprovider = \"s3\"\nendpoint_url = \"{}\"\nbucket = \"data\"\ncredentials = \"anonymous\"\n",
-        s.dir().join("mnt").display(),
-        s.dir().join("cache").display(),
-        proxy.base()
-    );
-    let cfg = s.dir().join("config.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let m = s.dir().join("mnt/s3");
-    let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
-    let _abort = AbortOnPanic(m.clone());
-    let got = std::fs::read(m.join("big.bin"))
-        .unwrap_or_else(|e| panic!("big.bin: {e}\n{}", log_trouble(&d)));
-    assert!(
-        got == data,
-        "big.bin: wrong bytes ({} of {})",
-        got.len(),
-        data.len()
-    );
-    let cuts = proxy.cuts();
-    assert_eq!(cuts.len(), 1, "the S3 download was not cut: {cuts:?}");
-    let (start, from) = resumed_after(&proxy, &cuts[0]);
-    eprintln!(
-        "S3: cut after {} bytes from {from}, resumed at {start}",
-        cuts[0].body
-    );
-    assert!(
-        start >= from + cuts[0].body / 2 && start <= from + cuts[0].body,
-        "resumed at {start}, but {} bytes from {from} had arrived",
-        cuts[0].body
-    );
-}
-
-/// (e) A fetch answered 429 with `Retry-After: 2` is tried again after
-/// 2 s, not before (the gap is measured at the server).
-#[test]
-fn a_429_with_retry_after_is_retried_after_that_long() {
-    let _g = serial();
-    let s = Scratch::new();
-    let data = noise(46, 5000);
-    // In a subdirectory, untouched until the 429 is armed: its size and
-    // contents need a fetch (the default profile has no object-info).
-    publish(&s, "busy", &[("sub/only.txt".to_string(), data.clone())]);
-    let git = GitServer::start(&s.srv(), &["--hostile"]);
-    let (cfg, m) = git_config(s.dir(), "busy", &git.url("busy"));
-    let d = Daemon::start(&cfg, &[m.clone()], &s.dir().join("daemon.log"));
-    let _abort = AbortOnPanic(m.clone());
-    std::thread::sleep(Duration::from_secs(1));
-    git.reset_stats();
-    let (code, _) = http_get(
-        &format!("127.0.0.1:{}", git.port),
-        "/_hostile?repo=busy.git&mode=429:2:1",
-    );
-    assert_eq!(code, 200);
-    let path = m.join("sub/only.txt");
-    let r = timed(Duration::from_secs(30), move || std::fs::read(path));
-    let (got, took) =
-        r.unwrap_or_else(|| panic!("the read did not end in 30 s\n{}", log_trouble(&d)));
-    let got = got.unwrap_or_else(|e| panic!("only.txt: {e}\n{}", log_trouble(&d)));
-    assert!(got == data, "only.txt: wrong bytes");
-    let log = fetches(git.port);
-    let i = log
-        .iter()
-        .position(|f| f.throttled)
-        .expect("no fetch was answered 429");
-    let next = log.get(i + 1).unwrap_or_else(|| {
-        panic!(
-            "the refused fetch was not tried again ({} fetches)",
-            log.len()
-        )
-    });
-    let gap = next.t - log[i].t;
-    eprintln!(
-        "429 with Retry-After: 2: tried again after {gap:.3} s (the read took {:.3} s)",
-        took.as_secs_f64()
-    );
-    assert!(
-        gap >= 1.95,
-        "tried again after {gap:.3} s, before the 2 s of Retry-After\n{}",
-        log_trouble(&d)
-    );
-    assert!(
-        gap < 6.0,
-        "tried again only after {gap:.3} s (Retry-After: 2)"
     );
 }

@@ -1,11 +1,18 @@
 //! Harness for tests that need a bad network: tests/support/fault_proxy.py
 //! started in front of a loopback server on a port chosen at run time, its
 //! stats file read as JSON, its faults switched off with SIGUSR1 (on again
-//! with SIGUSR2), and the proxy stopped when the handle is dropped.
+//! with SIGUSR2), and the proxy stopped when the handle is dropped; and what
+//! the fault tests share: a config with the daemon's defaults, a 16-reader
+//! walk that times every read, the daemon log's warnings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Daemon, Scratch, publish_repo};
 
 use serde_json::Value;
 
@@ -289,4 +296,163 @@ impl Drop for AbortOnPanic {
             abort_fuse(&self.0);
         }
     }
+}
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A config with the daemon's defaults for timeouts and attempts.
+pub fn git_config(dir: &Path, name: &str, url: &str) -> (PathBuf, PathBuf) {
+    let text = format!(
+        "mount_root = \"{}\"\ncache_dir = \"{}\"\ncache_size = \"2GiB\"\n[[repository]]\nname = \"{name}\"\nprovider = \"git\"\nurl = \"{url}\"\n",
+        dir.join("mnt").display(),
+        dir.join("cache").display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, dir.join("mnt").join(name))
+}
+
+/// Writes `files` (path, contents) into the work tree and publishes `name`.
+pub fn publish(s: &Scratch, name: &str, files: &[(String, Vec<u8>)]) {
+    for (path, data) in files {
+        let p = s.work().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    publish_repo(&s.srv(), &s.work(), name);
+}
+
+/// What a 16-reader walk saw.
+#[derive(Default)]
+pub struct Walk {
+    pub wall: Duration,
+    pub slowest: (Duration, String),
+    pub errors: BTreeMap<String, String>,
+    pub wrong: Vec<String>,
+    pub eio: usize,
+}
+
+/// 16 threads read every file of `expect` under `root` (each file once),
+/// comparing the bytes. Panics if the walk is not over within `limit`.
+pub fn walk(root: &Path, expect: &[(String, Vec<u8>)], limit: Duration) -> Walk {
+    let expect = Arc::new(expect.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let out = Arc::new(Mutex::new(Walk::default()));
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..16 {
+        let (expect, next, out, root, tx) = (
+            expect.clone(),
+            next.clone(),
+            out.clone(),
+            root.to_path_buf(),
+            tx.clone(),
+        );
+        std::thread::spawn(move || {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((path, data)) = expect.get(i) else {
+                    break;
+                };
+                let t = Instant::now();
+                let got = std::fs::read(root.join(path));
+                let took = t.elapsed();
+                let mut w = out.lock().unwrap();
+                if took > w.slowest.0 {
+                    w.slowest = (took, path.clone());
+                }
+                match got {
+                    Ok(g) if g == *data => {}
+                    Ok(g) => w.wrong.push(format!(
+                        "{path}: {} bytes, expected {}",
+                        g.len(),
+                        data.len()
+                    )),
+                    Err(e) => {
+                        if e.raw_os_error() == Some(libc::EIO) {
+                            w.eio += 1;
+                        }
+                        w.errors.insert(path.clone(), e.to_string());
+                    }
+                }
+            }
+            let _ = tx.send(());
+        });
+    }
+    drop(tx);
+    for _ in 0..16 {
+        if rx
+            .recv_timeout(limit.saturating_sub(start.elapsed()))
+            .is_err()
+        {
+            let done = next.load(Ordering::SeqCst).min(expect.len());
+            panic!(
+                "the 16-reader walk did not end within {limit:?} (about {done} of {} files started)",
+                expect.len()
+            );
+        }
+    }
+    let mut w = std::mem::take(&mut *out.lock().unwrap());
+    w.wall = start.elapsed();
+    w
+}
+
+pub fn report(label: &str, w: &Walk) {
+    eprintln!(
+        "{label}: wall {:.1} s, slowest read {:.1} s ({}), {} errors ({} EIO), {} wrong",
+        w.wall.as_secs_f64(),
+        w.slowest.0.as_secs_f64(),
+        w.slowest.1,
+        w.errors.len(),
+        w.eio,
+        w.wrong.len()
+    );
+}
+
+/// Lines of the daemon's log that say something went wrong (for reports).
+pub fn log_trouble(d: &Daemon) -> String {
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    let n = lines.len();
+    let tail = lines[n.saturating_sub(30)..].join("\n");
+    format!("{n} warnings/errors in the daemon's log, the last ones:\n{tail}")
+}
+
+/// Every regular file under `root` (through the mount: readdir and lstat).
+pub fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `f` on a thread: its result and time, or None if it took over `limit`
+/// (the thread is left behind: a FUSE call cannot be interrupted).
+pub fn timed<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<(T, Duration)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = f();
+        let _ = tx.send((r, t.elapsed()));
+    });
+    rx.recv_timeout(limit).ok()
 }
