@@ -52,6 +52,8 @@ Control endpoints:
   in this order): every request for the repo (git, LFS, API, refused ones
   too), response body bytes actually written (API bodies included; api_bytes
   is their part), v2 fetch commands, API calls;
+- GET /_fetches: every v2 fetch in order, [{"repo", "t", "port",
+  "wants", "throttled"}] (tests/support/wants.py);
 - GET /_wants: {"name.git": {"<oid>": {"asked": n, "delivered": m}}}: how
   often each oid was in a `want` of a fetch, and in a fetch whose response
   carried a packfile, was written completely (final chunk included), whose
@@ -74,7 +76,8 @@ Control endpoints:
   with a body without end; after-flush: a blob fetch gets git's own answer
   and then, after its final flush, pkt-lines without end; tree-bomb: a
   commit fetch (with `deepen`) answers a valid pack of 100 trees of 16 MiB
-  each (zlib of zeros: about 16 KiB each on the wire).
+  each (zlib of zeros: about 16 KiB each on the wire); 429:S:N: the next N
+  fetches (commit fetches too) answer HTTP 429 with `Retry-After: S`.
 
 LFS: with --lfs-upstream URL, POST <name>.git/info/lfs/objects/batch is
 checked against the same tokens and forwarded to URL/test/<name>/objects/batch
@@ -108,6 +111,7 @@ from urllib.parse import parse_qs, urlsplit
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import host_api  # noqa: E402  (next to this file)
+import wants as fetch_log  # noqa: E402  (next to this file)
 
 CHUNK = 64 * 1024
 STATE = {"fault": "ok", "stats": {}, "wants": {}, "app_tokens": {}, "issued": 0, "hostile": {}}
@@ -280,12 +284,15 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 if self.command == "POST":
                     STATE["stats"], STATE["wants"] = {}, {}
+                    fetch_log.reset()
                 body = json.dumps(STATE["stats"]).encode()
             return self.send_body(200, b"{}" if self.command == "POST" else body, "application/json")
         if url.path == "/_wants":
             with LOCK:
                 body = json.dumps(STATE["wants"]).encode()
             return self.send_body(200, body, "application/json")
+        if url.path == "/_fetches":
+            return self.send_body(200, fetch_log.fetches_json(), "application/json")
         if url.path == "/_app":
             with LOCK:
                 body = json.dumps({"issued": STATE["issued"]}).encode()
@@ -305,6 +312,7 @@ class Handler(BaseHTTPRequestHandler):
                     STATE["hostile"].pop(repo, None)
                 else:
                     STATE["hostile"][repo] = mode
+            fetch_log.arm(repo, mode)
             return self.send_body(200, mode.encode())
         if url.path == "/_fault":
             mode = parse_qs(url.query).get("mode", ["ok"])[0]
@@ -440,10 +448,11 @@ class Handler(BaseHTTPRequestHandler):
             if wants is not None:
                 self.account(repo, fetches=1)
                 self.count_wants(repo, wants, "asked")
+                fetch_log.log_fetch(repo, wants, self.client_address[1])
                 with LOCK:
                     hostile = STATE["hostile"].get(repo) if srv.hostile else None
                 self.endless_tail = None
-                if hostile and self.hostile(hostile, plain):
+                if hostile and self.hostile(hostile, plain, repo):
                     return
         proc = subprocess.Popen(["git", "http-backend"], env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -482,9 +491,11 @@ class Handler(BaseHTTPRequestHandler):
             proc.wait()
             proc.stdout.close()
 
-    def hostile(self, mode, plain):
+    def hostile(self, mode, plain, repo):
         """Answers a fetch as hostile `mode` says; False: serve it as usual
         (after-flush is served by `stream`, which then sends bytes forever)."""
+        if mode.startswith("429:"):
+            return fetch_log.throttle(self, repo, mode)
         commit_fetch = any(p and p.startswith(b"deepen") for _, p in pkt_lines(plain))
         if mode == "tree-bomb" and commit_fetch:
             pack = tree_bomb_pack()
