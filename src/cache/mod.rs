@@ -530,6 +530,22 @@ impl CacheWriter {
         self.len
     }
 
+    /// Drops everything from `offset` on (a download that turned out wrong
+    /// past a point no reader was given): the next write lands there.
+    pub fn truncate_to(&mut self, offset: u64) -> io::Result<()> {
+        use std::io::Seek;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("cache writer already committed"))?;
+        f.flush()?;
+        let inner = f.get_mut();
+        inner.set_len(offset.min(self.len))?;
+        inner.seek(io::SeekFrom::Start(offset.min(self.len)))?;
+        self.len = offset.min(self.len);
+        Ok(())
+    }
+
     /// Makes the entry visible (rename into place) and returns it opened.
     pub fn commit(mut self) -> Result<File, CacheError> {
         self.flush().map_err(io_err(&self.tmp_path))?;

@@ -28,13 +28,14 @@ use gix_hash::ObjectId;
 use super::pack::Limits;
 use super::protocol;
 use super::remote::Remote;
-use super::sinks::{BatchSink, StreamSink};
-use super::transport::RemoteError;
-use crate::cache::{Cache, CacheWriter};
+use super::sinks::BatchSink;
+use crate::cache::Cache;
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
 use crate::source::{SourceError, lock};
 
+mod commit;
 mod probe;
+mod stream;
 
 /// Most ids in one `fetch`.
 pub const BATCH: usize = 1000;
@@ -477,120 +478,6 @@ impl Objects {
         )))
     }
 
-    /// Fetches one large blob alone, streaming it into `writer` so readers
-    /// can follow. A fetch that fails on the way is asked again (git cannot
-    /// fetch part of a blob, so the blob starts over): the bytes readers
-    /// may have seen are compared, never rewritten, and the file grows
-    /// from where it stopped. An attempt that got further than the one
-    /// before earns a fresh set of attempts.
-    async fn fetch_streaming(
-        &self,
-        oid: ObjectId,
-        tx: TransferSender,
-        writer: CacheWriter,
-        transfer: Arc<Transfer>,
-    ) {
-        use crate::fetch::Retryable;
-        tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
-        let mut sink = StreamSink {
-            objects: self,
-            want: oid,
-            writer: Some(writer),
-            tx: &tx,
-            transfer: &transfer,
-            done: false,
-            local_error: None,
-            flushed: 0,
-            pos: 0,
-            differs: false,
-            mem: None,
-        };
-        let mut failed = 0u32;
-        let r = loop {
-            let before = sink.flushed;
-            let e = match self
-                .remote
-                .fetch(
-                    protocol::fetch_args(&[oid], false, false),
-                    self.limits(),
-                    &mut sink,
-                )
-                .await
-            {
-                Ok(_) => break Ok(()),
-                Err(e) => e,
-            };
-            if sink.local_error.is_some() || sink.differs || sink.done {
-                break Err(e);
-            }
-            if sink.flushed > before {
-                failed = 0;
-            }
-            failed += 1;
-            match (e.retryable())
-                .then(|| self.remote.transport.policy.pause(failed, e.retry_after()))
-                .flatten()
-            {
-                Some(d) => {
-                    tracing::warn!(repo = %self.repo, %oid, received = sink.flushed, "fetching a blob failed: {e}; asking again in {d:?}");
-                    tokio::time::sleep(d).await;
-                }
-                None => break Err(e),
-            }
-        };
-        let state = match (r, sink.done) {
-            (Ok(_), true) => TransferState::Done,
-            (Ok(_), false) => TransferState::Failed(SourceError::Corrupt(format!(
-                "the server did not send blob {oid}"
-            ))),
-            (Err(_), _) if sink.local_error.is_some() => {
-                let local = sink.local_error.take().unwrap_or_default();
-                tracing::error!(repo = %self.repo, %oid, "cannot store a blob in the cache: {local}");
-                TransferState::Failed(SourceError::Unavailable(format!(
-                    "cannot store blob {oid} in the cache: {local}"
-                )))
-            }
-            (Err(e), _) => {
-                tracing::error!(repo = %self.repo, %oid, "fetching a blob failed: {e}");
-                TransferState::Failed(e.into_source_error())
-            }
-        };
-        self.land(&oid, &tx, state);
-    }
-
-    /// Fetches a commit and its trees (and, without `filter`, its blobs,
-    /// which go to the cache). Returns the commit and trees by id.
-    pub async fn fetch_commit(
-        &self,
-        commit: ObjectId,
-        shallow: bool,
-        filter: bool,
-    ) -> Result<HashMap<ObjectId, Arc<[u8]>>, SourceError> {
-        let mut sink = BatchSink {
-            objects: self,
-            wants: HashMap::new(),
-            got: HashMap::new(),
-            stop_over: None,
-            stopped_at: None,
-            writer: None,
-            trees: Some(HashMap::new()),
-            tree_bytes: 0,
-            tree_budget: self.tree_budget,
-            local_error: None,
-            beat: None,
-        };
-        // Trees are kept as delta bases whatever their size: the sink
-        // bounds them in all.
-        self.remote
-            .fetch(
-                protocol::fetch_args(&[commit], shallow, filter),
-                self.limits(),
-                &mut sink,
-            )
-            .await
-            .map_err(RemoteError::into_source_error)?;
-        Ok(sink.trees.unwrap_or_default())
-    }
 }
 
 /// Whether a cache file's contents hash to `oid`.

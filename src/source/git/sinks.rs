@@ -162,6 +162,12 @@ impl ObjectSink for BatchSink<'_> {
     }
 }
 
+/// Bytes of a streamed blob held back from its readers until more (or the
+/// verified end) arrived: a byte damaged on the way usually makes the
+/// inflate fail within this distance, before any reader was given it, and
+/// a retry then rewrites the damaged part instead of failing.
+const HOLD: u64 = 64 * 1024;
+
 /// Streams one wanted blob into its transfer's file.
 pub(super) struct StreamSink<'a> {
     pub(super) objects: &'a Objects,
@@ -177,8 +183,11 @@ pub(super) struct StreamSink<'a> {
     /// Where this attempt's stream is in the blob: below `flushed` (a
     /// retry), bytes are compared with what readers may have seen.
     pub(super) pos: u64,
-    /// A retry's bytes differed from the earlier attempt's: not retried.
+    /// A retry's bytes differed from the earlier attempt's where readers
+    /// may have read them: not retried.
     pub(super) differs: bool,
+    /// The most readers were told they may read ([`HOLD`] behind `flushed`).
+    pub(super) published: u64,
     /// The blob, once the disk could not take more of it (small ones only).
     pub(super) mem: Option<Vec<u8>>,
 }
@@ -240,11 +249,26 @@ impl StreamSink<'_> {
             (None, None) => return Err(PackError("no file to compare with".into())),
         };
         if seen != data[..n] {
-            self.differs = true;
-            return Err(PackError(format!(
-                "blob {}: the server sent other bytes when asked again",
-                self.want
-            )));
+            let at = self.pos + seen.iter().zip(&data[..n]).take_while(|(a, b)| a == b).count() as u64;
+            match (&mut self.writer, &self.mem) {
+                // The earlier attempt went wrong where no reader was
+                // given its bytes: those are dropped and written again.
+                (Some(w), None) if at >= self.published => {
+                    tracing::warn!(repo = %self.objects.repo, oid = %self.want, at, "a blob's bytes from the attempt before were damaged past what readers were given; rewriting them");
+                    w.truncate_to(at).map_err(cache_err)?;
+                    self.flushed = at;
+                    let skip = (at - self.pos) as usize;
+                    self.pos = at;
+                    return Ok(&data[skip..]);
+                }
+                _ => {
+                    self.differs = true;
+                    return Err(PackError(format!(
+                        "blob {}: the server sent other bytes when asked again, where readers may have read the earlier ones",
+                        self.want
+                    )));
+                }
+            }
         }
         self.pos += n as u64;
         Ok(&data[n..])
@@ -270,7 +294,7 @@ impl ObjectSink for StreamSink<'_> {
         lock(&self.objects.probed).insert(self.want, size);
         self.pos = 0;
         // Progress is never rewound (a retry starts below it).
-        let _ = self.tx.send(TransferState::Progress(self.flushed));
+        let _ = self.tx.send(TransferState::Progress(self.published));
         Ok(Take::Stream)
     }
 
@@ -283,7 +307,7 @@ impl ObjectSink for StreamSink<'_> {
         if let Some(m) = &mut self.mem {
             m.extend_from_slice(data);
             // A heartbeat: readers wait for the end, not for a stall.
-            let _ = self.tx.send(TransferState::Progress(self.flushed));
+            let _ = self.tx.send(TransferState::Progress(self.published));
             return Ok(());
         }
         let w = self
@@ -294,7 +318,8 @@ impl ObjectSink for StreamSink<'_> {
             return self.to_memory(data, e);
         }
         self.flushed = w.written();
-        let _ = self.tx.send(TransferState::Progress(self.flushed));
+        self.published = self.published.max(self.flushed.saturating_sub(HOLD));
+        let _ = self.tx.send(TransferState::Progress(self.published));
         Ok(())
     }
 

@@ -1,0 +1,101 @@
+//! A large blob opened for reading: fetched alone and streamed into the
+//! file its readers follow, so they get the first bytes before the blob is
+//! complete (and the end only once its id matched). A fetch cut on the way
+//! starts over (git cannot fetch part of a blob): the bytes readers may
+//! have seen are compared, never rewritten, and the file grows on.
+
+use std::sync::Arc;
+
+use gix_hash::ObjectId;
+
+use super::Objects;
+use crate::cache::CacheWriter;
+use crate::source::SourceError;
+use crate::source::git::protocol;
+use crate::source::git::sinks::StreamSink;
+use crate::source::transfer::{Transfer, TransferSender, TransferState};
+
+impl Objects {
+    /// Fetches one large blob alone, streaming it into `writer` so readers
+    /// can follow. A fetch that fails on the way is asked again (git cannot
+    /// fetch part of a blob, so the blob starts over): the bytes readers
+    /// may have seen are compared, never rewritten, and the file grows
+    /// from where it stopped. An attempt that got further than the one
+    /// before earns a fresh set of attempts.
+    pub(super) async fn fetch_streaming(
+        &self,
+        oid: ObjectId,
+        tx: TransferSender,
+        writer: CacheWriter,
+        transfer: Arc<Transfer>,
+    ) {
+        use crate::fetch::Retryable;
+        tracing::debug!(repo = %self.repo, %oid, "fetching a large blob, streamed");
+        let mut sink = StreamSink {
+            objects: self,
+            want: oid,
+            writer: Some(writer),
+            tx: &tx,
+            transfer: &transfer,
+            done: false,
+            local_error: None,
+            flushed: 0,
+            pos: 0,
+            differs: false,
+            published: 0,
+            mem: None,
+        };
+        let mut failed = 0u32;
+        let r = loop {
+            let before = sink.flushed;
+            let e = match self
+                .remote
+                .fetch(
+                    protocol::fetch_args(&[oid], false, false),
+                    self.limits(),
+                    &mut sink,
+                )
+                .await
+            {
+                Ok(_) => break Ok(()),
+                Err(e) => e,
+            };
+            if sink.local_error.is_some() || sink.differs || sink.done {
+                break Err(e);
+            }
+            if sink.flushed > before {
+                failed = 0;
+            }
+            failed += 1;
+            match (e.retryable())
+                .then(|| self.remote.transport.policy.pause(failed, e.retry_after()))
+                .flatten()
+            {
+                Some(d) => {
+                    tracing::warn!(repo = %self.repo, %oid, received = sink.flushed, "fetching a blob failed: {e}; asking again in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+                None => break Err(e),
+            }
+        };
+        let state = match (r, sink.done) {
+            (Ok(_), true) => TransferState::Done,
+            (Ok(_), false) => TransferState::Failed(SourceError::Corrupt(format!(
+                "the server did not send blob {oid}"
+            ))),
+            (Err(_), _) if sink.local_error.is_some() => {
+                let local = sink.local_error.take().unwrap_or_default();
+                tracing::error!(repo = %self.repo, %oid, "cannot store a blob in the cache: {local}");
+                TransferState::Failed(SourceError::Unavailable(format!(
+                    "cannot store blob {oid} in the cache: {local}"
+                )))
+            }
+            (Err(e), _) => {
+                tracing::error!(repo = %self.repo, %oid, "fetching a blob failed: {e}");
+                TransferState::Failed(e.into_source_error())
+            }
+        };
+        self.land(&oid, &tx, state);
+    }
+
+}
