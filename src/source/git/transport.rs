@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use crate::config::{Provider, RepoConfig};
 
 use super::origin::basic;
-pub use super::origin::{github_api, origin};
+pub use super::origin::{api_root, origin};
 
 /// A failed exchange with the server, classified for users and for errno.
 /// The largest answer to a command other than `fetch` (`ls-refs`,
@@ -85,7 +85,8 @@ pub struct Transport {
     bare_client: reqwest::Client,
     auth: Auth,
     /// The origins (`scheme://host:port`) the credentials may go to: the
-    /// clone URL's, the host API's and a configured `lfs_url`'s. A URL
+    /// clone URL's, the host API's (`api_url` or the default root) and a
+    /// configured `lfs_url`'s. A URL
     /// anywhere else (from repository content or a server's answer) is
     /// asked anonymously.
     trusted: Vec<String>,
@@ -108,7 +109,8 @@ impl Transport {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
         let auth = match (&repo.token, &repo.github_app) {
             (_, Some(app)) => {
-                let api = github_api(repo.provider, &clone_url);
+                let api = api_root(repo.provider, &clone_url, repo.api_url.as_deref())
+                    .unwrap_or_else(|| "https://api.github.com".into());
                 Auth::App(Arc::new(
                     crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
                 ))
@@ -160,7 +162,11 @@ impl Transport {
             .into_iter()
             .flatten()
             .map(String::from)
-            .chain([github_api(repo.provider, &clone_url)])
+            .chain(api_root(
+                repo.provider,
+                &clone_url,
+                repo.api_url.as_deref(),
+            ))
             .filter_map(|u| origin(&u))
             .collect();
         trusted.dedup();
@@ -304,11 +310,10 @@ impl Transport {
         json_body: Option<Vec<u8>>,
         max_body: usize,
     ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
-        let mut rb = self
-            .client
-            .request(method, url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
+        let mut rb = self.client.request(method, url).timeout(self.timeout);
+        for (k, v) in super::hosts::api_headers(self.provider) {
+            rb = rb.header(*k, *v);
+        }
         if let Some(b) = json_body {
             rb = rb
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
