@@ -43,8 +43,16 @@ Host APIs (host_api.py), answered from the bare repository, counted per repo:
 - Bitbucket Server: GET /rest/api/1.0/projects/{KEY}/repos/{slug}/browse/
   {path}?at=&start=&limit= for <root>/scm/{key lowercased}/{slug}.git,
   pages of at most --page-max (default 500) entries;
-- GitLab: POST /api/graphql, the repository.blobs(ref, paths) query for
-  <root>/{fullPath}.git.
+- GitLab: POST [--gitlab-root]/api/graphql, the repository.blobs(ref,
+  paths) query for <root>[--gitlab-root]/{fullPath}.git, scored and refused
+  above GitLab's complexity limits (200 anonymous, 250 with a token);
+  --gitlab-root /gitlab serves it as a GitLab under a relative URL root
+  (the git repositories are then under <root>/gitlab/ too);
+  --gitlab-path-cost N charges N per path instead of GitLab's 1 (opt-in:
+  releases that scored paths higher, gitlab-org/gitlab#576497);
+- --github-api-listener: the GitHub API also on a second port, at its root
+  (`/repos/...`, as api.SUBDOMAIN.ghe.com serves it); GET /_api_port tells
+  the port.
 
 Control endpoints:
 - GET /_stats: {"name.git": {"requests": n, "bytes": n, "fetches": n,
@@ -58,12 +66,17 @@ Control endpoints:
   git exited 0 and whose client read it all (a client that stopped reading
   early resets the connection within 3 s: that is not a delivery, even if
   the whole response fitted in the socket buffers);
-- POST /_stats (or /_stats/reset): zeroes /_stats and /_wants;
+- POST /_stats (or /_stats/reset): zeroes /_stats, /_wants and /_api_log;
+- GET /_api_log: [{"t": epoch, "kind": "github"|"gitlab", "status": n,
+  "accept": ..., "version": ... (X-GitHub-Api-Version), and for GitLab
+  "paths", "complexity", "refused"}] per API request, in order;
 - GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|api500|ratelimit: 500
   and hang hit every request but control ones; slow sends git's responses at
   about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API;
   api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
-  only; ok clears it;
+  only; secondary&seconds=S: GitHub's secondary rate limit, S seconds (from
+  the first API request) of HTTP 403 with `retry-after` and
+  x-ratelimit-remaining above 0; ok clears it;
 - GET /_ratelimit: {"limit": n, "used": n, "reset": epoch}; POST clears `used`;
 - GET /_app: {"issued": n} GitHub App tokens issued;
 - with --hostile only: GET /_hostile?repo=NAME.git&mode=MODE makes that
@@ -280,12 +293,21 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 if self.command == "POST":
                     STATE["stats"], STATE["wants"] = {}, {}
+                    with host_api.RATE_LOCK:
+                        host_api.API_LOG.clear()
                 body = json.dumps(STATE["stats"]).encode()
             return self.send_body(200, b"{}" if self.command == "POST" else body, "application/json")
         if url.path == "/_wants":
             with LOCK:
                 body = json.dumps(STATE["wants"]).encode()
             return self.send_body(200, body, "application/json")
+        if url.path == "/_api_log":
+            with host_api.RATE_LOCK:
+                body = json.dumps(host_api.API_LOG).encode()
+            return self.send_body(200, body, "application/json")
+        if url.path == "/_api_port":
+            port = self.server.api_listener.server_address[1] if self.server.api_listener else 0
+            return self.send_body(200, str(port).encode())
         if url.path == "/_app":
             with LOCK:
                 body = json.dumps({"issued": STATE["issued"]}).encode()
@@ -307,9 +329,12 @@ class Handler(BaseHTTPRequestHandler):
                     STATE["hostile"][repo] = mode
             return self.send_body(200, mode.encode())
         if url.path == "/_fault":
-            mode = parse_qs(url.query).get("mode", ["ok"])[0]
+            q = parse_qs(url.query)
+            mode = q.get("mode", ["ok"])[0]
             with LOCK:
                 STATE["fault"] = mode
+            with host_api.RATE_LOCK:
+                host_api.SECONDARY.update(seconds=float(q.get("seconds", ["60"])[0]), until=None)
             return self.send_body(200, mode.encode())
         return self.send_body(404, b"no such control endpoint")
 
@@ -356,6 +381,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         self.body, self.counted = self.read_body(), None
+        if getattr(self.server, "api_only", False):
+            # The API's own host (api.SUBDOMAIN.ghe.com): its root is /api/v3's.
+            if not self.path.startswith("/repos/"):
+                return self.send_body(404, b'{"message":"Not Found"}', "application/json")
+            self.path = "/api/v3" + self.path
         path = urlsplit(self.path).path
         if path.startswith("/_"):
             return self.control()
@@ -649,6 +679,9 @@ def main():
     ap.add_argument("--github-size-skew", type=int, default=0)
     ap.add_argument("--github-rate-limit", type=int, default=5000)
     ap.add_argument("--page-max", type=int, default=500)
+    ap.add_argument("--gitlab-root", default="")
+    ap.add_argument("--gitlab-path-cost", type=int, default=1)
+    ap.add_argument("--github-api-listener", action="store_true")
     ap.add_argument("--lfs-upstream", default="")
     ap.add_argument("--app-public-key", default="")
     ap.add_argument("--app-id", default="")
@@ -674,6 +707,20 @@ def main():
     srv.app_token_ttl = a.app_token_ttl
     srv.app_repos = set(filter(None, a.app_repos.split(",")))
     srv.hostile = a.hostile
+    srv.gitlab_root = "/" + a.gitlab_root.strip("/") if a.gitlab_root.strip("/") else ""
+    srv.gitlab_path_cost = max(1, a.gitlab_path_cost)
+    srv.api_listener = None
+    if a.github_api_listener:
+        api = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        api.daemon_threads = True
+        for k in ("root", "profile", "object_info", "no_filter", "github_tree_limit",
+                  "github_size_skew", "github_rate_limit", "page_max", "lfs_upstream",
+                  "app_public_key", "app_id", "app_installation", "app_token_ttl", "app_repos",
+                  "hostile", "gitlab_root", "gitlab_path_cost"):
+            setattr(api, k, getattr(srv, k))
+        api.api_listener, api.api_only = None, True
+        srv.api_listener = api
+        threading.Thread(target=api.serve_forever, daemon=True).start()
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 
