@@ -393,6 +393,12 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
         ("lfs401", libc::EACCES, "HTTP 401"),
         ("lfs403", libc::EACCES, "HTTP 403"),
         ("lfs404", libc::EIO, "no LFS server"),
+        // GitHub's quota refusal is told from a credential problem.
+        (
+            "lfsquota",
+            libc::EIO,
+            "refused for its quota, not the credentials",
+        ),
     ] {
         s.git.set_fault(mode);
         let e = read_err(&m.join("a/f0.bin"));
@@ -498,6 +504,19 @@ fn lfsconfig_url_overrides_the_endpoint_and_check_reports_lfs() {
         out.contains("LFS endpoint accepts the credentials"),
         "{out}"
     );
+    // A quota refusal: check fails and says quota, not credentials.
+    s.git.set_fault("lfsquota");
+    let (code, out, _) = sh(
+        &format!("{} --config {} check cfg", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
+    s.git.set_fault("ok");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("LFS quota, not the credentials") && out.contains("over its data quota"),
+        "{out}"
+    );
+    assert!(!out.contains("refused the credentials"), "{out}");
     // LFS behind auth with a wrong token: check fails and says LFS.
     s.git.set_tokens(&[("cfg", "right")]);
     let (code, out, _) = sh(

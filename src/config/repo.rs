@@ -250,8 +250,11 @@ pub(super) fn validate_repo(
     let lfs_url = match r.lfs_url {
         None => None,
         Some(u) => Some(
-            http_url_of(&u, "the LFS server's address, such as https://lfs.example.com/org/repo")
-                .map_err(|m| ctx("lfs_url", m))?,
+            http_url_of(
+                &u,
+                "the LFS server's address, such as https://lfs.example.com/org/repo",
+            )
+            .map_err(|m| ctx("lfs_url", m))?,
         ),
     };
     let api_url = match r.api_url {
@@ -427,8 +430,8 @@ fn validate_s3(
 /// Checks an `lfs_url` or `api_url`: an absolute `http(s)` URL without
 /// credentials, query or fragment in it, returned without a trailing `/`.
 fn http_url_of(url: &str, what: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("{url:?} is not a URL ({e}); give {what}"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e}); give {what}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
@@ -438,7 +441,9 @@ fn http_url_of(url: &str, what: &str) -> Result<String, String> {
         return Err("must not contain credentials; the repository's token is sent to it".into());
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!("{url:?} must not have a query or fragment; give {what}"));
+        return Err(format!(
+            "{url:?} must not have a query or fragment; give {what}"
+        ));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -453,7 +458,9 @@ fn api_url_of(provider: Provider, url: &str, clone_url: &str) -> Result<String, 
         Provider::Gitlab | Provider::GitlabEnterprise => {
             "the REST API root, such as https://HOST/gitlab/api/v4"
         }
-        Provider::BitbucketServer => "the REST API root, such as https://HOST/bitbucket/rest/api/1.0",
+        Provider::BitbucketServer => {
+            "the REST API root, such as https://HOST/bitbucket/rest/api/1.0"
+        }
         Provider::Git | Provider::S3 => {
             return Err(format!(
                 "provider \"{}\" has no host API; remove api_url",

@@ -338,13 +338,29 @@ fn api_url_per_host_kind() {
         ))
     };
     for (provider, url, api) in [
-        ("github-enterprise", "https://octo.ghe.com/a/b", "https://api.octo.ghe.com"),
+        (
+            "github-enterprise",
+            "https://octo.ghe.com/a/b",
+            "https://api.octo.ghe.com",
+        ),
         ("github", "https://github.com/a/b", "https://api.github.com"),
-        ("gitlab-enterprise", "https://h/gitlab/g/p", "https://h/gitlab/api/v4"),
-        ("bitbucket-server", "https://h/bb/scm/p/r.git", "http://h:7990/bb/rest/api/1.0"),
+        (
+            "gitlab-enterprise",
+            "https://h/gitlab/g/p",
+            "https://h/gitlab/api/v4",
+        ),
+        (
+            "bitbucket-server",
+            "https://h/bb/scm/p/r.git",
+            "http://h:7990/bb/rest/api/1.0",
+        ),
     ] {
         let c = entry(provider, url, &format!("{api}/")).unwrap();
-        assert_eq!(c.repositories[0].api_url.as_deref(), Some(api), "{provider}");
+        assert_eq!(
+            c.repositories[0].api_url.as_deref(),
+            Some(api),
+            "{provider}"
+        );
     }
     let none = parse(&format!(
         "{BASE}[[repository]]\nname = \"r\"\nprovider = \"gitlab\"\nurl = \"https://h/g/p\"\n"
@@ -352,12 +368,42 @@ fn api_url_per_host_kind() {
     .unwrap();
     assert_eq!(none.repositories[0].api_url, None);
     for (provider, url, bad, says) in [
-        ("github", "https://github.com/a/b", "ftp://api.github.com", "http"),
-        ("github", "https://github.com/a/b", "https://u:p@api.github.com", "credentials"),
-        ("github", "https://github.com/a/b", "https://api.github.com/?x=1", "query"),
-        ("github", "https://github.com/a/b", "api.github.com", "not a URL"),
-        ("gitlab", "https://h/gitlab/g/p", "https://h/gitlab", "/api/v4"),
-        ("gitlab", "https://h/other/g/p", "https://h/gitlab/api/v4", "not a project under"),
+        (
+            "github",
+            "https://github.com/a/b",
+            "ftp://api.github.com",
+            "http",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "https://u:p@api.github.com",
+            "credentials",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "https://api.github.com/?x=1",
+            "query",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "api.github.com",
+            "not a URL",
+        ),
+        (
+            "gitlab",
+            "https://h/gitlab/g/p",
+            "https://h/gitlab",
+            "/api/v4",
+        ),
+        (
+            "gitlab",
+            "https://h/other/g/p",
+            "https://h/gitlab/api/v4",
+            "not a project under",
+        ),
         ("git", "https://h/r.git", "https://h/api", "no host API"),
     ] {
         let e = entry(provider, url, bad).unwrap_err().to_string();

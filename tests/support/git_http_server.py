@@ -70,9 +70,10 @@ Control endpoints:
 - GET /_api_log: [{"t": epoch, "kind": "github"|"gitlab", "status": n,
   "accept": ..., "version": ... (X-GitHub-Api-Version), and for GitLab
   "paths", "complexity", "refused"}] per API request, in order;
-- GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|api500|ratelimit: 500
+- GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|lfsquota|api500|ratelimit|secondary: 500
   and hang hit every request but control ones; slow sends git's responses at
-  about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API;
+  about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API (lfsquota:
+  GitHub's 403 "over its data quota");
   api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
   only; secondary&seconds=S: GitHub's secondary rate limit, S seconds (from
   the first API request) of HTTP 403 with `retry-after` and
@@ -603,6 +604,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_body(401, b'{"message":"Credentials needed"}', ctype,
                                   {"LFS-Authenticate": 'Basic realm="git"'})
         codes = {"lfs401": 401, "lfs403": 403, "lfs404": 404}
+        if fault == "lfsquota":
+            # GitHub's refusal when the owner's LFS bandwidth is used up.
+            return self.send_body(403, json.dumps({
+                "message": "This repository is over its data quota. Account responsible for LFS"
+                           " bandwidth should purchase more data packs to restore access.",
+                "documentation_url": "https://docs.github.com/lfs"}).encode(), ctype)
         if fault in codes:
             return self.send_body(codes[fault], b'{"message":"injected LFS failure"}', ctype)
         if not self.server.lfs_upstream or not self.path.endswith("/objects/batch"):

@@ -48,7 +48,12 @@ pub fn gitlab_project(clone_url: &str, api_root: &str) -> Result<(String, String
         })?;
     let path_of = |u: &str| -> Option<String> {
         let rest = u.split_once("://")?.1;
-        Some(rest.split_once('/').map(|(_, p)| p).unwrap_or("").to_string())
+        Some(
+            rest.split_once('/')
+                .map(|(_, p)| p)
+                .unwrap_or("")
+                .to_string(),
+        )
     };
     let root_path = path_of(root).unwrap_or_default();
     let root_segs: Vec<&str> = root_path.split('/').filter(|s| !s.is_empty()).collect();
@@ -133,9 +138,15 @@ impl Batch {
 
     fn log_refusal(&self, full_path: &str, n: usize, next: usize, message: &str) {
         if !self.logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(project = full_path, "GitLab refused {n} paths in one GraphQL query ({message}); asking {next} at a time from now on");
+            tracing::warn!(
+                project = full_path,
+                "GitLab refused {n} paths in one GraphQL query ({message}); asking {next} at a time from now on"
+            );
         } else {
-            tracing::debug!(project = full_path, "GitLab refused {n} paths ({message}); asking {next}");
+            tracing::debug!(
+                project = full_path,
+                "GitLab refused {n} paths ({message}); asking {next}"
+            );
         }
     }
 }
@@ -286,7 +297,10 @@ mod tests {
         );
         assert_eq!(
             gitlab_project("https://h/gitlab/g/p.git", "https://h/gitlab/api/v4/").unwrap(),
-            ("https://h/gitlab/api/graphql".to_string(), "g/p".to_string())
+            (
+                "https://h/gitlab/api/graphql".to_string(),
+                "g/p".to_string()
+            )
         );
         // Without api_url, the default root takes the whole path.
         assert_eq!(
@@ -305,7 +319,9 @@ mod tests {
         assert!(is_size_refusal(
             "Query has complexity of 220, which exceeds max complexity of 200"
         ));
-        assert!(is_size_refusal("Max blobs size limit exceeded (25 MB / 20 MB)."));
+        assert!(is_size_refusal(
+            "Max blobs size limit exceeded (25 MB / 20 MB)."
+        ));
         assert!(!is_size_refusal("Ref is not valid"));
     }
 

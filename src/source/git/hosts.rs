@@ -419,9 +419,11 @@ mod tests {
             panic!()
         };
         assert_eq!(base, "https://api.github.com/repos/a/b");
-        let HostApi::Github { base, .. } =
-            HostApi::for_repo(Provider::GithubEnterprise, "https://octo.ghe.com/a/b.git", None)
-        else {
+        let HostApi::Github { base, .. } = HostApi::for_repo(
+            Provider::GithubEnterprise,
+            "https://octo.ghe.com/a/b.git",
+            None,
+        ) else {
             panic!()
         };
         assert_eq!(base, "https://api.octo.ghe.com/repos/a/b");
@@ -433,9 +435,11 @@ mod tests {
             panic!()
         };
         assert_eq!(base, "http://127.0.0.1:9/repos/a/b");
-        let HostApi::Bitbucket { base } =
-            HostApi::for_repo(Provider::BitbucketServer, "https://h/bb/scm/proj/r.git", None)
-        else {
+        let HostApi::Bitbucket { base } = HostApi::for_repo(
+            Provider::BitbucketServer,
+            "https://h/bb/scm/proj/r.git",
+            None,
+        ) else {
             panic!()
         };
         assert_eq!(base, "https://h/bb/rest/api/1.0/projects/PROJ/repos/r");
@@ -446,7 +450,10 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(base, "https://h/bitbucket/rest/api/latest/projects/PROJ/repos/r");
+        assert_eq!(
+            base,
+            "https://h/bitbucket/rest/api/latest/projects/PROJ/repos/r"
+        );
         let HostApi::Gitlab {
             endpoint,
             full_path,
@@ -480,8 +487,14 @@ mod tests {
             HostApi::None
         ));
         assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
-        assert_eq!(api_headers(Provider::Github)[0].1, "application/vnd.github+json");
-        assert_eq!(api_headers(Provider::GithubEnterprise)[1], ("x-github-api-version", "2022-11-28"));
+        assert_eq!(
+            api_headers(Provider::Github)[0].1,
+            "application/vnd.github+json"
+        );
+        assert_eq!(
+            api_headers(Provider::GithubEnterprise)[1],
+            ("x-github-api-version", "2022-11-28")
+        );
     }
 
     #[test]

@@ -136,11 +136,18 @@ mod tests {
         assert_eq!(d(Git, "https://h/x.git"), None);
         // The configured api_url wins, for host kinds with an API only.
         assert_eq!(
-            api_root(Gitlab, "https://h/gitlab/g/p.git", Some("https://h/gitlab/api/v4/"))
-                .as_deref(),
+            api_root(
+                Gitlab,
+                "https://h/gitlab/g/p.git",
+                Some("https://h/gitlab/api/v4/")
+            )
+            .as_deref(),
             Some("https://h/gitlab/api/v4")
         );
-        assert_eq!(api_root(Git, "https://h/x.git", Some("https://h/api")), None);
+        assert_eq!(
+            api_root(Git, "https://h/x.git", Some("https://h/api")),
+            None
+        );
     }
 
     #[test]

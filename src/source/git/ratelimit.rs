@@ -60,7 +60,8 @@ pub fn github_retry_after(
     }
     let remaining = header(headers, "x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
     if remaining == Some(0) {
-        if let Some(reset) = header(headers, "x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())
+        if let Some(reset) =
+            header(headers, "x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())
         {
             let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             // At least a second: the reset is whole seconds.
@@ -69,8 +70,9 @@ pub fn github_retry_after(
     }
     // GitHub words every rate-limit refusal with "rate limit" ("API rate
     // limit exceeded", "You have exceeded a secondary rate limit").
-    let limited =
-        status == 429 || remaining == Some(0) || message.to_ascii_lowercase().contains("rate limit");
+    let limited = status == 429
+        || remaining == Some(0)
+        || message.to_ascii_lowercase().contains("rate limit");
     limited.then(|| backoff(strikes))
 }
 
@@ -179,7 +181,11 @@ mod tests {
         let headers = h(&[("x-ratelimit-remaining", "4000")]);
         let msg = "You have exceeded a secondary rate limit and have been temporarily blocked";
         let waits: Vec<u64> = (0..4)
-            .map(|s| github_retry_after(403, &headers, msg, now(), s).unwrap().as_secs())
+            .map(|s| {
+                github_retry_after(403, &headers, msg, now(), s)
+                    .unwrap()
+                    .as_secs()
+            })
             .collect();
         assert_eq!(waits, [60, 120, 240, 480]);
         assert_eq!(
@@ -198,11 +204,23 @@ mod tests {
         let headers = h(&[("x-ratelimit-remaining", "4000")]);
         // A 403 for want of access.
         assert_eq!(
-            github_retry_after(403, &headers, "Resource not accessible by integration", now(), 0),
+            github_retry_after(
+                403,
+                &headers,
+                "Resource not accessible by integration",
+                now(),
+                0
+            ),
             None
         );
-        assert_eq!(github_retry_after(404, &headers, "rate limit", now(), 0), None);
-        assert_eq!(github_retry_after(500, &h(&[("retry-after", "5")]), "", now(), 0), None);
+        assert_eq!(
+            github_retry_after(404, &headers, "rate limit", now(), 0),
+            None
+        );
+        assert_eq!(
+            github_retry_after(500, &h(&[("retry-after", "5")]), "", now(), 0),
+            None
+        );
     }
 
     #[test]
@@ -212,10 +230,20 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(
-            other_retry_after(429, &h(&[("ratelimit-reset", &(NOW + 40).to_string())]), now()),
+            other_retry_after(
+                429,
+                &h(&[("ratelimit-reset", &(NOW + 40).to_string())]),
+                now()
+            ),
             Some(Duration::from_secs(40))
         );
-        assert_eq!(other_retry_after(429, &HeaderMap::new(), now()), Some(SECONDARY_MIN));
-        assert_eq!(other_retry_after(403, &h(&[("retry-after", "3")]), now()), None);
+        assert_eq!(
+            other_retry_after(429, &HeaderMap::new(), now()),
+            Some(SECONDARY_MIN)
+        );
+        assert_eq!(
+            other_retry_after(403, &h(&[("retry-after", "3")]), now()),
+            None
+        );
     }
 }

@@ -33,6 +33,16 @@ pub enum RemoteError {
         status: u16,
         message: String,
     },
+    /// Refused for the host's data quota (GitHub LFS: "over its data
+    /// quota"), not for the credentials.
+    #[error(
+        "{url}: refused for the repository's quota, not the credentials (HTTP {status}): {message}"
+    )]
+    Quota {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("repository not found at {url} (HTTP 404): check the url{hint}")]
     NotFound { url: String, hint: &'static str },
     #[error("{url}: the server answered HTTP {status}{detail}")]
@@ -162,11 +172,7 @@ impl Transport {
             .into_iter()
             .flatten()
             .map(String::from)
-            .chain(api_root(
-                repo.provider,
-                &clone_url,
-                repo.api_url.as_deref(),
-            ))
+            .chain(api_root(repo.provider, &clone_url, repo.api_url.as_deref()))
             .filter_map(|u| origin(&u))
             .collect();
         trusted.dedup();
@@ -384,19 +390,25 @@ impl Transport {
         .await
     }
 
-    /// POSTs an LFS batch request and returns the status and content type
-    /// whatever they are (for `repofs check`'s probe).
-    pub async fn lfs_probe(&self, url: &str, body: Vec<u8>) -> Result<(u16, String), RemoteError> {
+    /// POSTs an LFS batch request and returns the status, content type and
+    /// the first bytes of the body whatever they are (for `repofs check`'s
+    /// probe).
+    pub async fn lfs_probe(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String, Vec<u8>), RemoteError> {
         let rb = self.lfs_post(url, body).await?;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let ctype = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        Ok((resp.status().as_u16(), ctype))
+        let status = resp.status().as_u16();
+        Ok((status, ctype, read_capped(&mut resp, ERROR_BODY_MAX).await))
     }
 
     /// GETs an LFS download href with exactly `headers` (from the batch
@@ -445,6 +457,17 @@ impl Transport {
         mut resp: reqwest::Response,
     ) -> RemoteError {
         let url = crate::redact::url(url);
+        if status == 403 {
+            // A quota refusal (GitHub LFS) is no credential problem.
+            let body = read_capped(&mut resp, ERROR_BODY_MAX).await;
+            if let Some(message) = super::lfs::quota_refusal(&body) {
+                return RemoteError::Quota {
+                    url,
+                    status,
+                    message,
+                };
+            }
+        }
         match status {
             401 | 403 | 404 if matches!(self.auth, Auth::App(_)) => {
                 if let Auth::App(app) = &self.auth {
@@ -490,16 +513,7 @@ impl Transport {
             _ => {
                 // A short, printable excerpt of the body helps with proxies' error pages.
                 // At most ERROR_BODY_MAX bytes are read, however long the body.
-                let mut body = Vec::new();
-                while body.len() < ERROR_BODY_MAX {
-                    match resp.chunk().await {
-                        Ok(Some(c)) => {
-                            let n = c.len().min(ERROR_BODY_MAX - body.len());
-                            body.extend_from_slice(&c[..n]);
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                let body = read_capped(&mut resp, ERROR_BODY_MAX).await;
                 drop(resp);
                 let text = crate::redact::urls_in(&String::from_utf8_lossy(&body));
                 let excerpt: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
@@ -610,6 +624,22 @@ impl Transport {
             }
         }
     }
+}
+
+/// At most `max` bytes of a body (an error's, for its excerpt); a body
+/// that fails midway gives what arrived.
+async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                let n = c.len().min(max - body.len());
+                body.extend_from_slice(&c[..n]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
 }
 
 /// How requests are authenticated.
