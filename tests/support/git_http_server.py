@@ -68,7 +68,7 @@ Control endpoints:
   the whole response fitted in the socket buffers);
 - POST /_stats (or /_stats/reset): zeroes /_stats, /_wants and /_api_log;
 - GET /_api_log: [{"t": epoch, "kind": "github"|"gitlab", "status": n,
-  "accept": ..., "version": ... (X-GitHub-Api-Version), and for GitLab
+  "host": ..., "accept": ..., "version": ... (X-GitHub-Api-Version), and for GitLab
   "paths", "complexity", "refused"}] per API request, in order;
 - GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|lfsquota|api500|ratelimit|secondary: 500
   and hang hit every request but control ones; slow sends git's responses at

@@ -17,7 +17,7 @@ counters is the last part of that path (`models.git`).
   without a token, 250 with one.
 
 Every API request is logged for /_api_log (`log_api`): its time, host kind,
-status, `Accept` and `X-GitHub-Api-Version` headers, and for GitLab the
+status, `Host`, `Accept` and `X-GitHub-Api-Version` headers, and for GitLab the
 number of paths and the complexity.
 
 `route(h)` answers the request of handler `h` (a git_http_server.Handler,
@@ -64,7 +64,7 @@ GITLAB_PAGE = 100
 
 
 def log_api(h, kind, status, **extra):
-    rec = {"t": time.time(), "kind": kind, "status": status,
+    rec = {"t": time.time(), "kind": kind, "status": status, "host": h.headers.get("Host"),
            "accept": h.headers.get("Accept"),
            "version": h.headers.get("X-GitHub-Api-Version"), **extra}
     with RATE_LOCK:

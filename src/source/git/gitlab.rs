@@ -145,7 +145,7 @@ impl Batch {
         } else {
             tracing::debug!(
                 project = full_path,
-                "GitLab refused {n} paths ({message}); asking {next}"
+                "{n} paths were too many again ({message}); asking {next}"
             );
         }
     }
