@@ -240,6 +240,26 @@ fn gitlab_refusing_for_complexity_gets_smaller_queries_never_the_same_one() {
     d.stop();
 }
 
+/// Sizes GraphQL gives for other blobs than the tree names (their `oid`
+/// differs) are not taken: the listing shows the true sizes, from git.
+#[test]
+fn gitlab_sizes_of_other_blobs_are_not_taken() {
+    let _one = one_at_a_time();
+    let f = fixture("");
+    let server = GitServer::start(&f.srv, &["--gitlab-stale-oids"]);
+    let url = format!("http://127.0.0.1:{}/acme/models", server.port);
+    let (cfg, m) = config(&f, "stale", "gitlab-enterprise", &url, "");
+    let mut d = Daemon::start(&cfg, &[m.clone()], &f.dir.join("stale.log"));
+    ls(&m, "", &d);
+    server.reset_stats();
+    ls(&m, "models", &d);
+    let (requests, api, _) = counts(&server);
+    assert_eq!(api, 1, "GraphQL was not asked");
+    assert!(requests > api, "the sizes were not learned over git");
+    sizes_right(&f, &m, "models", &d);
+    d.stop();
+}
+
 #[test]
 fn gitlab_under_a_relative_url_root_with_api_url() {
     let _one = one_at_a_time();

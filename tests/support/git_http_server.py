@@ -48,6 +48,8 @@ Host APIs (host_api.py), answered from the bare repository, counted per repo:
   above GitLab's complexity limits (200 anonymous, 250 with a token);
   --gitlab-root /gitlab serves it as a GitLab under a relative URL root
   (the git repositories are then under <root>/gitlab/ too);
+  --gitlab-stale-oids answers every blob with another id and size + 1
+  (opt-in lie: sizes of another version);
   --gitlab-path-cost N charges N per path instead of GitLab's 1 (opt-in:
   releases that scored paths higher, gitlab-org/gitlab#576497);
 - --github-api-listener: the GitHub API also on a second port, at its root
@@ -688,6 +690,7 @@ def main():
     ap.add_argument("--page-max", type=int, default=500)
     ap.add_argument("--gitlab-root", default="")
     ap.add_argument("--gitlab-path-cost", type=int, default=1)
+    ap.add_argument("--gitlab-stale-oids", action="store_true")
     ap.add_argument("--github-api-listener", action="store_true")
     ap.add_argument("--lfs-upstream", default="")
     ap.add_argument("--app-public-key", default="")
@@ -716,6 +719,7 @@ def main():
     srv.hostile = a.hostile
     srv.gitlab_root = "/" + a.gitlab_root.strip("/") if a.gitlab_root.strip("/") else ""
     srv.gitlab_path_cost = max(1, a.gitlab_path_cost)
+    srv.gitlab_stale_oids = a.gitlab_stale_oids
     srv.api_listener = None
     if a.github_api_listener:
         api = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -723,7 +727,7 @@ def main():
         for k in ("root", "profile", "object_info", "no_filter", "github_tree_limit",
                   "github_size_skew", "github_rate_limit", "page_max", "lfs_upstream",
                   "app_public_key", "app_id", "app_installation", "app_token_ttl", "app_repos",
-                  "hostile", "gitlab_root", "gitlab_path_cost"):
+                  "hostile", "gitlab_root", "gitlab_path_cost", "gitlab_stale_oids"):
             setattr(api, k, getattr(srv, k))
         api.api_listener, api.api_only = None, True
         srv.api_listener = api
