@@ -409,7 +409,18 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
             "{mode}: {log}"
         );
     }
+    // A quota refusal: check fails and says quota, not credentials.
+    let (code, out, _) = sh(
+        &format!("{} --config {} check errs", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
     s.git.set_fault("ok");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("LFS quota, not the credentials") && out.contains("over its data quota"),
+        "{out}"
+    );
+    assert!(!out.contains("refused the credentials"), "{out}");
 
     // A corrupt download: EIO, "sha256 mismatch" in the log, nothing cached.
     s.lfs.control("corrupt=1");
@@ -504,19 +515,6 @@ fn lfsconfig_url_overrides_the_endpoint_and_check_reports_lfs() {
         out.contains("LFS endpoint accepts the credentials"),
         "{out}"
     );
-    // A quota refusal: check fails and says quota, not credentials.
-    s.git.set_fault("lfsquota");
-    let (code, out, _) = sh(
-        &format!("{} --config {} check cfg", repofs_bin(), cfg.display()),
-        Duration::from_secs(60),
-    );
-    s.git.set_fault("ok");
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("LFS quota, not the credentials") && out.contains("over its data quota"),
-        "{out}"
-    );
-    assert!(!out.contains("refused the credentials"), "{out}");
     // LFS behind auth with a wrong token: check fails and says LFS.
     s.git.set_tokens(&[("cfg", "right")]);
     let (code, out, _) = sh(

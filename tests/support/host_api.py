@@ -36,6 +36,9 @@ import threading
 import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from graphql import parse as graphql_parse  # graphql-core (requirements.txt)
+from graphql.utilities import value_from_ast_untyped
+
 JSON = "application/json; charset=utf-8"
 GH_TREES = re.compile(r"^/api/v3/repos/([^/]+)/([^/]+)/git/trees/([^/]+)$")
 GH_REPOS = re.compile(r"^/api/v3/repos/([^/]+)/([^/]+)(/.*)?$")
@@ -428,7 +431,6 @@ GITLAB_GITALY_FIELDS = {"rawBlob", "rawTextBlob", "plainData", "base64EncodedBlo
 
 
 def _args(field, variables):
-    from graphql.utilities import value_from_ast_untyped
     return {a.name.value: value_from_ast_untyped(a.value, variables) for a in field.arguments or []}
 
 
@@ -460,8 +462,7 @@ def _cost(field, variables, path_cost):
 
 def gitlab_complexity(query, variables, path_cost=1):
     """The complexity GitLab computes for `query` with `variables`."""
-    from graphql import parse
-    doc = parse(query)
+    doc = graphql_parse(query)
     total = 0
     for op in doc.definitions:
         if op.kind == "operation_definition":
@@ -471,9 +472,8 @@ def gitlab_complexity(query, variables, path_cost=1):
 
 def page_size(query, variables):
     """`first` of the blobs field (at most GitLab's page), 100 without it."""
-    from graphql import parse
     try:
-        doc = parse(query)
+        doc = graphql_parse(query)
     except Exception:
         return GITLAB_PAGE
 
