@@ -84,6 +84,14 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
                         format!("the LFS endpoint {lfs_endpoint} refused the credentials: {why}"),
                     );
                 }
+                LfsProbe::Quota(why) => {
+                    return line(
+                        false,
+                        format!(
+                            "the LFS endpoint {lfs_endpoint} refuses for the repository's LFS quota, not the credentials: {why}; the account that owns the repository must add LFS bandwidth or storage, or wait for the quota to reset"
+                        ),
+                    );
+                }
             }
             let mut msg = format!(
                 "{} -> {commit} ({}, {auth})",
@@ -193,6 +201,8 @@ enum LfsProbe {
     Ok,
     Absent(String),
     Denied(String),
+    /// Refused for a data quota (the host's message).
+    Quota(String),
 }
 
 /// Asks the LFS batch API about an object that does not exist: any answer
@@ -209,10 +219,16 @@ async fn probe_lfs(remote: &Remote, endpoint: &str, repo_has_token: bool) -> Lfs
         .lfs_probe(&url, body.to_string().into_bytes())
         .await
     {
-        Ok((200..=299, _)) => LfsProbe::Ok,
+        Ok((200..=299, _, _)) => LfsProbe::Ok,
         // An LFS server that does not know the (made-up) object may answer 404 in JSON.
-        Ok((404, ctype)) if ctype.contains("git-lfs") || ctype.contains("json") => LfsProbe::Ok,
-        Ok((status @ (401 | 403), _)) => LfsProbe::Denied(format!(
+        Ok((404, ctype, _)) if ctype.contains("git-lfs") || ctype.contains("json") => LfsProbe::Ok,
+        Ok((status @ (403 | 429), _, body))
+            if crate::source::git::lfs::quota_refusal(&body).is_some() =>
+        {
+            let message = crate::source::git::lfs::quota_refusal(&body).unwrap_or_default();
+            LfsProbe::Quota(format!("HTTP {status}: {message}"))
+        }
+        Ok((status @ (401 | 403), _, _)) => LfsProbe::Denied(format!(
             "HTTP {status}: {}",
             if repo_has_token {
                 "the token is rejected or lacks LFS access"
@@ -220,7 +236,7 @@ async fn probe_lfs(remote: &Remote, endpoint: &str, repo_has_token: bool) -> Lfs
                 "credentials are needed"
             }
         )),
-        Ok((status, _)) => LfsProbe::Absent(format!("HTTP {status}")),
+        Ok((status, _, _)) => LfsProbe::Absent(format!("HTTP {status}")),
         Err(e) => LfsProbe::Absent(e.to_string()),
     }
 }

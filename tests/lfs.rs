@@ -393,6 +393,12 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
         ("lfs401", libc::EACCES, "HTTP 401"),
         ("lfs403", libc::EACCES, "HTTP 403"),
         ("lfs404", libc::EIO, "no LFS server"),
+        // GitHub's quota refusal is told from a credential problem.
+        (
+            "lfsquota",
+            libc::EIO,
+            "refused for its quota, not the credentials",
+        ),
     ] {
         s.git.set_fault(mode);
         let e = read_err(&m.join("a/f0.bin"));
@@ -403,7 +409,18 @@ fn lfs_failures_are_reported_and_hrefs_renewed() {
             "{mode}: {log}"
         );
     }
+    // A quota refusal: check fails and says quota, not credentials.
+    let (code, out, _) = sh(
+        &format!("{} --config {} check errs", repofs_bin(), cfg.display()),
+        Duration::from_secs(60),
+    );
     s.git.set_fault("ok");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("LFS quota, not the credentials") && out.contains("over its data quota"),
+        "{out}"
+    );
+    assert!(!out.contains("refused the credentials"), "{out}");
 
     // A corrupt download: EIO, "sha256 mismatch" in the log, nothing cached.
     s.lfs.control("corrupt=1");

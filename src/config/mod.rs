@@ -90,6 +90,12 @@ impl Provider {
             .map(|(n, _)| *n)
             .unwrap_or("git")
     }
+
+    /// Whether the host kind has a REST/GraphQL API repofs uses (and so
+    /// an `api_url`).
+    pub fn has_host_api(self) -> bool {
+        !matches!(self, Provider::Git | Provider::S3)
+    }
 }
 
 /// Where a repository's token came from (for messages), and the token.
@@ -125,6 +131,10 @@ pub struct RepoConfig {
     /// An LFS endpoint the operator trusts with the repository's
     /// credentials (instead of `<clone url>/info/lfs` or `.lfsconfig`).
     pub lfs_url: Option<String>,
+    /// The host's REST API root, instead of the default derived from the
+    /// clone URL (GHE.com, GitLab under a relative URL root, Bitbucket
+    /// behind a proxy); it gets the repository's credentials.
+    pub api_url: Option<String>,
 }
 
 /// How an S3 repository signs its requests.
@@ -289,6 +299,7 @@ struct RawRepo {
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
     lfs_url: Option<String>,
+    api_url: Option<String>,
     bucket: Option<String>,
     prefix: Option<String>,
     region: Option<String>,
@@ -344,6 +355,7 @@ const REPO_KEYS: &[&str] = &[
     "refresh",
     "github_app",
     "lfs_url",
+    "api_url",
     "bucket",
     "prefix",
     "region",

@@ -105,7 +105,8 @@ pub(super) fn validate_repo(
                 .into(),
         )
     })?;
-    crate::source::git::url::clone_url(provider, &url).map_err(|m| ctx("url", m))?;
+    let clone_url =
+        crate::source::git::url::clone_url(provider, &url).map_err(|m| ctx("url", m))?;
     if let Some(reference) = &r.reference {
         if reference.trim().is_empty() || reference.contains(char::is_whitespace) {
             return Err(ctx(
@@ -248,11 +249,22 @@ pub(super) fn validate_repo(
     };
     let lfs_url = match r.lfs_url {
         None => None,
-        Some(u) => Some(lfs_url_of(&u).map_err(|m| ctx("lfs_url", m))?),
+        Some(u) => Some(
+            http_url_of(
+                &u,
+                "the LFS server's address, such as https://lfs.example.com/org/repo",
+            )
+            .map_err(|m| ctx("lfs_url", m))?,
+        ),
+    };
+    let api_url = match r.api_url {
+        None => None,
+        Some(u) => Some(api_url_of(provider, &u, &clone_url).map_err(|m| ctx("api_url", m))?),
     };
     Ok(RepoConfig {
         s3: None,
         lfs_url,
+        api_url,
         github_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
@@ -284,6 +296,7 @@ fn validate_s3(
         ("refresh", r.refresh.is_some()),
         ("github_app", r.github_app.is_some()),
         ("lfs_url", r.lfs_url.is_some()),
+        ("api_url", r.api_url.is_some()),
     ] {
         if set {
             return Err(ctx(
@@ -400,6 +413,7 @@ fn validate_s3(
         refresh: None,
         github_app: None,
         lfs_url: None,
+        api_url: None,
         s3: Some(S3Config {
             bucket,
             prefix,
@@ -413,11 +427,11 @@ fn validate_s3(
     })
 }
 
-/// Checks an `lfs_url`: an absolute `http(s)` URL without credentials in
-/// it, returned without a trailing `/`.
-fn lfs_url_of(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("{url:?} is not a URL ({e}); give the LFS server's address, such as https://lfs.example.com/org/repo"))?;
+/// Checks an `lfs_url` or `api_url`: an absolute `http(s)` URL without
+/// credentials, query or fragment in it, returned without a trailing `/`.
+fn http_url_of(url: &str, what: &str) -> Result<String, String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e}); give {what}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
@@ -426,7 +440,39 @@ fn lfs_url_of(url: &str) -> Result<String, String> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain credentials; the repository's token is sent to it".into());
     }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{url:?} must not have a query or fragment; give {what}"
+        ));
+    }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Checks an `api_url`: [`http_url_of`], for a host kind with an API; for
+/// GitLab the REST root (`.../api/v4`) of the instance serving the clone URL.
+fn api_url_of(provider: Provider, url: &str, clone_url: &str) -> Result<String, String> {
+    let example = match provider {
+        Provider::Github | Provider::GithubEnterprise => {
+            "the REST API root, such as https://api.SUBDOMAIN.ghe.com or https://HOST/api/v3"
+        }
+        Provider::Gitlab | Provider::GitlabEnterprise => {
+            "the REST API root, such as https://HOST/gitlab/api/v4"
+        }
+        Provider::BitbucketServer => {
+            "the REST API root, such as https://HOST/bitbucket/rest/api/1.0"
+        }
+        Provider::Git | Provider::S3 => {
+            return Err(format!(
+                "provider \"{}\" has no host API; remove api_url",
+                provider.as_str()
+            ));
+        }
+    };
+    let url = http_url_of(url, example)?;
+    if matches!(provider, Provider::Gitlab | Provider::GitlabEnterprise) {
+        crate::source::git::gitlab::gitlab_project(clone_url, &url)?;
+    }
+    Ok(url)
 }
 
 /// Checks an `overlay` directory: absolute, and neither inside the mount

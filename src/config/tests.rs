@@ -331,6 +331,94 @@ fn lfs_url_is_an_http_url_without_credentials() {
 }
 
 #[test]
+fn api_url_per_host_kind() {
+    let entry = |provider: &str, url: &str, v: &str| {
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"r\"\nprovider = \"{provider}\"\nurl = \"{url}\"\napi_url = \"{v}\"\n"
+        ))
+    };
+    for (provider, url, api) in [
+        (
+            "github-enterprise",
+            "https://octo.ghe.com/a/b",
+            "https://api.octo.ghe.com",
+        ),
+        ("github", "https://github.com/a/b", "https://api.github.com"),
+        (
+            "gitlab-enterprise",
+            "https://h/gitlab/g/p",
+            "https://h/gitlab/api/v4",
+        ),
+        (
+            "bitbucket-server",
+            "https://h/bb/scm/p/r.git",
+            "http://h:7990/bb/rest/api/1.0",
+        ),
+    ] {
+        let c = entry(provider, url, &format!("{api}/")).unwrap();
+        assert_eq!(
+            c.repositories[0].api_url.as_deref(),
+            Some(api),
+            "{provider}"
+        );
+    }
+    let none = parse(&format!(
+        "{BASE}[[repository]]\nname = \"r\"\nprovider = \"gitlab\"\nurl = \"https://h/g/p\"\n"
+    ))
+    .unwrap();
+    assert_eq!(none.repositories[0].api_url, None);
+    for (provider, url, bad, says) in [
+        (
+            "github",
+            "https://github.com/a/b",
+            "ftp://api.github.com",
+            "http",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "https://u:p@api.github.com",
+            "credentials",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "https://api.github.com/?x=1",
+            "query",
+        ),
+        (
+            "github",
+            "https://github.com/a/b",
+            "api.github.com",
+            "not a URL",
+        ),
+        (
+            "gitlab",
+            "https://h/gitlab/g/p",
+            "https://h/gitlab",
+            "/api/v4",
+        ),
+        (
+            "gitlab",
+            "https://h/other/g/p",
+            "https://h/gitlab/api/v4",
+            "not a project under",
+        ),
+        ("git", "https://h/r.git", "https://h/api", "no host API"),
+    ] {
+        let e = entry(provider, url, bad).unwrap_err().to_string();
+        assert!(e.contains("`api_url`") && e.contains(says), "{bad}: {e}");
+        assert!(!e.contains("u:p"), "{e}");
+    }
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"s\"\nprovider = \"s3\"\nbucket = \"b\"\napi_url = \"https://x/y\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`api_url`"), "{e}");
+}
+
+#[test]
 fn only_the_secrets_a_command_needs_are_resolved() {
     let text = format!(
         "{BASE}[[repository]]\nname = \"a\"\nprovider = \"git\"\nurl = \"https://h/a.git\"\ntoken_env = \"UNSET_VAR\"\n\

@@ -43,8 +43,18 @@ Host APIs (host_api.py), answered from the bare repository, counted per repo:
 - Bitbucket Server: GET /rest/api/1.0/projects/{KEY}/repos/{slug}/browse/
   {path}?at=&start=&limit= for <root>/scm/{key lowercased}/{slug}.git,
   pages of at most --page-max (default 500) entries;
-- GitLab: POST /api/graphql, the repository.blobs(ref, paths) query for
-  <root>/{fullPath}.git.
+- GitLab: POST [--gitlab-root]/api/graphql, the repository.blobs(ref,
+  paths) query for <root>[--gitlab-root]/{fullPath}.git, scored and refused
+  above GitLab's complexity limits (200 anonymous, 250 with a token);
+  --gitlab-root /gitlab serves it as a GitLab under a relative URL root
+  (the git repositories are then under <root>/gitlab/ too);
+  --gitlab-stale-oids answers every blob with another id and size + 1
+  (opt-in lie: sizes of another version);
+  --gitlab-path-cost N charges N per path instead of GitLab's 1 (opt-in:
+  releases that scored paths higher, gitlab-org/gitlab#576497);
+- --github-api-listener: the GitHub API also on a second port, at its root
+  (`/repos/...`, as api.SUBDOMAIN.ghe.com serves it); GET /_api_port tells
+  the port.
 
 Control endpoints:
 - GET /_stats: {"name.git": {"requests": n, "bytes": n, "fetches": n,
@@ -60,12 +70,18 @@ Control endpoints:
   git exited 0 and whose client read it all (a client that stopped reading
   early resets the connection within 3 s: that is not a delivery, even if
   the whole response fitted in the socket buffers);
-- POST /_stats (or /_stats/reset): zeroes /_stats and /_wants;
-- GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|api500|ratelimit: 500
+- POST /_stats (or /_stats/reset): zeroes /_stats, /_wants and /_api_log;
+- GET /_api_log: [{"t": epoch, "kind": "github"|"gitlab", "status": n,
+  "host": ..., "accept": ..., "version": ... (X-GitHub-Api-Version), and for GitLab
+  "paths", "complexity", "refused"}] per API request, in order;
+- GET /_fault?mode=ok|500|hang|slow|lfs401|lfs403|lfs404|lfsquota|api500|ratelimit|secondary: 500
   and hang hit every request but control ones; slow sends git's responses at
-  about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API;
+  about 1.3 MB/s (64 KiB every 50 ms); lfs* the LFS batch API (lfsquota:
+  GitHub's 403 "over its data quota");
   api500 (HTTP 500) and ratelimit (HTTP 429, retry-after: 60) the host APIs
-  only; ok clears it;
+  only; secondary&seconds=S: GitHub's secondary rate limit, S seconds (from
+  the first API request) of HTTP 403 with `retry-after` and
+  x-ratelimit-remaining above 0; ok clears it;
 - GET /_ratelimit: {"limit": n, "used": n, "reset": epoch}; POST clears `used`;
 - GET /_app: {"issued": n} GitHub App tokens issued;
 - with --hostile only: GET /_hostile?repo=NAME.git&mode=MODE makes that
@@ -285,6 +301,8 @@ class Handler(BaseHTTPRequestHandler):
                 if self.command == "POST":
                     STATE["stats"], STATE["wants"] = {}, {}
                     fetch_log.reset()
+                    with host_api.RATE_LOCK:
+                        host_api.API_LOG.clear()
                 body = json.dumps(STATE["stats"]).encode()
             return self.send_body(200, b"{}" if self.command == "POST" else body, "application/json")
         if url.path == "/_wants":
@@ -293,6 +311,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_body(200, body, "application/json")
         if url.path == "/_fetches":
             return self.send_body(200, fetch_log.fetches_json(), "application/json")
+        if url.path == "/_api_log":
+            with host_api.RATE_LOCK:
+                body = json.dumps(host_api.API_LOG).encode()
+            return self.send_body(200, body, "application/json")
+        if url.path == "/_api_port":
+            port = self.server.api_listener.server_address[1] if self.server.api_listener else 0
+            return self.send_body(200, str(port).encode())
         if url.path == "/_app":
             with LOCK:
                 body = json.dumps({"issued": STATE["issued"]}).encode()
@@ -315,9 +340,12 @@ class Handler(BaseHTTPRequestHandler):
             fetch_log.arm(repo, mode)
             return self.send_body(200, mode.encode())
         if url.path == "/_fault":
-            mode = parse_qs(url.query).get("mode", ["ok"])[0]
+            q = parse_qs(url.query)
+            mode = q.get("mode", ["ok"])[0]
             with LOCK:
                 STATE["fault"] = mode
+            with host_api.RATE_LOCK:
+                host_api.SECONDARY.update(seconds=float(q.get("seconds", ["60"])[0]), until=None)
             return self.send_body(200, mode.encode())
         return self.send_body(404, b"no such control endpoint")
 
@@ -364,6 +392,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         self.body, self.counted = self.read_body(), None
+        if getattr(self.server, "api_only", False):
+            # The API's own host (api.SUBDOMAIN.ghe.com): its root is /api/v3's.
+            if not self.path.startswith("/repos/"):
+                return self.send_body(404, b'{"message":"Not Found"}', "application/json")
+            self.path = "/api/v3" + self.path
         path = urlsplit(self.path).path
         if path.startswith("/_"):
             return self.control()
@@ -584,6 +617,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_body(401, b'{"message":"Credentials needed"}', ctype,
                                   {"LFS-Authenticate": 'Basic realm="git"'})
         codes = {"lfs401": 401, "lfs403": 403, "lfs404": 404}
+        if fault == "lfsquota":
+            # GitHub's refusal when the owner's LFS bandwidth is used up.
+            return self.send_body(403, json.dumps({
+                "message": "This repository is over its data quota. Account responsible for LFS"
+                           " bandwidth should purchase more data packs to restore access.",
+                "documentation_url": "https://docs.github.com/lfs"}).encode(), ctype)
         if fault in codes:
             return self.send_body(codes[fault], b'{"message":"injected LFS failure"}', ctype)
         if not self.server.lfs_upstream or not self.path.endswith("/objects/batch"):
@@ -660,6 +699,10 @@ def main():
     ap.add_argument("--github-size-skew", type=int, default=0)
     ap.add_argument("--github-rate-limit", type=int, default=5000)
     ap.add_argument("--page-max", type=int, default=500)
+    ap.add_argument("--gitlab-root", default="")
+    ap.add_argument("--gitlab-path-cost", type=int, default=1)
+    ap.add_argument("--gitlab-stale-oids", action="store_true")
+    ap.add_argument("--github-api-listener", action="store_true")
     ap.add_argument("--lfs-upstream", default="")
     ap.add_argument("--app-public-key", default="")
     ap.add_argument("--app-id", default="")
@@ -685,6 +728,21 @@ def main():
     srv.app_token_ttl = a.app_token_ttl
     srv.app_repos = set(filter(None, a.app_repos.split(",")))
     srv.hostile = a.hostile
+    srv.gitlab_root = "/" + a.gitlab_root.strip("/") if a.gitlab_root.strip("/") else ""
+    srv.gitlab_path_cost = max(1, a.gitlab_path_cost)
+    srv.gitlab_stale_oids = a.gitlab_stale_oids
+    srv.api_listener = None
+    if a.github_api_listener:
+        api = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        api.daemon_threads = True
+        for k in ("root", "profile", "object_info", "no_filter", "github_tree_limit",
+                  "github_size_skew", "github_rate_limit", "page_max", "lfs_upstream",
+                  "app_public_key", "app_id", "app_installation", "app_token_ttl", "app_repos",
+                  "hostile", "gitlab_root", "gitlab_path_cost", "gitlab_stale_oids"):
+            setattr(api, k, getattr(srv, k))
+        api.api_listener, api.api_only = None, True
+        srv.api_listener = api
+        threading.Thread(target=api.serve_forever, daemon=True).start()
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 

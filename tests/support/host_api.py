@@ -10,8 +10,15 @@ counters is the last part of that path (`models.git`).
 - Bitbucket Server / Data Center: GET /rest/api/1.0/projects/{KEY}/repos/
   {slug}/browse[/{path}]?at=&start=&limit=, repository
   <root>/scm/{key lowercased}/{slug}.git.
-- GitLab GraphQL: POST /api/graphql, the `repository { blobs(...) }` query,
-  repository <root>/{fullPath}.git.
+- GitLab GraphQL: POST [/RELATIVE_ROOT]/api/graphql, the `repository {
+  blobs(...) }` query, repository <root>[/RELATIVE_ROOT]/{fullPath}.git, with
+  `path size rawSize oid` per blob. Queries are scored as GitLab scores
+  them ([`gitlab_complexity`]) and refused above GitLab's limits: 200
+  without a token, 250 with one.
+
+Every API request is logged for /_api_log (`log_api`): its time, host kind,
+status, `Host`, `Accept` and `X-GitHub-Api-Version` headers, and for GitLab the
+number of paths and the complexity.
 
 `route(h)` answers the request of handler `h` (a git_http_server.Handler,
 used for `send_body`, `account`, `api_token_state`, `fault`) and returns
@@ -19,13 +26,18 @@ True, or returns False when the path is none of these APIs.
 """
 
 import base64
+import hashlib
 import json
+import math
 import os
 import re
 import subprocess
 import threading
 import time
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from graphql import parse as graphql_parse  # graphql-core (requirements.txt)
+from graphql.utilities import value_from_ast_untyped
 
 JSON = "application/json; charset=utf-8"
 GH_TREES = re.compile(r"^/api/v3/repos/([^/]+)/([^/]+)/git/trees/([^/]+)$")
@@ -39,6 +51,28 @@ BB_AUTH_FAILED = "Authentication failed. Please check that the provided credenti
 # The GitHub rate-limit window: `used` calls since `start`, reset hourly.
 RATE = {"start": time.time(), "used": 0}
 RATE_LOCK = threading.Lock()
+# GitHub's secondary limit (opt-in, /_fault?mode=secondary&seconds=S): from
+# the first API request after it is set, S seconds of 403 answers with
+# `retry-after` and x-ratelimit-remaining above 0, as GitHub documents them
+# (https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits).
+SECONDARY = {"seconds": 0, "until": None}
+# What /_api_log shows: one record per API request since the last reset.
+API_LOG = []
+
+# GitLab's maximum query complexity (app/graphql/gitlab_schema.rb:
+# DEFAULT_MAX_COMPLEXITY for anonymous requests, AUTHENTICATED_MAX_COMPLEXITY).
+GITLAB_MAX_ANONYMOUS = 200
+GITLAB_MAX_AUTHENTICATED = 250
+# GitlabSchema's default_max_page_size.
+GITLAB_PAGE = 100
+
+
+def log_api(h, kind, status, **extra):
+    rec = {"t": time.time(), "kind": kind, "status": status, "host": h.headers.get("Host"),
+           "accept": h.headers.get("Accept"),
+           "version": h.headers.get("X-GitHub-Api-Version"), **extra}
+    with RATE_LOCK:
+        API_LOG.append(rec)
 
 
 def git(rdir, *args, data=None):
@@ -83,7 +117,7 @@ def route(h):
         return github(h, path) or True
     if path.startswith("/rest/api/1.0/"):
         return bitbucket(h, path) or True
-    if path == "/api/graphql":
+    if path == h.server.gitlab_root + "/api/graphql":
         return gitlab(h) or True
     return False
 
@@ -123,9 +157,22 @@ def github(h, path):
             rate["x-ratelimit-used"] = str(RATE["used"])
             rate["x-ratelimit-remaining"] = str(max(0, srv.github_rate_limit - RATE["used"]))
             rate["x-ratelimit-reset"] = str(int(RATE["start"] + 3600))
+        log_api(h, "github", status)
         reply(h, status, obj, {**rate, **(extra or {})})
 
     fault = h.fault()
+    if fault == "secondary":
+        with RATE_LOCK:
+            now = time.time()
+            if SECONDARY["until"] is None:
+                SECONDARY["until"] = now + SECONDARY["seconds"]
+            left = SECONDARY["until"] - now
+        if left > 0:
+            return send(403, {"message": "You have exceeded a secondary rate limit. Please wait a"
+                              " few minutes before you try again. If you reach out to GitHub"
+                              " Support for help, please include the request ID.",
+                              "documentation_url": RATE_DOC},
+                        {"retry-after": str(math.ceil(left))})
     if fault == "api500":
         return send(500, {"message": "Server Error"})
     if fault == "ratelimit":
@@ -302,12 +349,25 @@ def gitlab(h):
         return reply(h, 200, {"errors": [{
             "message": "This fake GitLab answers only the repository.blobs query",
             "locations": [{"line": 1, "column": 1}]}]})
+    try:
+        score = gitlab_complexity(query, var, h.server.gitlab_path_cost)
+    except Exception as e:  # a document graphql-core cannot parse
+        return reply(h, 200, {"errors": [{"message": "Parse error: %s" % e}]})
+    limit = GITLAB_MAX_AUTHENTICATED if token is not None else GITLAB_MAX_ANONYMOUS
+    npaths = len(var.get("paths") or []) if isinstance(var.get("paths"), list) else 0
+    if score > limit:
+        # GitLab's answer (graphql-ruby's max_complexity analyzer), HTTP 200.
+        log_api(h, "gitlab", 200, paths=npaths, complexity=score, refused=True)
+        return reply(h, 200, {"errors": [{
+            "message": "Query has complexity of %d, which exceeds max complexity of %d" % (score, limit)}]})
+    log_api(h, "gitlab", 200, paths=npaths, complexity=score, refused=False)
     paths, after = var.get("paths"), var.get("after")
     if not isinstance(paths, list) or not isinstance(var.get("r"), str) or repo is None:
         return reply(h, 200, {"errors": [{
             "message": "Variable $p, $r or $paths was provided an invalid value",
             "locations": [{"line": 1, "column": 7}]}]})
-    rdir = os.path.join(h.server.root, *parts[:-1], repo) if safe_parts(parts) else None
+    under = [p for p in h.server.gitlab_root.split("/") if p]
+    rdir = os.path.join(h.server.root, *under, *parts[:-1], repo) if safe_parts(parts) else None
     if rdir is None or not os.path.isdir(rdir) or not allowed:
         return reply(h, 200, {"data": {"project": None}})
     commit = resolve(rdir, var["r"], "commit")
@@ -315,9 +375,11 @@ def gitlab(h):
     wanted = [p for p in paths if isinstance(p, str) and p and "\n" not in p]
     if commit and wanted:
         lines = "".join("%s:%s\n" % (commit, p) for p in wanted).encode()
-        out = git(rdir, "cat-file", "--batch-check=%(objecttype) %(objectsize)", data=lines) or b""
+        out = git(rdir, "cat-file", "--batch-check=%(objecttype) %(objectsize) %(objectname)",
+                  data=lines) or b""
         for p, line in zip(wanted, out.decode().splitlines()):
-            typ, _, size = line.partition(" ")
+            typ, _, rest = line.partition(" ")
+            size, _, oid = rest.partition(" ")
             if typ == "blob":
                 # As GitLab: `size` is the blob's, `rawSize` "the blob target
                 # if stored externally" (an LFS object's size).
@@ -328,9 +390,13 @@ def gitlab(h):
                         for l in text.decode("utf-8", "replace").splitlines():
                             if l.startswith("size "):
                                 raw = l[5:].strip()
-                found.append({"path": p, "size": size, "rawSize": raw})
-    m = re.search(r"blobs\([^)]*first:\s*(\d+)", query)
-    first = min(int(m.group(1)), 100) if m else 100
+                if h.server.gitlab_stale_oids:
+                    # Opt-in lie: another blob's id and size (an answer for
+                    # another version of the file).
+                    oid = hashlib.sha1(oid.encode()).hexdigest()
+                    size = raw = str(int(size) + 1)
+                found.append({"path": p, "size": size, "rawSize": raw, "oid": oid})
+    first = page_size(query, var)
     try:
         start = int(base64.b64decode(after).decode()) if after else 0
     except (ValueError, TypeError):
@@ -341,3 +407,88 @@ def gitlab(h):
             "endCursor": base64.b64encode(str(end).encode()).decode() if nodes else None}
     blobs = {"nodes": nodes, "pageInfo": info}
     return reply(h, 200, {"data": {"project": {"repository": {"blobs": blobs}}}})
+
+
+# --- GitLab's query complexity -------------------------------------------------
+#
+# graphql-ruby's (legacy) QueryComplexity with GitLab's field costs, from
+# app/graphql/types/base_field.rb (Types::BaseField): a field costs 1 plus
+# its children; a field with a resolver costs its children plus the
+# resolver's `resolver_complexity` (Resolvers::BaseResolver: 1, +1 with a
+# `sort`, +5 with a `search`; Resolvers::BlobsResolver adds one per path),
+# plus 1 when it calls Gitaly, and a connection grows by itself times
+# min(first, last, 100) times the resolver's `complexity_multiplier`
+# (BaseResolver: 0.01, so a full page doubles it), truncated to an integer.
+# The fields below are this fake's approximation of the schema (only what
+# the blobs query can select): `project` (Resolvers::ProjectResolver),
+# `blobs` (Resolvers::BlobsResolver, calls_gitaly!), and the blob data
+# fields, which call Gitaly. Everything else costs 1 plus its children.
+# With `path_cost` > 1 (opt-in, --gitlab-path-cost) each path costs that
+# much, as some releases scored paths far higher (gitlab-org/gitlab#576497).
+
+GITLAB_RESOLVERS = {"project": {}, "blobs": {"gitaly": True, "connection": True, "per_path": True}}
+GITLAB_GITALY_FIELDS = {"rawBlob", "rawTextBlob", "plainData", "base64EncodedBlob"}
+
+
+def _args(field, variables):
+    return {a.name.value: value_from_ast_untyped(a.value, variables) for a in field.arguments or []}
+
+
+def _fields(selection_set):
+    for sel in selection_set.selections if selection_set else []:
+        if sel.kind == "field":
+            yield sel
+        elif sel.kind == "inline_fragment":
+            yield from _fields(sel.selection_set)
+
+
+def _cost(field, variables, path_cost):
+    children = sum(_cost(f, variables, path_cost) for f in _fields(field.selection_set))
+    name = field.name.value
+    res = GITLAB_RESOLVERS.get(name)
+    if res is None:
+        return (2 if name in GITLAB_GITALY_FIELDS else 1) + children
+    args = _args(field, variables)
+    c = children + 1 + (1 if args.get("sort") else 0) + (5 if args.get("search") else 0)
+    if res.get("per_path"):
+        c += len(args.get("paths") or []) * path_cost
+    if res.get("gitaly"):
+        c += 1
+    if res.get("connection"):
+        limit = min(v for v in (args.get("first"), args.get("last"), GITLAB_PAGE) if isinstance(v, int))
+        c += c * (limit * 0.01)
+    return int(c)
+
+
+def gitlab_complexity(query, variables, path_cost=1):
+    """The complexity GitLab computes for `query` with `variables`."""
+    doc = graphql_parse(query)
+    total = 0
+    for op in doc.definitions:
+        if op.kind == "operation_definition":
+            total += sum(_cost(f, variables or {}, path_cost) for f in _fields(op.selection_set))
+    return total
+
+
+def page_size(query, variables):
+    """`first` of the blobs field (at most GitLab's page), 100 without it."""
+    try:
+        doc = graphql_parse(query)
+    except Exception:
+        return GITLAB_PAGE
+
+    def find(sel_set):
+        for f in _fields(sel_set):
+            if f.name.value == "blobs":
+                return f
+            got = find(f.selection_set)
+            if got:
+                return got
+        return None
+
+    for op in doc.definitions:
+        f = find(getattr(op, "selection_set", None))
+        if f:
+            first = _args(f, variables or {}).get("first")
+            return min(first, GITLAB_PAGE) if isinstance(first, int) and first > 0 else GITLAB_PAGE
+    return GITLAB_PAGE

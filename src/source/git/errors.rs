@@ -21,6 +21,16 @@ pub enum RemoteError {
         status: u16,
         message: String,
     },
+    /// Refused for the host's data quota (GitHub LFS: "over its data
+    /// quota"), not for the credentials.
+    #[error(
+        "{url}: refused for the repository's quota, not the credentials (HTTP {status}): {message}"
+    )]
+    Quota {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("repository not found at {url} (HTTP 404): check the url{hint}")]
     NotFound { url: String, hint: &'static str },
     #[error("{url}: the server answered HTTP {status}{detail}")]

@@ -5,30 +5,50 @@
 //!   non-recursive call per directory listed;
 //! - Bitbucket Server / DC: `GET {base}/rest/api/1.0/projects/{key}/repos/{slug}/browse/{path}?at={commit}`,
 //!   paged, per directory;
-//! - GitLab: GraphQL `project(fullPath:) { repository { blobs(ref:, paths:) { nodes { path size } } } }`,
-//!   per directory, paged (`size` is the git blob's; `rawSize` is an LFS
-//!   object's, which would hide the pointer).
+//! - GitLab: GraphQL `repository.blobs(paths:)`, per directory, in batches
+//!   that fit GitLab's complexity limits (`gitlab.rs`).
 //!
-//! Any failure (rate limit, refusal, 5xx, an unexpected answer) is an
-//! [`ApiError`]; the caller falls back to git itself. Answers are read up to
-//! [`MAX_BODY`] bytes.
+//! The API root is the entry's `api_url`, else the host's default for the
+//! clone URL (`origin::default_api_root`). GitHub is asked with its
+//! documented media type and API version ([`api_headers`]); a rate limit
+//! waits as each host documents it (`ratelimit.rs`). Any failure (rate
+//! limit, refusal, 5xx, an unexpected answer) is an [`ApiError`]; the
+//! caller falls back to git itself. Answers are read up to [`MAX_BODY`]
+//! bytes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use gix_hash::ObjectId;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::transport::{self, Transport};
+use super::gitlab::{self, Batch};
+use super::ratelimit;
+use super::transport::Transport;
 use crate::config::Provider;
 use crate::source::lock;
 
 /// Largest API answer read.
 pub const MAX_BODY: usize = 64 << 20;
 /// Most pages read for one directory.
-const MAX_PAGES: usize = 1000;
+pub(super) const MAX_PAGES: usize = 1000;
+
+/// The headers every host API request carries: GitHub's documented media
+/// type and REST API version
+/// (<https://docs.github.com/en/rest/about-the-rest-api/api-versions>),
+/// plain JSON for the others.
+pub fn api_headers(provider: Provider) -> &'static [(&'static str, &'static str)] {
+    match provider {
+        Provider::Github | Provider::GithubEnterprise => &[
+            ("accept", "application/vnd.github+json"),
+            ("x-github-api-version", "2022-11-28"),
+        ],
+        _ => &[("accept", "application/json")],
+    }
+}
 
 /// One directory of a commit, as the size strategies need it.
 pub struct DirRef {
@@ -58,6 +78,9 @@ pub enum HostApi {
         base: String,
         /// Per commit: blob sizes by id, and whether the answer was truncated.
         recursive: Mutex<HashMap<ObjectId, Arc<(HashMap<ObjectId, u64>, bool)>>>,
+        /// Rate-limit answers without a time in a row (GitHub's exponential
+        /// backoff for secondary limits).
+        strikes: AtomicU32,
     },
     Bitbucket {
         base: String,
@@ -65,52 +88,67 @@ pub enum HostApi {
     Gitlab {
         endpoint: String,
         full_path: String,
+        batch: Batch,
     },
 }
 
-fn split(clone_url: &str) -> Option<(String, Vec<String>)> {
-    let (scheme, rest) = clone_url.split_once("://")?;
-    let (host, path) = rest.split_once('/')?;
+/// How a host API's rate-limit answers are read.
+pub(super) enum Limits<'a> {
+    /// GitHub's documented order, with the strikes so far.
+    Github(&'a AtomicU32),
+    Other,
+}
+
+fn split(clone_url: &str) -> Option<Vec<String>> {
+    let (_, rest) = clone_url.split_once("://")?;
+    let (_, path) = rest.split_once('/')?;
     let segs = path
         .trim_end_matches('/')
         .split('/')
         .map(|s| s.strip_suffix(".git").unwrap_or(s).to_string())
         .collect();
-    Some((format!("{scheme}://{host}"), segs))
+    Some(segs)
 }
 
 impl HostApi {
-    pub fn for_repo(provider: Provider, clone_url: &str) -> HostApi {
-        let Some((root, segs)) = split(clone_url) else {
+    /// The API of the repository at `clone_url`, at `api_url` when the
+    /// config gives one (else the host's default root).
+    pub fn for_repo(provider: Provider, clone_url: &str, api_url: Option<&str>) -> HostApi {
+        let (Some(segs), Some(root)) = (
+            split(clone_url),
+            super::origin::api_root(provider, clone_url, api_url),
+        ) else {
             return HostApi::None;
         };
         match provider {
             Provider::Github | Provider::GithubEnterprise if segs.len() == 2 => HostApi::Github {
-                base: format!(
-                    "{}/repos/{}/{}",
-                    transport::github_api(provider, clone_url),
-                    segs[0],
-                    segs[1]
-                ),
+                base: format!("{root}/repos/{}/{}", segs[0], segs[1]),
                 recursive: Mutex::new(HashMap::new()),
+                strikes: AtomicU32::new(0),
             },
             Provider::BitbucketServer => match segs.iter().position(|s| s == "scm") {
-                Some(i) if segs.len() == i + 3 => {
-                    let context: String = segs[..i].iter().map(|s| format!("/{s}")).collect();
-                    HostApi::Bitbucket {
-                        base: format!(
-                            "{root}{context}/rest/api/1.0/projects/{}/repos/{}",
-                            segs[i + 1].to_ascii_uppercase(),
-                            segs[i + 2]
-                        ),
-                    }
-                }
+                Some(i) if segs.len() == i + 3 => HostApi::Bitbucket {
+                    base: format!(
+                        "{root}/projects/{}/repos/{}",
+                        segs[i + 1].to_ascii_uppercase(),
+                        segs[i + 2]
+                    ),
+                },
                 _ => HostApi::None,
             },
-            Provider::Gitlab | Provider::GitlabEnterprise => HostApi::Gitlab {
-                endpoint: format!("{root}/api/graphql"),
-                full_path: segs.join("/"),
-            },
+            Provider::Gitlab | Provider::GitlabEnterprise => {
+                match gitlab::gitlab_project(clone_url, &root) {
+                    Ok((endpoint, full_path)) => HostApi::Gitlab {
+                        endpoint,
+                        full_path,
+                        batch: Batch::default(),
+                    },
+                    Err(e) => {
+                        tracing::warn!("{e}; sizes are learned over git");
+                        HostApi::None
+                    }
+                }
+            }
             _ => HostApi::None,
         }
     }
@@ -132,22 +170,29 @@ impl HostApi {
     ) -> Result<HashMap<ObjectId, u64>, ApiError> {
         match self {
             HostApi::None => Ok(HashMap::new()),
-            HostApi::Github { base, recursive } => github(t, base, recursive, dir).await,
+            HostApi::Github {
+                base,
+                recursive,
+                strikes,
+            } => github(t, base, recursive, strikes, dir).await,
             HostApi::Bitbucket { base } => bitbucket(t, base, dir).await,
             HostApi::Gitlab {
                 endpoint,
                 full_path,
-            } => gitlab(t, endpoint, full_path, dir).await,
+                batch,
+            } => gitlab::sizes(t, endpoint, full_path, batch, dir).await,
         }
     }
 }
 
-/// GETs or POSTs and parses JSON; rate limits and errors become `ApiError`.
-async fn call(
+/// GETs or POSTs and parses JSON; rate limits (as `limits` reads them)
+/// and errors become `ApiError`.
+pub(super) async fn call(
     t: &Transport,
     method: Method,
     url: &str,
     body: Option<Value>,
+    limits: Limits<'_>,
 ) -> Result<Value, ApiError> {
     let shown = crate::redact::url(url);
     let (status, headers, bytes) = t
@@ -159,34 +204,43 @@ async fn call(
         )
         .await
         .map_err(|e| ApiError::Failed(e.to_string()))?;
-    let header = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+    let excerpt: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(160)
+        .collect();
+    let now = SystemTime::now();
+    let wait = match &limits {
+        Limits::Github(strikes) => {
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("message")?.as_str().map(String::from))
+                .unwrap_or_else(|| excerpt.clone());
+            let wait = ratelimit::github_retry_after(
+                status,
+                &headers,
+                &message,
+                now,
+                strikes.load(Ordering::Relaxed),
+            );
+            let timed = headers.contains_key("retry-after")
+                || headers
+                    .get("x-ratelimit-remaining")
+                    .is_some_and(|v| v.as_bytes() == b"0");
+            if wait.is_some() && !timed {
+                strikes.fetch_add(1, Ordering::Relaxed);
+            } else if wait.is_none() {
+                strikes.store(0, Ordering::Relaxed);
+            }
+            wait
+        }
+        Limits::Other => ratelimit::other_retry_after(status, &headers, now),
     };
-    if status == 429 || (status == 403 && header("x-ratelimit-remaining") == Some(0)) {
-        let wait = header("retry-after")
-            .or_else(|| {
-                let reset = header("x-ratelimit-reset")?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?
-                    .as_secs();
-                Some(reset.saturating_sub(now))
-            })
-            .unwrap_or(60)
-            .clamp(1, 3600);
-        return Err(ApiError::RateLimited(
-            Instant::now() + Duration::from_secs(wait),
-        ));
+    if let Some(wait) = wait {
+        tracing::debug!(url = %shown, status, "rate limited for {wait:?}");
+        return Err(ApiError::RateLimited(Instant::now() + wait));
     }
     if !(200..300).contains(&status) {
-        let excerpt: String = String::from_utf8_lossy(&bytes)
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(160)
-            .collect();
         return Err(ApiError::Failed(format!(
             "{shown}: HTTP {status}: {excerpt}"
         )));
@@ -194,11 +248,11 @@ async fn call(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Failed(format!("{shown}: not JSON: {e}")))
 }
 
-fn size_of(v: &Value) -> Option<u64> {
+pub(super) fn size_of(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
-fn oid_of(v: &Value) -> Option<ObjectId> {
+pub(super) fn oid_of(v: &Value) -> Option<ObjectId> {
     let s = v.as_str()?;
     (s.len() == 40).then_some(())?;
     ObjectId::from_hex(s.as_bytes()).ok()
@@ -229,6 +283,7 @@ async fn github(
     t: &Transport,
     base: &str,
     recursive: &Mutex<HashMap<ObjectId, Arc<(HashMap<ObjectId, u64>, bool)>>>,
+    strikes: &AtomicU32,
     dir: &DirRef,
 ) -> Result<HashMap<ObjectId, u64>, ApiError> {
     let known = lock(&recursive).get(&dir.commit).cloned();
@@ -240,6 +295,7 @@ async fn github(
                 Method::GET,
                 &format!("{base}/git/trees/{}?recursive=1", dir.commit),
                 None,
+                Limits::Github(strikes),
             )
             .await?;
             let a = Arc::new(github_tree(&v)?);
@@ -259,6 +315,7 @@ async fn github(
             Method::GET,
             &format!("{base}/git/trees/{}", dir.tree),
             None,
+            Limits::Github(strikes),
         )
         .await?;
         out.extend(github_tree(&v)?.0);
@@ -299,7 +356,7 @@ async fn bitbucket(
             "{base}/browse{path}?at={}&start={start}&limit=1000",
             dir.commit
         );
-        let v = call(t, Method::GET, &url, None).await?;
+        let v = call(t, Method::GET, &url, None, Limits::Other).await?;
         let children = v
             .get("children")
             .ok_or_else(|| ApiError::Failed("the browse answer has no `children`".into()))?;
@@ -344,78 +401,6 @@ async fn bitbucket(
     Ok(out)
 }
 
-const GITLAB_QUERY: &str = "query($p: ID!, $r: String!, $paths: [String!]!, $after: String) { project(fullPath: $p) { repository { blobs(ref: $r, paths: $paths, first: 100, after: $after) { nodes { path size } pageInfo { hasNextPage endCursor } } } } }";
-
-async fn gitlab(
-    t: &Transport,
-    endpoint: &str,
-    full_path: &str,
-    dir: &DirRef,
-) -> Result<HashMap<ObjectId, u64>, ApiError> {
-    let prefix = if dir.path.is_empty() {
-        String::new()
-    } else {
-        format!("{}/", dir.path)
-    };
-    let mut by_path: HashMap<String, ObjectId> = HashMap::new();
-    for (name, oid) in &dir.blobs {
-        if let Ok(n) = std::str::from_utf8(name) {
-            by_path.insert(format!("{prefix}{n}"), *oid);
-        }
-    }
-    let mut out = HashMap::new();
-    let paths: Vec<&String> = by_path.keys().collect();
-    for group in paths.chunks(100) {
-        let mut after = Value::Null;
-        for _ in 0..MAX_PAGES {
-            let body = serde_json::json!({
-                "query": GITLAB_QUERY,
-                "variables": {"p": full_path, "r": dir.commit.to_string(), "paths": group, "after": after},
-            });
-            let v = call(t, Method::POST, endpoint, Some(body)).await?;
-            if let Some(errors) = v.get("errors") {
-                return Err(ApiError::Failed(format!(
-                    "GraphQL errors: {}",
-                    errors.to_string().chars().take(200).collect::<String>()
-                )));
-            }
-            let blobs = v.pointer("/data/project/repository/blobs").ok_or_else(|| {
-                ApiError::Failed(
-                    "the project is not visible to the token (GraphQL answered no project)".into(),
-                )
-            })?;
-            for n in blobs
-                .get("nodes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let path = n.get("path").and_then(Value::as_str);
-                // `size` is the blob's own; `rawSize` would be an LFS object's.
-                let size = n.get("size").and_then(size_of);
-                if let (Some(p), Some(s)) = (path, size) {
-                    if let Some(o) = by_path.get(p) {
-                        out.insert(*o, s);
-                    }
-                }
-            }
-            let info = blobs.get("pageInfo");
-            if info
-                .and_then(|i| i.get("hasNextPage"))
-                .and_then(Value::as_bool)
-                != Some(true)
-            {
-                break;
-            }
-            after = info
-                .and_then(|i| i.get("endCursor"))
-                .cloned()
-                .unwrap_or(Value::Null);
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,27 +408,57 @@ mod tests {
     #[test]
     fn api_roots_from_clone_urls() {
         let HostApi::Github { base, .. } =
-            HostApi::for_repo(Provider::GithubEnterprise, "http://h:8/acme/m.git")
+            HostApi::for_repo(Provider::GithubEnterprise, "http://h:8/acme/m.git", None)
         else {
             panic!()
         };
         assert_eq!(base, "http://h:8/api/v3/repos/acme/m");
         let HostApi::Github { base, .. } =
-            HostApi::for_repo(Provider::Github, "https://github.com/a/b.git")
+            HostApi::for_repo(Provider::Github, "https://github.com/a/b.git", None)
         else {
             panic!()
         };
         assert_eq!(base, "https://api.github.com/repos/a/b");
-        let HostApi::Bitbucket { base } =
-            HostApi::for_repo(Provider::BitbucketServer, "https://h/bb/scm/proj/r.git")
-        else {
+        let HostApi::Github { base, .. } = HostApi::for_repo(
+            Provider::GithubEnterprise,
+            "https://octo.ghe.com/a/b.git",
+            None,
+        ) else {
+            panic!()
+        };
+        assert_eq!(base, "https://api.octo.ghe.com/repos/a/b");
+        let HostApi::Github { base, .. } = HostApi::for_repo(
+            Provider::GithubEnterprise,
+            "http://127.0.0.1:8/a/b.git",
+            Some("http://127.0.0.1:9/"),
+        ) else {
+            panic!()
+        };
+        assert_eq!(base, "http://127.0.0.1:9/repos/a/b");
+        let HostApi::Bitbucket { base } = HostApi::for_repo(
+            Provider::BitbucketServer,
+            "https://h/bb/scm/proj/r.git",
+            None,
+        ) else {
             panic!()
         };
         assert_eq!(base, "https://h/bb/rest/api/1.0/projects/PROJ/repos/r");
+        let HostApi::Bitbucket { base } = HostApi::for_repo(
+            Provider::BitbucketServer,
+            "https://h/scm/proj/r.git",
+            Some("https://h/bitbucket/rest/api/latest"),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            base,
+            "https://h/bitbucket/rest/api/latest/projects/PROJ/repos/r"
+        );
         let HostApi::Gitlab {
             endpoint,
             full_path,
-        } = HostApi::for_repo(Provider::GitlabEnterprise, "https://h/g/sub/p.git")
+            ..
+        } = HostApi::for_repo(Provider::GitlabEnterprise, "https://h/g/sub/p.git", None)
         else {
             panic!()
         };
@@ -451,11 +466,35 @@ mod tests {
             (endpoint.as_str(), full_path.as_str()),
             ("https://h/api/graphql", "g/sub/p")
         );
+        let HostApi::Gitlab {
+            endpoint,
+            full_path,
+            ..
+        } = HostApi::for_repo(
+            Provider::Gitlab,
+            "https://h/gitlab/g/p.git",
+            Some("https://h/gitlab/api/v4"),
+        )
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (endpoint.as_str(), full_path.as_str()),
+            ("https://h/gitlab/api/graphql", "g/p")
+        );
         assert!(matches!(
-            HostApi::for_repo(Provider::Git, "https://h/x.git"),
+            HostApi::for_repo(Provider::Git, "https://h/x.git", None),
             HostApi::None
         ));
         assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(
+            api_headers(Provider::Github)[0].1,
+            "application/vnd.github+json"
+        );
+        assert_eq!(
+            api_headers(Provider::GithubEnterprise)[1],
+            ("x-github-api-version", "2022-11-28")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod delta;
 mod errors;
 mod fleet;
 mod follow;
+pub mod gitlab;
 pub mod hosts;
 pub mod lfs;
 mod listing;
@@ -24,6 +25,7 @@ pub mod objects;
 mod origin;
 pub mod pack;
 pub mod protocol;
+pub mod ratelimit;
 pub mod remote;
 mod sinks;
 pub mod sizes;
@@ -130,7 +132,11 @@ impl GitSource {
             shared,
             config.max_tree_bytes,
         );
-        let api = hosts::HostApi::for_repo(repo.provider, &remote.transport.clone_url);
+        let api = hosts::HostApi::for_repo(
+            repo.provider,
+            &remote.transport.clone_url,
+            repo.api_url.as_deref(),
+        );
         let sizes = sizes::Sizes::new(
             &repo.name,
             cache.clone(),

@@ -1,20 +1,58 @@
 //! Where a repository's credentials may go, and how they are written: the
 //! origin (scheme, host, port) of a URL, the host API root that belongs to
-//! a clone URL, and the HTTP Basic header. The transport sends credentials
-//! only to the origins of its clone URL, host API and configured `lfs_url`.
+//! a clone URL (or the configured `api_url`), and the HTTP Basic header.
+//! The transport sends credentials only to the origins of its clone URL,
+//! host API and configured `lfs_url`.
 
 use crate::config::Provider;
 
-/// The REST API root for a GitHub App: api.github.com for github.com,
-/// `<scheme>://<host>/api/v3` for GitHub Enterprise Server.
-pub fn github_api(provider: Provider, clone_url: &str) -> String {
+/// The REST API root of a repository's host: the configured `api_url`
+/// when there is one, else the host's documented default for the clone URL
+/// ([`default_api_root`]). `None` for hosts without an API (`git`, S3).
+pub fn api_root(provider: Provider, clone_url: &str, api_url: Option<&str>) -> Option<String> {
+    match api_url {
+        Some(u) if provider.has_host_api() => Some(u.trim_end_matches('/').to_string()),
+        _ => default_api_root(provider, clone_url),
+    }
+}
+
+/// The REST API root each host documents for a clone URL:
+/// - github.com: `https://api.github.com`;
+/// - GitHub Enterprise Cloud with data residency (`SUBDOMAIN.ghe.com`):
+///   `https://api.SUBDOMAIN.ghe.com`;
+/// - GitHub Enterprise Server: `<scheme>://HOST/api/v3`;
+/// - GitLab: `<scheme>://HOST/api/v4` (an instance under a relative URL
+///   root needs `api_url`: the root cannot be told from the clone URL);
+/// - Bitbucket Server / Data Center: `<scheme>://HOST[/CONTEXT]/rest/api/1.0`,
+///   the context path being what precedes `/scm/` in the clone URL.
+pub fn default_api_root(provider: Provider, clone_url: &str) -> Option<String> {
+    let (scheme, rest) = clone_url.split_once("://")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit('@').next()?.to_ascii_lowercase();
+    let hostname = host.split(':').next().unwrap_or(&host);
     match provider {
-        Provider::Github => "https://api.github.com".into(),
-        _ => {
-            let (scheme, rest) = clone_url.split_once("://").unwrap_or(("https", clone_url));
-            let host = rest.split('/').next().unwrap_or(rest);
-            format!("{scheme}://{host}/api/v3")
+        Provider::Github | Provider::GithubEnterprise => {
+            if let Some(sub) = hostname.strip_suffix(".ghe.com") {
+                if !sub.is_empty() && !sub.contains('.') {
+                    return Some(format!("https://api.{sub}.ghe.com"));
+                }
+            }
+            if provider == Provider::Github {
+                Some("https://api.github.com".into())
+            } else {
+                Some(format!("{scheme}://{authority}/api/v3"))
+            }
         }
+        Provider::Gitlab | Provider::GitlabEnterprise => {
+            Some(format!("{scheme}://{authority}/api/v4"))
+        }
+        Provider::BitbucketServer => {
+            let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let i = segs.iter().position(|s| *s == "scm").unwrap_or(0);
+            let context: String = segs[..i].iter().map(|s| format!("/{s}")).collect();
+            Some(format!("{scheme}://{authority}{context}/rest/api/1.0"))
+        }
+        Provider::Git | Provider::S3 => None,
     }
 }
 
@@ -49,6 +87,66 @@ mod tests {
         assert_eq!(
             basic("x-access-token", "foobar"),
             "Basic eC1hY2Nlc3MtdG9rZW46Zm9vYmFy"
+        );
+    }
+
+    #[test]
+    fn default_api_roots_per_host() {
+        use Provider::*;
+        let d = |p, u| default_api_root(p, u);
+        assert_eq!(
+            d(Github, "https://github.com/a/b.git").as_deref(),
+            Some("https://api.github.com")
+        );
+        assert_eq!(
+            d(GithubEnterprise, "https://ghe.corp.example/a/b.git").as_deref(),
+            Some("https://ghe.corp.example/api/v3")
+        );
+        assert_eq!(
+            d(GithubEnterprise, "http://127.0.0.1:8/a/b.git").as_deref(),
+            Some("http://127.0.0.1:8/api/v3")
+        );
+        // GHE.com data residency: the API is on its own host.
+        for p in [Github, GithubEnterprise] {
+            assert_eq!(
+                d(p, "https://Octo.ghe.com/a/b.git").as_deref(),
+                Some("https://api.octo.ghe.com")
+            );
+        }
+        assert_eq!(
+            d(GithubEnterprise, "https://a.b.ghe.com/a/b.git").as_deref(),
+            Some("https://a.b.ghe.com/api/v3")
+        );
+        assert_eq!(
+            d(Gitlab, "https://gitlab.com/g/sub/p.git").as_deref(),
+            Some("https://gitlab.com/api/v4")
+        );
+        assert_eq!(
+            d(GitlabEnterprise, "https://h:8443/gitlab/g/p.git").as_deref(),
+            Some("https://h:8443/api/v4")
+        );
+        assert_eq!(
+            d(BitbucketServer, "https://h/bb/scm/proj/r.git").as_deref(),
+            Some("https://h/bb/rest/api/1.0")
+        );
+        assert_eq!(
+            d(BitbucketServer, "https://h/scm/proj/r.git").as_deref(),
+            Some("https://h/rest/api/1.0")
+        );
+        assert_eq!(d(Git, "https://h/x.git"), None);
+        // The configured api_url wins, for host kinds with an API only.
+        assert_eq!(
+            api_root(
+                Gitlab,
+                "https://h/gitlab/g/p.git",
+                Some("https://h/gitlab/api/v4/")
+            )
+            .as_deref(),
+            Some("https://h/gitlab/api/v4")
+        );
+        assert_eq!(
+            api_root(Git, "https://h/x.git", Some("https://h/api")),
+            None
         );
     }
 

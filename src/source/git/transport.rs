@@ -15,7 +15,7 @@ use crate::config::{Provider, RepoConfig};
 
 pub use super::errors::RemoteError;
 use super::origin::basic;
-pub use super::origin::{github_api, origin};
+pub use super::origin::{api_root, origin};
 
 /// The largest answer to a command other than `fetch` (`ls-refs`,
 /// `object-info`) that is read into memory.
@@ -38,7 +38,8 @@ pub struct Transport {
     client: reqwest::Client,
     auth: Auth,
     /// The origins (`scheme://host:port`) the credentials may go to: the
-    /// clone URL's, the host API's and a configured `lfs_url`'s. A URL
+    /// clone URL's, the host API's (`api_url` or the default root) and a
+    /// configured `lfs_url`'s. A URL
     /// anywhere else (from repository content or a server's answer) is
     /// asked anonymously.
     trusted: Vec<String>,
@@ -71,7 +72,8 @@ impl Transport {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
         let auth = match (&repo.token, &repo.github_app) {
             (_, Some(app)) => {
-                let api = github_api(repo.provider, &clone_url);
+                let api = api_root(repo.provider, &clone_url, repo.api_url.as_deref())
+                    .unwrap_or_else(|| "https://api.github.com".into());
                 Auth::App(Arc::new(
                     crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
                 ))
@@ -106,7 +108,7 @@ impl Transport {
             .into_iter()
             .flatten()
             .map(String::from)
-            .chain([github_api(repo.provider, &clone_url)])
+            .chain(api_root(repo.provider, &clone_url, repo.api_url.as_deref()))
             .filter_map(|u| origin(&u))
             .collect();
         trusted.dedup();
@@ -258,11 +260,10 @@ impl Transport {
         json_body: Option<Vec<u8>>,
         max_body: usize,
     ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
-        let mut rb = self
-            .client
-            .request(method, url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
+        let mut rb = self.client.request(method, url).timeout(self.timeout);
+        for (k, v) in super::hosts::api_headers(self.provider) {
+            rb = rb.header(*k, *v);
+        }
         if let Some(b) = json_body {
             rb = rb
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -334,19 +335,25 @@ impl Transport {
         .await
     }
 
-    /// POSTs an LFS batch request and returns the status and content type
-    /// whatever they are (for `repofs check`'s probe).
-    pub async fn lfs_probe(&self, url: &str, body: Vec<u8>) -> Result<(u16, String), RemoteError> {
+    /// POSTs an LFS batch request and returns the status, content type and
+    /// the first bytes of the body whatever they are (for `repofs check`'s
+    /// probe).
+    pub async fn lfs_probe(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String, Vec<u8>), RemoteError> {
         let rb = self.lfs_post(url, body).await?;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
+        let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let ctype = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        Ok((resp.status().as_u16(), ctype))
+        let status = resp.status().as_u16();
+        Ok((status, ctype, read_capped(&mut resp, ERROR_BODY_MAX).await))
     }
 
     /// GETs an LFS download href with exactly `headers` (from the batch
@@ -396,6 +403,17 @@ impl Transport {
         mut resp: reqwest::Response,
     ) -> RemoteError {
         let url = crate::redact::url(url);
+        if status == 403 {
+            // A quota refusal (GitHub LFS) is no credential problem.
+            let body = read_capped(&mut resp, ERROR_BODY_MAX).await;
+            if let Some(message) = super::lfs::quota_refusal(&body) {
+                return RemoteError::Quota {
+                    url,
+                    status,
+                    message,
+                };
+            }
+        }
         match status {
             401 | 403 | 404 if matches!(self.auth, Auth::App(_)) => {
                 if let Auth::App(app) = &self.auth {
@@ -443,16 +461,7 @@ impl Transport {
                     crate::fetch::retry::retry_after(resp.headers(), std::time::SystemTime::now());
                 // A short, printable excerpt of the body helps with proxies' error pages.
                 // At most ERROR_BODY_MAX bytes are read, however long the body.
-                let mut body = Vec::new();
-                while body.len() < ERROR_BODY_MAX {
-                    match resp.chunk().await {
-                        Ok(Some(c)) => {
-                            let n = c.len().min(ERROR_BODY_MAX - body.len());
-                            body.extend_from_slice(&c[..n]);
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                let body = read_capped(&mut resp, ERROR_BODY_MAX).await;
                 drop(resp);
                 let text = crate::redact::urls_in(&String::from_utf8_lossy(&body));
                 let excerpt: String = text.chars().filter(|c| !c.is_control()).take(160).collect();
@@ -565,6 +574,22 @@ impl Transport {
     {
         self.policy.run("request", None, |_| op()).await
     }
+}
+
+/// At most `max` bytes of a body (an error's, for its excerpt); a body
+/// that fails midway gives what arrived.
+async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                let n = c.len().min(max - body.len());
+                body.extend_from_slice(&c[..n]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
 }
 
 /// How requests are authenticated.

@@ -92,7 +92,7 @@ impl Lfs {
     fn denied_hint(&self) -> &'static str {
         match self.provider {
             Provider::Github | Provider::GithubEnterprise => {
-                "; on GitHub, LFS downloads need the token or app to have access to this repository, even for public repositories"
+                "; a public repository's LFS objects download without a token, a private one's need a token or app with read access to its Contents"
             }
             _ => "",
         }
@@ -100,6 +100,12 @@ impl Lfs {
 
     fn batch_error(&self, e: RemoteError) -> SourceError {
         match e {
+            RemoteError::Quota {
+                status, message, ..
+            } => SourceError::Unavailable(format!(
+                "the LFS server at {} refused for its quota, not the credentials (HTTP {status}): {message}; the account that owns the repository must add LFS bandwidth or storage, or wait for the quota to reset",
+                crate::redact::url(&self.endpoint)
+            )),
             RemoteError::Auth {
                 status, message, ..
             } => SourceError::Denied(format!(
@@ -155,6 +161,11 @@ impl Lfs {
                 let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(0);
                 let msg = err.get("message").and_then(|m| m.as_str()).unwrap_or("");
                 let e = match code {
+                    _ if quota_refusal(msg.as_bytes()).is_some() => {
+                        SourceError::Unavailable(format!(
+                            "LFS object {oid}: refused for the repository's LFS quota, not the credentials (code {code}: {msg})"
+                        ))
+                    }
                     401 | 403 => SourceError::Denied(format!(
                         "LFS object {oid}: access denied (code {code}: {msg}){}",
                         self.denied_hint()
@@ -412,6 +423,38 @@ impl Lfs {
     }
 }
 
+/// The host's message when an answer (an LFS batch error body, JSON with
+/// a `message`, or plain text) refuses for a data quota rather than for
+/// credentials: GitHub answers 403 "This repository is over its data
+/// quota. Account responsible for LFS bandwidth should purchase more data
+/// packs to restore access." (newer wording: "exceeded its LFS budget").
+/// At most 300 printable characters, URLs without their secrets.
+pub fn quota_refusal(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(String::from))
+        .unwrap_or_else(|| text.to_string());
+    let lower = message.to_ascii_lowercase();
+    let quota = [
+        "data quota",
+        "over its quota",
+        "lfs budget",
+        "bandwidth limit",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    quota.then(|| {
+        crate::redact::urls_in(&message)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect::<String>()
+            .trim()
+            .to_string()
+    })
+}
+
 /// The sha256 of a file that must be `size` bytes long.
 fn file_sha256(file: &std::fs::File, size: u64) -> Option<String> {
     if file.metadata().ok()?.len() != size {
@@ -429,4 +472,23 @@ fn file_sha256(file: &std::fs::File, size: u64) -> Option<String> {
         off += n as u64;
     }
     Some(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quota_refusals_are_told_from_credential_ones() {
+        let github = br#"{"message":"This repository is over its data quota. Account responsible for LFS bandwidth should purchase more data packs to restore access.","documentation_url":"https://docs.github.com/lfs"}"#;
+        let m = super::quota_refusal(github).unwrap();
+        assert!(
+            m.starts_with("This repository is over its data quota."),
+            "{m}"
+        );
+        assert!(super::quota_refusal(b"This repository exceeded its LFS budget.").is_some());
+        assert!(
+            super::quota_refusal(br#"{"message":"Access forbidden. Check your access level."}"#)
+                .is_none()
+        );
+        assert!(super::quota_refusal(b"").is_none());
+    }
 }
