@@ -118,6 +118,8 @@ pub struct RepoConfig {
     pub refresh: Option<Duration>,
     /// GitHub App credentials (instead of a token).
     pub github_app: Option<crate::auth::GithubAppConfig>,
+    /// A GitLab OAuth application grant (instead of a token).
+    pub gitlab_app: Option<crate::auth::GitlabAppConfig>,
     /// The bucket side of a `provider = "s3"` entry.
     pub s3: Option<S3Config>,
     /// Where the daemon puts a writable overlay view of the mount.
@@ -281,6 +283,7 @@ struct RawRepo {
     overlay: Option<PathBuf>,
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
+    gitlab_app: Option<RawGitlabApp>,
     lfs_url: Option<String>,
     bucket: Option<String>,
     prefix: Option<String>,
@@ -302,6 +305,13 @@ struct RawGithubApp {
     app_id: u64,
     installation_id: u64,
     private_key_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitlabApp {
+    client_id: String,
+    grant_file: PathBuf,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -333,6 +343,7 @@ const REPO_KEYS: &[&str] = &[
     "overlay",
     "refresh",
     "github_app",
+    "gitlab_app",
     "lfs_url",
     "bucket",
     "prefix",

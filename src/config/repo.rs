@@ -246,6 +246,43 @@ pub(super) fn validate_repo(
             })
         }
     };
+    let gitlab_app = match r.gitlab_app {
+        None => None,
+        Some(_) if !matches!(provider, Provider::Gitlab | Provider::GitlabEnterprise) => {
+            return Err(ctx(
+                "gitlab_app",
+                "GitLab OAuth application grants work only with provider gitlab or gitlab-enterprise".into(),
+            ));
+        }
+        Some(_) if token.is_some() || github_app.is_some() => {
+            return Err(ctx(
+                "gitlab_app",
+                "give either a token or gitlab_app, not both".into(),
+            ));
+        }
+        Some(app) => {
+            let id = app.client_id.trim();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ctx(
+                    "gitlab_app",
+                    "client_id must be the application's ID as GitLab shows it (no spaces)".into(),
+                ));
+            }
+            if !app.grant_file.is_absolute() {
+                return Err(ctx(
+                    "gitlab_app",
+                    format!(
+                        "grant_file must be an absolute path, got {}",
+                        app.grant_file.display()
+                    ),
+                ));
+            }
+            Some(crate::auth::GitlabAppConfig {
+                client_id: id.to_string(),
+                grant_file: app.grant_file,
+            })
+        }
+    };
     let lfs_url = match r.lfs_url {
         None => None,
         Some(u) => Some(lfs_url_of(&u).map_err(|m| ctx("lfs_url", m))?),
@@ -254,6 +291,7 @@ pub(super) fn validate_repo(
         s3: None,
         lfs_url,
         github_app,
+        gitlab_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
         name,
@@ -283,6 +321,7 @@ fn validate_s3(
         ("username", r.username.is_some()),
         ("refresh", r.refresh.is_some()),
         ("github_app", r.github_app.is_some()),
+        ("gitlab_app", r.gitlab_app.is_some()),
         ("lfs_url", r.lfs_url.is_some()),
     ] {
         if set {
@@ -399,6 +438,7 @@ fn validate_s3(
         mount_point,
         refresh: None,
         github_app: None,
+        gitlab_app: None,
         lfs_url: None,
         s3: Some(S3Config {
             bucket,

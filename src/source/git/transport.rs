@@ -107,6 +107,21 @@ impl Transport {
     ) -> Result<Transport, String> {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
         let auth = match (&repo.token, &repo.github_app) {
+            _ if repo.gitlab_app.is_some() => {
+                let app = repo.gitlab_app.as_ref().ok_or("no gitlab_app")?;
+                let grant =
+                    crate::auth::GitlabGrant::shared(app, timeout).map_err(|e| e.to_string())?;
+                // The grant's credentials go only to its own GitLab.
+                if origin(&grant.gitlab_url()) != origin(&clone_url) {
+                    return Err(format!(
+                        "the GitLab grant in {} is for {}, but the repository is at {}; log in to that GitLab",
+                        app.grant_file.display(),
+                        crate::redact::url(&grant.gitlab_url()),
+                        crate::redact::url(&clone_url)
+                    ));
+                }
+                Auth::Gitlab(grant)
+            }
             (_, Some(app)) => {
                 let api = github_api(repo.provider, &clone_url);
                 Auth::App(Arc::new(
@@ -171,7 +186,9 @@ impl Transport {
             auth,
             trusted,
             api_token: repo.token.as_ref().map(|t| t.secret.clone()),
-            has_token: repo.token.is_some() || repo.github_app.is_some(),
+            has_token: repo.token.is_some()
+                || repo.github_app.is_some()
+                || repo.gitlab_app.is_some(),
             provider: repo.provider,
             max_attempts,
             timeout,
@@ -224,7 +241,25 @@ impl Transport {
                 v.set_sensitive(true);
                 rb.header(reqwest::header::AUTHORIZATION, v)
             }
+            Auth::Gitlab(grant) => {
+                let token = grant.token().await.map_err(grant_error)?;
+                // GitLab takes an OAuth token over git as `oauth2:<token>`.
+                let mut v =
+                    HeaderValue::from_str(&basic("oauth2", token.expose())).map_err(|_| {
+                        RemoteError::Protocol("GitLab issued an unusable access token".into())
+                    })?;
+                v.set_sensitive(true);
+                rb.header(reqwest::header::AUTHORIZATION, v)
+            }
         })
+    }
+
+    /// The GitLab OAuth grant behind this transport, if any.
+    pub fn gitlab_grant(&self) -> Option<&Arc<crate::auth::GitlabGrant>> {
+        match &self.auth {
+            Auth::Gitlab(g) => Some(g),
+            _ => None,
+        }
     }
 
     /// The GitHub App behind this transport, if any.
@@ -317,8 +352,11 @@ impl Transport {
         rb = match &self.auth {
             Auth::None => rb,
             _ if !self.trusts(url) => rb,
-            Auth::Static(_) | Auth::App(_) => {
+            Auth::Static(_) | Auth::App(_) | Auth::Gitlab(_) => {
                 let token = match (&self.auth, &self.api_token) {
+                    (Auth::Gitlab(g), _) => {
+                        g.token().await.map_err(grant_error)?.expose().to_string()
+                    }
                     (Auth::App(app), _) => app
                         .token()
                         .await
@@ -453,6 +491,11 @@ impl Transport {
                     ),
                 }
             }
+            401 if matches!(self.auth, Auth::Gitlab(_)) => RemoteError::Auth {
+                url,
+                status,
+                message: "GitLab refused the OAuth access token (HTTP 401) even after a refresh: run `repofs check` for the state of the grant".into(),
+            },
             401 => RemoteError::Auth {
                 url,
                 status,
@@ -592,9 +635,21 @@ impl Transport {
         Fut: Future<Output = Result<T, RemoteError>>,
     {
         let mut attempt = 1;
+        let mut refreshed = false;
         loop {
+            let sent = std::time::Instant::now();
             match op().await {
                 Ok(v) => return Ok(v),
+                // A GitLab access token refused: refresh it at once and try
+                // again (once; a second refusal is the answer).
+                Err(RemoteError::Auth { status: 401, .. })
+                    if !refreshed && self.gitlab_grant().is_some() =>
+                {
+                    refreshed = true;
+                    if let Some(g) = self.gitlab_grant() {
+                        g.after_401(sent).await.map_err(grant_error)?;
+                    }
+                }
                 Err(e) if e.retryable() && attempt < self.max_attempts => {
                     let delay = Duration::from_millis(200 * 4u64.pow(attempt - 1));
                     tracing::warn!(attempt, error = %e, "request failed; retrying in {delay:?}");
@@ -612,4 +667,24 @@ enum Auth {
     None,
     Static(HeaderValue),
     App(Arc<crate::auth::GithubApp>),
+    Gitlab(Arc<crate::auth::GitlabGrant>),
+}
+
+/// A GitLab grant that cannot give a token: a network problem (retried),
+/// else an authentication failure (EACCES) with what to do.
+fn grant_error(e: crate::auth::GrantError) -> RemoteError {
+    match e {
+        crate::auth::GrantError::Server { .. } => RemoteError::Connect {
+            url: "GitLab token endpoint".into(),
+            cause: e.to_string(),
+        },
+        other => RemoteError::Auth {
+            url: "GitLab application".into(),
+            status: 0,
+            message: other
+                .to_string()
+                .trim_start_matches("GitLab application: ")
+                .to_string(),
+        },
+    }
 }
