@@ -52,12 +52,12 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
             let auth = match (&repo.token, remote.transport.gitlab_grant()) {
                 (_, Some(g)) => match g.describe().await {
                     Ok(grant) => format!(
-                        "authenticated with the GitLab grant {} (valid; the access token expires in {} min, renewed automatically)",
+                        "authenticated with the GitLab grant {} (valid; the access token expires in {}, renewed automatically)",
                         repo.gitlab_app
                             .as_ref()
                             .map(|a| a.grant_file.display().to_string())
                             .unwrap_or_default(),
-                        grant.remaining().div_ceil(60)
+                        crate::auth::gitlab_oauth::human(grant.remaining())
                     ),
                     Err(e) => return line(false, e.to_string()),
                 },

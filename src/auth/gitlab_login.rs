@@ -155,9 +155,9 @@ pub async fn login(args: &LoginArgs, out: &mut dyn Write) -> Result<Grant, Strin
                 write_grant(&args.grant_file, &grant)?;
                 let _ = writeln!(
                     out,
-                    "Authorized. The grant is in {} (access token valid for {} min; the daemon renews it).",
+                    "Authorized. The grant is in {} (access token valid for {}; the daemon renews it).",
                     args.grant_file.display(),
-                    grant.remaining() / 60
+                    super::gitlab_oauth::human(grant.remaining())
                 );
                 return Ok(grant);
             }

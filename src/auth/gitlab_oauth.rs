@@ -82,6 +82,15 @@ impl Grant {
     }
 }
 
+/// `1 h 59 min`, `4 min`, `45 s`.
+pub fn human(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min", secs / 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 pub fn login_command(url: &str, client_id: &str, scope: &str, path: &Path) -> String {
     let scope = if scope.is_empty() || scope == "read_repository" {
         String::new()
