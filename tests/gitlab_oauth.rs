@@ -339,6 +339,7 @@ fn mounts_keep_reading_across_three_expiries_with_one_shared_grant() {
             }
         }
     };
+    let started = Instant::now();
     remember(&mut secrets);
     for m in &mounts {
         read_eventually(&m.join("a.txt"), "first file\n", 20);
@@ -357,12 +358,14 @@ fn mounts_keep_reading_across_three_expiries_with_one_shared_grant() {
     let s = stats(&f.server);
     assert!(s["refreshes"].as_u64().unwrap() >= 3, "{s}");
     assert_eq!(s["invalid_grant"], 0, "{s}");
-    // Every refresh was written to the file at once: it holds the newest.
-    assert_eq!(
-        secrets.len(),
-        2 * (1 + s["refreshes"].as_u64().unwrap() as usize),
-        "{s}"
+    // One refresh served both mounts: about one per lifetime, not two.
+    let lifetimes = started.elapsed().as_secs() / 5 + 1;
+    assert!(
+        s["refreshes"].as_u64().unwrap() <= lifetimes,
+        "{s} in {lifetimes} lifetimes"
     );
+    // The grant file was rewritten with each refresh.
+    assert!(secrets.len() >= 8, "{s}");
     let (ok, status) = run_repofs(&["--config", config.to_str().unwrap(), "status"], &[]);
     assert!(ok, "{status}");
     let (ok, check) = run_repofs(&["--config", config.to_str().unwrap(), "check", "one"], &[]);
@@ -465,7 +468,10 @@ fn a_revoked_grant_gives_eacces_and_says_to_log_in_again() {
     read_eventually(&mounts[0].join("a.txt"), "first file\n", 20);
     http_request(f.server.port, "POST", "/_oauth/revoke");
     // b.txt was never read: its contents need the server.
-    let e = std::fs::read(mounts[0].join("b.txt")).unwrap_err();
+    let e = match std::fs::read(mounts[0].join("b.txt")) {
+        Ok(_) => panic!("read after the revocation:\n{}", d.log_text()),
+        Err(e) => e,
+    };
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
     assert!(stat(&f.server, "invalid_grant") >= 1);
     let text = d.log_text();
