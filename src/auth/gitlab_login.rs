@@ -9,9 +9,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::gitlab_oauth::{
-    Grant, TokenAnswer, http_client, now, post_form, token_answer, write_grant,
-};
+use super::gitlab_oauth::{Grant, write_grant};
+use super::oauth_http::{TokenAnswer, http_client, now, post_form, token_answer};
 
 /// What `repofs login gitlab` was given.
 pub struct LoginArgs {

@@ -17,11 +17,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
+
+use super::oauth_http::{TokenAnswer, http_client, now, post_form, token_answer};
 
 /// `gitlab_app = { client_id = "...", grant_file = "/path" }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +32,10 @@ pub struct GitlabAppConfig {
     pub grant_file: PathBuf,
 }
 
-/// The most of a token endpoint's answer that is read.
-const MAX_ANSWER: usize = 64 * 1024;
+/// The most of a grant file that is read.
+const MAX_FILE: usize = 64 * 1024;
 /// GitLab's access token lifetime, when an answer has no `expires_in`.
 const DEFAULT_LIFETIME: u64 = 7200;
-/// Attempts at a token request that failed on the network or with a 5xx.
-const ATTEMPTS: u32 = 3;
 
 /// What the grant file holds (JSON, 0600).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,156 +127,6 @@ pub enum GrantError {
     Server { url: String, cause: String },
 }
 
-/// An OAuth token endpoint's answer.
-pub(super) enum TokenAnswer {
-    Token {
-        access_token: String,
-        refresh_token: Option<String>,
-        expires_in: Option<u64>,
-        scope: Option<String>,
-    },
-    /// RFC 6749 §5.2 (and RFC 8628 §3.5): `error` and its description.
-    Error { error: String, description: String },
-}
-
-pub(super) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub(super) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .timeout(timeout * 2)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("repofs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// POSTs a form to `<gitlab>/oauth/<endpoint>` and reads the JSON answer
-/// (at most [`MAX_ANSWER`] bytes). Network errors and 5xx are retried a
-/// few times; the error never holds the form (it has secrets).
-pub(super) async fn post_form(
-    client: &reqwest::Client,
-    url: &str,
-    form: &[(&str, &str)],
-) -> Result<(u16, serde_json::Value), String> {
-    let mut attempt = 1;
-    loop {
-        let result = post_once(client, url, form).await;
-        match result {
-            Err((e, true)) if attempt < ATTEMPTS => {
-                tracing::warn!(attempt, url, error = %e, "token request failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err((e, _)) => return Err(e),
-            Ok(v) => return Ok(v),
-        }
-    }
-}
-
-async fn post_once(
-    client: &reqwest::Client,
-    url: &str,
-    form: &[(&str, &str)],
-) -> Result<(u16, serde_json::Value), (String, bool)> {
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut resp = client
-        .post(url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| (e.without_url().to_string(), true))?;
-    let status = resp.status().as_u16();
-    let mut bytes = Vec::new();
-    while let Some(c) = resp
-        .chunk()
-        .await
-        .map_err(|e| (e.without_url().to_string(), true))?
-    {
-        if bytes.len() + c.len() > MAX_ANSWER {
-            return Err((format!("an answer larger than {MAX_ANSWER} bytes"), false));
-        }
-        bytes.extend_from_slice(&c);
-    }
-    if status >= 500 {
-        return Err((format!("HTTP {status}"), true));
-    }
-    let json = serde_json::from_slice(&bytes).map_err(|_| {
-        (
-            format!("HTTP {status} with an answer that is not JSON"),
-            false,
-        )
-    })?;
-    Ok((status, json))
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Parses a token endpoint's answer (RFC 6749 §5.1 and §5.2).
-pub(super) fn token_answer(status: u16, v: &serde_json::Value) -> Result<TokenAnswer, String> {
-    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    if let Some(error) = text("error") {
-        // Only printable characters of the description, and not much.
-        let description: String = text("error_description")
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect();
-        let error: String = error
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(64)
-            .collect();
-        return Ok(TokenAnswer::Error { error, description });
-    }
-    if status != 200 {
-        return Err(format!("HTTP {status} without an OAuth error"));
-    }
-    let access_token = text("access_token").ok_or("the answer has no access_token")?;
-    if access_token.is_empty() || !access_token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the answer's access_token is empty or not printable".into());
-    }
-    let refresh_token = text("refresh_token");
-    if refresh_token
-        .as_deref()
-        .is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        return Err("the answer's refresh_token is empty or not printable".into());
-    }
-    Ok(TokenAnswer::Token {
-        access_token,
-        refresh_token,
-        expires_in: v.get("expires_in").and_then(|x| x.as_u64()),
-        scope: text("scope"),
-    })
-}
-
 /// Identifies one version of the grant file on disk.
 type Stamp = (u64, u64, i64, i64, u64);
 
@@ -298,7 +148,7 @@ pub fn read_grant(path: &Path, client_id: &str) -> Result<(Grant, Option<Stamp>)
         client_id: client_id.to_string(),
         cause: e.to_string(),
     })?;
-    if text.len() > MAX_ANSWER {
+    if text.len() > MAX_FILE {
         return Err(GrantError::Bad {
             path: shown,
             cause: "larger than 64 KiB".into(),
@@ -528,6 +378,21 @@ impl GitlabGrant {
     /// Refreshes the grant (`grant_type=refresh_token`), writes the rotated
     /// grant to the file, and only then puts it in memory.
     async fn refresh(&self, st: &mut State) -> Result<(), GrantError> {
+        // Other processes (`repofs check`, another daemon) may share the
+        // file: refreshes are serialized by a lock on it, and a grant
+        // another one refreshed meanwhile is taken instead.
+        let _lock = self.lock_file().await;
+        if let Ok((on_disk, stamp)) = read_grant(&self.path, &self.client_id) {
+            let mine = st.grant.as_ref().map(|g| g.refresh_token.as_str());
+            if !st.unsaved && mine != Some(on_disk.refresh_token.as_str()) {
+                tracing::info!(grant_file = %self.path.display(), "another process refreshed the GitLab grant: using its tokens");
+                *self.base.lock().unwrap_or_else(|e| e.into_inner()) = on_disk.gitlab_url.clone();
+                st.grant = Some(on_disk);
+                st.stamp = stamp;
+                st.refreshed = Some(Instant::now());
+                return Ok(());
+            }
+        }
         let Some(old) = st.grant.clone() else {
             return Err(self.revoked_error(None));
         };
@@ -587,6 +452,28 @@ impl GitlabGrant {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(grant_file = %self.path.display(), valid_for_secs = life, "GitLab access token refreshed");
         Ok(())
+    }
+}
+
+impl GitlabGrant {
+    /// An exclusive `flock` on the grant file (the inode a refresh will
+    /// replace), waited for up to 30 s; `None` if the file cannot be
+    /// opened or the wait ran out (then the refresh goes ahead unlocked).
+    async fn lock_file(&self) -> Option<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&self.path).ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Some(f);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(grant_file = %self.path.display(), "the grant file stayed locked for 30 s: refreshing without the lock");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -660,28 +547,5 @@ mod tests {
         g.obtained_at = now() - 19;
         g.expires_at = now() + 1;
         assert!(g.due());
-    }
-
-    #[test]
-    fn token_answers_parse_errors_and_tokens() {
-        let v = serde_json::json!({"error": "slow_down", "error_description": "poll\nslower"});
-        match token_answer(400, &v).unwrap() {
-            TokenAnswer::Error { error, description } => {
-                assert_eq!(error, "slow_down");
-                assert_eq!(description, "pollslower");
-            }
-            _ => panic!(),
-        }
-        let v = serde_json::json!({"access_token": "a", "refresh_token": "r", "expires_in": 7200});
-        assert!(matches!(
-            token_answer(200, &v).unwrap(),
-            TokenAnswer::Token {
-                expires_in: Some(7200),
-                ..
-            }
-        ));
-        assert!(token_answer(200, &serde_json::json!({"access_token": "a b"})).is_err());
-        assert!(token_answer(403, &serde_json::json!({})).is_err());
-        assert_eq!(urlencode("a b&c=d:"), "a%20b%26c%3Dd%3A");
     }
 }

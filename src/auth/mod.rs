@@ -17,6 +17,7 @@ use crate::config::Secret;
 
 pub mod gitlab_login;
 pub mod gitlab_oauth;
+mod oauth_http;
 pub use gitlab_oauth::{GitlabAppConfig, GitlabGrant, GrantError};
 
 /// `github_app = { app_id, installation_id, private_key_file }`.

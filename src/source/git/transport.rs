@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 use crate::config::{Provider, RepoConfig};
 
-use super::origin::basic;
+use super::credentials::{Auth, grant_error};
 pub use super::origin::{github_api, origin};
 
 /// A failed exchange with the server, classified for users and for errno.
@@ -106,50 +106,7 @@ impl Transport {
         max_attempts: u32,
     ) -> Result<Transport, String> {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
-        let auth = match (&repo.token, &repo.github_app) {
-            _ if repo.gitlab_app.is_some() => {
-                let app = repo.gitlab_app.as_ref().ok_or("no gitlab_app")?;
-                let grant =
-                    crate::auth::GitlabGrant::shared(app, timeout).map_err(|e| e.to_string())?;
-                // The grant's credentials go only to its own GitLab.
-                if origin(&grant.gitlab_url()) != origin(&clone_url) {
-                    return Err(format!(
-                        "the GitLab grant in {} is for {}, but the repository is at {}; log in to that GitLab",
-                        app.grant_file.display(),
-                        crate::redact::url(&grant.gitlab_url()),
-                        crate::redact::url(&clone_url)
-                    ));
-                }
-                Auth::Gitlab(grant)
-            }
-            (_, Some(app)) => {
-                let api = github_api(repo.provider, &clone_url);
-                Auth::App(Arc::new(
-                    crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
-                ))
-            }
-            (None, None) => Auth::None,
-            (Some(t), None) => {
-                let secret = t.secret.expose();
-                let value = match (repo.provider, &repo.username) {
-                    (Provider::Github | Provider::GithubEnterprise, _) => {
-                        basic("x-access-token", secret)
-                    }
-                    (Provider::Gitlab | Provider::GitlabEnterprise, _) => basic("oauth2", secret),
-                    (Provider::BitbucketServer, _) => format!("Bearer {secret}"),
-                    (Provider::Git | Provider::S3, Some(user)) => basic(user, secret),
-                    (Provider::Git | Provider::S3, None) => format!("Bearer {secret}"),
-                };
-                let mut v = HeaderValue::from_str(&value).map_err(|_| {
-                    format!(
-                        "the token from {} contains characters that cannot be sent in an HTTP header",
-                        t.origin
-                    )
-                })?;
-                v.set_sensitive(true);
-                Auth::Static(v)
-            }
-        };
+        let auth = Auth::new(repo, &clone_url, timeout)?;
         let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::USER_AGENT,
@@ -219,38 +176,9 @@ impl Transport {
             tracing::debug!(url = %crate::redact::url(url), "another origin than the repository's: sent without credentials");
             return Ok(rb);
         }
-        Ok(match &self.auth {
-            Auth::None => rb,
-            Auth::Static(v) => rb.header(reqwest::header::AUTHORIZATION, v.clone()),
-            Auth::App(app) => {
-                let token = app.token().await.map_err(|e| match e {
-                    crate::auth::AppError::Api { .. } => RemoteError::Connect {
-                        url: "GitHub API".into(),
-                        cause: e.to_string(),
-                    },
-                    other => RemoteError::Auth {
-                        url: "GitHub App".into(),
-                        status: 401,
-                        message: other.to_string(),
-                    },
-                })?;
-                let mut v = HeaderValue::from_str(&basic("x-access-token", token.expose()))
-                    .map_err(|_| {
-                        RemoteError::Protocol("the GitHub API issued an unusable token".into())
-                    })?;
-                v.set_sensitive(true);
-                rb.header(reqwest::header::AUTHORIZATION, v)
-            }
-            Auth::Gitlab(grant) => {
-                let token = grant.token().await.map_err(grant_error)?;
-                // GitLab takes an OAuth token over git as `oauth2:<token>`.
-                let mut v =
-                    HeaderValue::from_str(&basic("oauth2", token.expose())).map_err(|_| {
-                        RemoteError::Protocol("GitLab issued an unusable access token".into())
-                    })?;
-                v.set_sensitive(true);
-                rb.header(reqwest::header::AUTHORIZATION, v)
-            }
+        Ok(match self.auth.git_header().await? {
+            Some(v) => rb.header(reqwest::header::AUTHORIZATION, v),
+            None => rb,
         })
     }
 
@@ -349,30 +277,11 @@ impl Transport {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b);
         }
-        rb = match &self.auth {
-            Auth::None => rb,
-            _ if !self.trusts(url) => rb,
-            Auth::Static(_) | Auth::App(_) | Auth::Gitlab(_) => {
-                let token = match (&self.auth, &self.api_token) {
-                    (Auth::Gitlab(g), _) => {
-                        g.token().await.map_err(grant_error)?.expose().to_string()
-                    }
-                    (Auth::App(app), _) => app
-                        .token()
-                        .await
-                        .map_err(|e| RemoteError::Protocol(e.to_string()))?
-                        .expose()
-                        .to_string(),
-                    (_, Some(t)) => t.expose().to_string(),
-                    _ => String::new(),
-                };
-                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    RemoteError::Protocol("the token cannot be sent in an HTTP header".into())
-                })?;
-                v.set_sensitive(true);
-                rb.header(reqwest::header::AUTHORIZATION, v)
+        if self.trusts(url) {
+            if let Some(v) = self.auth.api_header(self.api_token.as_ref()).await? {
+                rb = rb.header(reqwest::header::AUTHORIZATION, v);
             }
-        };
+        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let status = resp.status().as_u16();
@@ -659,32 +568,5 @@ impl Transport {
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-/// How requests are authenticated.
-enum Auth {
-    None,
-    Static(HeaderValue),
-    App(Arc<crate::auth::GithubApp>),
-    Gitlab(Arc<crate::auth::GitlabGrant>),
-}
-
-/// A GitLab grant that cannot give a token: a network problem (retried),
-/// else an authentication failure (EACCES) with what to do.
-fn grant_error(e: crate::auth::GrantError) -> RemoteError {
-    match e {
-        crate::auth::GrantError::Server { .. } => RemoteError::Connect {
-            url: "GitLab token endpoint".into(),
-            cause: e.to_string(),
-        },
-        other => RemoteError::Auth {
-            url: "GitLab application".into(),
-            status: 0,
-            message: other
-                .to_string()
-                .trim_start_matches("GitLab application: ")
-                .to_string(),
-        },
     }
 }
