@@ -538,8 +538,12 @@ mod tests {
     fn refresh_is_due_near_expiry() {
         let mut g = grant();
         assert!(!g.due());
+        // GitLab's two hours: 5 minutes before the end.
+        g.obtained_at = now() - 6901;
         g.expires_at = now() + 299;
         assert!(g.due());
+        g.expires_at = now() + 320;
+        assert!(!g.due());
         // A short lifetime (tests): a tenth of it.
         g.obtained_at = now();
         g.expires_at = now() + 20;
