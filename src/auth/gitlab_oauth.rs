@@ -329,12 +329,11 @@ impl GitlabGrant {
         if st.revoked {
             return Err(self.revoked_error(st.grant.as_ref()));
         }
-        if st.unsaved {
-            if let Some(g) = st.grant.clone() {
-                if self.save(st, &g).is_ok() {
-                    tracing::info!(grant_file = %self.path.display(), "the refreshed GitLab grant is written now");
-                }
-            }
+        if st.unsaved
+            && let Some(g) = st.grant.clone()
+            && self.save(st, &g).is_ok()
+        {
+            tracing::info!(grant_file = %self.path.display(), "the refreshed GitLab grant is written now");
         }
         Ok(())
     }

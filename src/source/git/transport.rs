@@ -277,10 +277,10 @@ impl Transport {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b);
         }
-        if self.trusts(url) {
-            if let Some(v) = self.auth.api_header(self.api_token.as_ref()).await? {
-                rb = rb.header(reqwest::header::AUTHORIZATION, v);
-            }
+        if self.trusts(url)
+            && let Some(v) = self.auth.api_header(self.api_token.as_ref()).await?
+        {
+            rb = rb.header(reqwest::header::AUTHORIZATION, v);
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut resp = rb.send().await.map_err(|e| self.classify(e, url))?;
