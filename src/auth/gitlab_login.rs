@@ -34,6 +34,18 @@ pub async fn login(args: &LoginArgs, out: &mut dyn Write) -> Result<Grant, Strin
                 .into(),
         );
     }
+    // Before the user is asked anything: can the grant be written there?
+    let dir = match args.grant_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() || args.grant_file.is_dir() {
+        return Err(format!(
+            "--grant-file {}: the directory {} does not exist, or the path is a directory",
+            args.grant_file.display(),
+            dir.display()
+        ));
+    }
     let client = http_client(args.timeout)?;
     let device_url = format!("{base}/oauth/authorize_device");
     let (status, body) = post_form(

@@ -82,14 +82,10 @@ async fn post_once(
         .body(body)
         .send()
         .await
-        .map_err(|e| (e.without_url().to_string(), true))?;
+        .map_err(|e| (cause(e), true))?;
     let status = resp.status().as_u16();
     let mut bytes = Vec::new();
-    while let Some(c) = resp
-        .chunk()
-        .await
-        .map_err(|e| (e.without_url().to_string(), true))?
-    {
+    while let Some(c) = resp.chunk().await.map_err(|e| (cause(e), true))? {
         if bytes.len() + c.len() > MAX_ANSWER {
             return Err((format!("an answer larger than {MAX_ANSWER} bytes"), false));
         }
@@ -105,6 +101,21 @@ async fn post_once(
         )
     })?;
     Ok((status, json))
+}
+
+/// What went wrong on the network: the root cause, never the URL or body.
+fn cause(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    if e.is_timeout() {
+        return "no answer in time (timed out)".into();
+    }
+    let mut cause = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    cause
 }
 
 fn urlencode(s: &str) -> String {
