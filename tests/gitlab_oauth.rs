@@ -168,6 +168,10 @@ fn fixture(ttl: u32, extra: &[&str]) -> Fixture {
     std::fs::write(work.join("a.txt"), "first file\n").unwrap();
     // Over the LFS pointer size: read only when opened.
     std::fs::write(work.join("b.txt"), second()).unwrap();
+    // Never listed before the test needs it: its sizes and contents need
+    // the server (a listing may fetch the files of a directory for sizes).
+    std::fs::create_dir_all(work.join("deep")).unwrap();
+    std::fs::write(work.join("deep/c.txt"), second()).unwrap();
     publish_repo(&srv, &work, "acme/models");
     std::fs::write(
         srv.join("_auth.json"),
@@ -459,6 +463,33 @@ fn killed_between_refresh_answer_and_write_with_immediate_revocation_check_says_
 }
 
 #[test]
+fn a_refused_access_token_is_refreshed_at_once() {
+    let f = fixture(7200, &[]);
+    let grant = login(&f.server, f.dir());
+    let (config, mounts) = f.config(&grant, &["models"]);
+    let mut d = Daemon::start(&config, &mounts, &f.dir().join("daemon.log"));
+    read_eventually(&mounts[0].join("a.txt"), "first file\n", 20);
+    let before = grant_json(&grant);
+    // The token expires early (repofs believes it has two hours left).
+    http_request(f.server.port, "POST", "/_oauth/expire");
+    // The branch moves: following it asks the server with the old token.
+    f.commit_file("after.txt", "after\n");
+    read_eventually(&mounts[0].join("after.txt"), "after\n", 30);
+    let got = std::fs::read_to_string(mounts[0].join("deep/c.txt"));
+    assert_eq!(got.ok(), Some(second()), "{}", d.log_text());
+    let s = stats(&f.server);
+    assert!(s["rejected"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["refreshes"], 1, "{s}");
+    assert_eq!(s["invalid_grant"], 0, "{s}");
+    assert_ne!(grant_json(&grant)["refresh_token"], before["refresh_token"]);
+    assert!(
+        d.log_text()
+            .contains("GitLab refused the access token (HTTP 401): refreshing it")
+    );
+    d.stop();
+}
+
+#[test]
 fn a_revoked_grant_gives_eacces_and_says_to_log_in_again() {
     let f = fixture(7200, &[]);
     let grant = login(&f.server, f.dir());
@@ -467,8 +498,8 @@ fn a_revoked_grant_gives_eacces_and_says_to_log_in_again() {
     let mut d = Daemon::start(&config, &mounts, &log);
     read_eventually(&mounts[0].join("a.txt"), "first file\n", 20);
     http_request(f.server.port, "POST", "/_oauth/revoke");
-    // b.txt was never read: its contents need the server.
-    let e = match std::fs::read(mounts[0].join("b.txt")) {
+    // deep/ was never listed: its contents need the server.
+    let e = match std::fs::read(mounts[0].join("deep/c.txt")) {
         Ok(_) => panic!("read after the revocation:\n{}", d.log_text()),
         Err(e) => e,
     };
@@ -487,7 +518,7 @@ fn a_revoked_grant_gives_eacces_and_says_to_log_in_again() {
     // A new login is picked up without a restart.
     let grant2 = login(&f.server, &f.dir().join("again"));
     std::fs::rename(&grant2, &grant).unwrap();
-    read_eventually(&mounts[0].join("b.txt"), &second(), 20);
+    read_eventually(&mounts[0].join("deep/c.txt"), &second(), 20);
     d.stop();
 }
 

@@ -31,6 +31,7 @@ Control (tests only):
   decision in the browser;
 - POST /_oauth/slow_down_next: the next device-code poll answers slow_down
   whatever its timing (a client polling at the interval never sees one);
+- POST /_oauth/expire: every access token expires now (refresh tokens stay);
 - POST /_oauth/revoke: revokes every token (the user revoked the app);
 - GET /_oauth/stats: counters (device_authorizations, polls, pending,
   slow_downs, denied, issued, refreshes, invalid_grant, revoked, rejected)
@@ -254,6 +255,15 @@ def create_app():
     def slow_down_next():
         with LOCK:
             FORCE["slow_down_next"] = True
+        return jsonify(ok=True)
+
+    @app.post("/_oauth/expire")
+    def expire():
+        """Every access token expires now (refresh tokens stay valid): a
+        client that believes its token has time left gets 401."""
+        with LOCK:
+            for t in TOKENS.values():
+                t.expires_at = min(t.expires_at, time.time())
         return jsonify(ok=True)
 
     @app.post("/_oauth/revoke")

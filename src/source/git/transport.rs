@@ -267,6 +267,27 @@ impl Transport {
         json_body: Option<Vec<u8>>,
         max_body: usize,
     ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
+        let sent = std::time::Instant::now();
+        let answer = self
+            .api_call_once(method.clone(), url, json_body.clone(), max_body)
+            .await?;
+        // A GitLab access token refused: refreshed at once, asked again once.
+        match self.gitlab_grant() {
+            Some(g) if answer.0 == 401 && self.trusts(url) => {
+                g.after_401(sent).await.map_err(grant_error)?;
+                self.api_call_once(method, url, json_body, max_body).await
+            }
+            _ => Ok(answer),
+        }
+    }
+
+    async fn api_call_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        json_body: Option<Vec<u8>>,
+        max_body: usize,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
         let mut rb = self
             .client
             .request(method, url)
