@@ -151,6 +151,11 @@ fn second() -> String {
     "second file\n".repeat(200)
 }
 
+/// Another blob than any at the root (a listing may fetch those for sizes).
+fn third() -> String {
+    "third file\n".repeat(200)
+}
+
 /// A private repository `acme/models` with `a.txt`, served with the OAuth
 /// provider; the static token in _auth.json is given to nobody.
 struct Fixture {
@@ -171,7 +176,7 @@ fn fixture(ttl: u32, extra: &[&str]) -> Fixture {
     // Never listed before the test needs it: its sizes and contents need
     // the server (a listing may fetch the files of a directory for sizes).
     std::fs::create_dir_all(work.join("deep")).unwrap();
-    std::fs::write(work.join("deep/c.txt"), second()).unwrap();
+    std::fs::write(work.join("deep/c.txt"), third()).unwrap();
     publish_repo(&srv, &work, "acme/models");
     std::fs::write(
         srv.join("_auth.json"),
@@ -476,7 +481,7 @@ fn a_refused_access_token_is_refreshed_at_once() {
     f.commit_file("after.txt", "after\n");
     read_eventually(&mounts[0].join("after.txt"), "after\n", 30);
     let got = std::fs::read_to_string(mounts[0].join("deep/c.txt"));
-    assert_eq!(got.ok(), Some(second()), "{}", d.log_text());
+    assert_eq!(got.ok(), Some(third()), "{}", d.log_text());
     let s = stats(&f.server);
     assert!(s["rejected"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["refreshes"], 1, "{s}");
@@ -518,7 +523,7 @@ fn a_revoked_grant_gives_eacces_and_says_to_log_in_again() {
     // A new login is picked up without a restart.
     let grant2 = login(&f.server, &f.dir().join("again"));
     std::fs::rename(&grant2, &grant).unwrap();
-    read_eventually(&mounts[0].join("deep/c.txt"), &second(), 20);
+    read_eventually(&mounts[0].join("deep/c.txt"), &third(), 20);
     d.stop();
 }
 
