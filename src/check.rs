@@ -49,9 +49,20 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
             if !caps.object_info {
                 notes.push("server lacks `object-info`: listing a directory downloads its files to learn sizes".to_string());
             }
-            let auth = match &repo.token {
-                Some(t) => format!("authenticated with {}", t.origin),
-                None => "anonymous".to_string(),
+            let auth = match (&repo.token, remote.transport.gitlab_grant()) {
+                (_, Some(g)) => match g.describe().await {
+                    Ok(grant) => format!(
+                        "authenticated with the GitLab grant {} (valid; the access token expires in {}, renewed automatically)",
+                        repo.gitlab_app
+                            .as_ref()
+                            .map(|a| a.grant_file.display().to_string())
+                            .unwrap_or_default(),
+                        crate::auth::gitlab_oauth::human(grant.remaining())
+                    ),
+                    Err(e) => return line(false, e.to_string()),
+                },
+                (Some(t), None) => format!("authenticated with {}", t.origin),
+                (None, None) => "anonymous".to_string(),
             };
             // Fetch the trees too (into a scratch cache): proves fetch works
             // and finds a committed .lfsconfig.
@@ -72,7 +83,8 @@ pub async fn check_repo(repo: &RepoConfig, config: &Config) -> CheckLine {
                 ));
             }
             let has_credentials =
-                (repo.token.is_some() || repo.github_app.is_some()) && lfs_trusted;
+                (repo.token.is_some() || repo.github_app.is_some() || repo.gitlab_app.is_some())
+                    && lfs_trusted;
             match probe_lfs(&remote, &lfs_endpoint, has_credentials).await {
                 LfsProbe::Ok => notes.push("LFS endpoint accepts the credentials".to_string()),
                 LfsProbe::Absent(why) => notes.push(format!(

@@ -77,10 +77,36 @@ enum Command {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Authorize repofs once with an OAuth application (device flow) and
+    /// write the grant file the daemon uses and renews.
+    Login {
+        #[command(subcommand)]
+        host: LoginHost,
+    },
     /// List or edit the repositories in the config file (comments are kept).
     Repo {
         #[command(subcommand)]
         action: RepoAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoginHost {
+    /// GitLab (gitlab.com or self-managed): OAuth 2.0 Device Authorization Grant.
+    Gitlab {
+        /// GitLab's base URL, such as https://gitlab.example.com.
+        #[arg(long)]
+        url: String,
+        /// The application's ID (Settings > Applications).
+        #[arg(long)]
+        client_id: String,
+        /// Scopes asked for, space-separated.
+        #[arg(long, default_value = "read_repository")]
+        scope: String,
+        /// Where the grant is written (0600); name it in the repository's
+        /// `gitlab_app = { client_id, grant_file }`.
+        #[arg(long)]
+        grant_file: PathBuf,
     },
 }
 
@@ -178,6 +204,7 @@ fn main() -> ExitCode {
     };
     let config = match cli.command {
         Command::Repo { action } => return repo(&config_path, action, &load),
+        Command::Login { host } => return login(host),
         Command::Prefetch {
             paths,
             jobs,
@@ -257,7 +284,10 @@ fn main() -> ExitCode {
         },
     };
     match cli.command {
-        Command::Repo { .. } | Command::Prefetch { .. } | Command::Overlay { .. } => {
+        Command::Repo { .. }
+        | Command::Prefetch { .. }
+        | Command::Overlay { .. }
+        | Command::Login { .. } => {
             unreachable!("handled above")
         }
         Command::Mount { .. } => match repofs::daemon::run(config) {
@@ -288,6 +318,42 @@ fn status(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("repofs: {e}");
             ExitCode::from(3)
+        }
+    }
+}
+
+fn login(host: LoginHost) -> ExitCode {
+    let LoginHost::Gitlab {
+        url,
+        client_id,
+        scope,
+        grant_file,
+    } = host;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("repofs: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = repofs::auth::gitlab_login::LoginArgs {
+        url,
+        client_id,
+        scope,
+        grant_file,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    match rt.block_on(repofs::auth::gitlab_login::login(
+        &args,
+        &mut std::io::stdout(),
+    )) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("repofs: login failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -146,6 +146,7 @@ pub fn clear_credentials(path: &Path, name: &str) -> Result<String, String> {
             "token_file",
             "username",
             "github_app",
+            "gitlab_app",
             "access_key_id",
             "secret_access_key",
             "secret_access_key_file",
@@ -186,6 +187,13 @@ pub fn list(config: &Config) -> String {
             (_, Some(app)) => format!(
                 "github app {} (installation {})",
                 app.app_id, app.installation_id
+            ),
+            _ if r.gitlab_app.is_some() => format!(
+                "gitlab app grant {}",
+                r.gitlab_app
+                    .as_ref()
+                    .map(|a| a.grant_file.display().to_string())
+                    .unwrap_or_default()
             ),
             (Some(t), None) if t.origin == "token" => "token (inline)".to_string(),
             (Some(t), None) => t.origin.clone(),

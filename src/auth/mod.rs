@@ -1,4 +1,6 @@
-//! Credentials that are not a plain token: GitHub App installation tokens.
+//! Credentials that are not a plain token: GitHub App installation tokens
+//! (here) and GitLab OAuth application grants ([`gitlab_oauth`], with the
+//! device-flow login in [`gitlab_login`]).
 //!
 //! repofs signs a JWT (RS256) with the app's private key, exchanges it at
 //! `POST <api>/app/installations/<id>/access_tokens` for an installation
@@ -12,6 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 
 use crate::config::Secret;
+
+pub mod gitlab_login;
+pub mod gitlab_oauth;
+mod oauth_http;
+pub use gitlab_oauth::{GitlabAppConfig, GitlabGrant, GrantError};
 
 /// `github_app = { app_id, installation_id, private_key_file }`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -124,6 +124,8 @@ pub struct RepoConfig {
     pub refresh: Option<Duration>,
     /// GitHub App credentials (instead of a token).
     pub github_app: Option<crate::auth::GithubAppConfig>,
+    /// A GitLab OAuth application grant (instead of a token).
+    pub gitlab_app: Option<crate::auth::GitlabAppConfig>,
     /// The bucket side of a `provider = "s3"` entry.
     pub s3: Option<S3Config>,
     /// Where the daemon puts a writable overlay view of the mount.
@@ -298,6 +300,7 @@ struct RawRepo {
     overlay: Option<PathBuf>,
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
+    gitlab_app: Option<RawGitlabApp>,
     lfs_url: Option<String>,
     api_url: Option<String>,
     bucket: Option<String>,
@@ -320,6 +323,13 @@ struct RawGithubApp {
     app_id: u64,
     installation_id: u64,
     private_key_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitlabApp {
+    client_id: String,
+    grant_file: PathBuf,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -354,6 +364,7 @@ const REPO_KEYS: &[&str] = &[
     "overlay",
     "refresh",
     "github_app",
+    "gitlab_app",
     "lfs_url",
     "api_url",
     "bucket",

@@ -247,6 +247,43 @@ pub(super) fn validate_repo(
             })
         }
     };
+    let gitlab_app = match r.gitlab_app {
+        None => None,
+        Some(_) if !matches!(provider, Provider::Gitlab | Provider::GitlabEnterprise) => {
+            return Err(ctx(
+                "gitlab_app",
+                "GitLab OAuth application grants work only with provider gitlab or gitlab-enterprise".into(),
+            ));
+        }
+        Some(_) if token.is_some() || github_app.is_some() => {
+            return Err(ctx(
+                "gitlab_app",
+                "give either a token or gitlab_app, not both".into(),
+            ));
+        }
+        Some(app) => {
+            let id = app.client_id.trim();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ctx(
+                    "gitlab_app",
+                    "client_id must be the application's ID as GitLab shows it (no spaces)".into(),
+                ));
+            }
+            if !app.grant_file.is_absolute() {
+                return Err(ctx(
+                    "gitlab_app",
+                    format!(
+                        "grant_file must be an absolute path, got {}",
+                        app.grant_file.display()
+                    ),
+                ));
+            }
+            Some(crate::auth::GitlabAppConfig {
+                client_id: id.to_string(),
+                grant_file: app.grant_file,
+            })
+        }
+    };
     let lfs_url = match r.lfs_url {
         None => None,
         Some(u) => Some(
@@ -266,6 +303,7 @@ pub(super) fn validate_repo(
         lfs_url,
         api_url,
         github_app,
+        gitlab_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
         name,
@@ -295,6 +333,7 @@ fn validate_s3(
         ("username", r.username.is_some()),
         ("refresh", r.refresh.is_some()),
         ("github_app", r.github_app.is_some()),
+        ("gitlab_app", r.gitlab_app.is_some()),
         ("lfs_url", r.lfs_url.is_some()),
         ("api_url", r.api_url.is_some()),
     ] {
@@ -412,6 +451,7 @@ fn validate_s3(
         mount_point,
         refresh: None,
         github_app: None,
+        gitlab_app: None,
         lfs_url: None,
         api_url: None,
         s3: Some(S3Config {

@@ -80,6 +80,7 @@ fn as_repo(cfg: &SharedCacheConfig) -> RepoConfig {
         mount_point: Default::default(),
         refresh: None,
         github_app: None,
+        gitlab_app: None,
         s3: Some(cfg.s3.clone()),
         overlay: None,
         lfs_url: None,

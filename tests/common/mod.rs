@@ -150,7 +150,7 @@ pub fn start_python(script: &str, args: &[String]) -> (Child, u16) {
     (child, port)
 }
 
-fn http_request(port: u16, method: &str, path: &str) -> String {
+pub fn http_request(port: u16, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -465,10 +465,13 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         let logf = std::fs::File::create(log).unwrap();
-        let child = Command::new(repofs_bin())
+        let mut cmd = Command::new(repofs_bin());
+        if !env.iter().any(|(k, _)| *k == "REPOFS_LOG") {
+            cmd.env("REPOFS_LOG", "info,repofs=debug");
+        }
+        let child = cmd
             .args(args)
             .envs(env.iter().copied())
-            .env("REPOFS_LOG", "info,repofs=debug")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

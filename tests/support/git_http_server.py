@@ -104,6 +104,11 @@ GitHub App: with --app-public-key PEM --app-id N --app-installation N
 access_tokens verifies the RS256 JWT (PyJWT) and issues a token valid for S
 seconds, accepted (git: as x-access-token password; API: as bearer) for the
 listed repositories.
+
+GitLab OAuth application: with --oauth, oauth_server.py (Authlib) answers
+/oauth/* and /_oauth/* on this same origin, and its live access tokens are
+accepted wherever a token is (options --oauth-client-id, --oauth-access-ttl,
+--oauth-device-ttl, --oauth-interval, --oauth-revoke; see that file).
 """
 
 import argparse
@@ -271,12 +276,16 @@ class Handler(BaseHTTPRequestHandler):
         ok = expires is not None and expires > time.time()
         return ok and (repo is None or repo[: -len(".git")] in self.server.app_repos)
 
+    def extra_ok(self, token, repo):
+        """A GitHub App token for `repo`, or a live GitLab OAuth token."""
+        return self.app_token_ok(token, repo) or (self.server.oauth is not None and self.server.oauth.token_ok(token))
+
     def api_token_state(self, repo, token):
         """(token is None or known to the server, may it read `repo`)."""
         tokens = self.tokens()
-        known = token is None or token in tokens.values() or self.app_token_ok(token, None)
+        known = token is None or token in tokens.values() or self.extra_ok(token, None)
         want = tokens.get(repo) if repo else None
-        allowed = want is None or (token is not None and (token == want or self.app_token_ok(token, repo)))
+        allowed = want is None or (token is not None and (token == want or self.extra_ok(token, repo)))
         return known, allowed
 
     def authorized(self, repo):
@@ -285,13 +294,13 @@ class Handler(BaseHTTPRequestHandler):
             return True
         got = self.headers.get("Authorization", "")
         if got.startswith("Bearer "):
-            return got[7:] == want or self.app_token_ok(got[7:], repo)
+            return got[7:] == want or self.extra_ok(got[7:], repo)
         if got.startswith("Basic "):
             try:
                 token = base64.b64decode(got[6:]).decode().split(":", 1)[-1]
             except Exception:
                 return False
-            return token == want or self.app_token_ok(token, repo)
+            return token == want or self.extra_ok(token, repo)
         return False
 
     def control(self):
@@ -398,6 +407,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_body(404, b'{"message":"Not Found"}', "application/json")
             self.path = "/api/v3" + self.path
         path = urlsplit(self.path).path
+        if self.server.oauth is not None and self.server.oauth.route(self):
+            return
         if path.startswith("/_"):
             return self.control()
         if path.startswith("/api/v3/app/") and self.command == "POST":
@@ -710,6 +721,12 @@ def main():
     ap.add_argument("--app-token-ttl", type=float, default=3600)
     ap.add_argument("--app-repos", default="")
     ap.add_argument("--hostile", action="store_true", help="enable /_hostile (tests only)")
+    ap.add_argument("--oauth", action="store_true", help="GitLab OAuth provider (oauth_server.py)")
+    ap.add_argument("--oauth-client-id", default="repofs-test")
+    ap.add_argument("--oauth-access-ttl", type=int, default=7200)
+    ap.add_argument("--oauth-device-ttl", type=int, default=300)
+    ap.add_argument("--oauth-interval", type=int, default=5)
+    ap.add_argument("--oauth-revoke", choices=["on-use", "immediate"], default="on-use")
     a = ap.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
@@ -728,6 +745,12 @@ def main():
     srv.app_token_ttl = a.app_token_ttl
     srv.app_repos = set(filter(None, a.app_repos.split(",")))
     srv.hostile = a.hostile
+    srv.oauth = None
+    if a.oauth:
+        import oauth_server  # Authlib: only needed with --oauth
+        oauth_server.configure("http://127.0.0.1:%d" % srv.server_address[1], a.oauth_client_id,
+                               a.oauth_access_ttl, a.oauth_device_ttl, a.oauth_interval, a.oauth_revoke)
+        srv.oauth = oauth_server
     srv.gitlab_root = "/" + a.gitlab_root.strip("/") if a.gitlab_root.strip("/") else ""
     srv.gitlab_path_cost = max(1, a.gitlab_path_cost)
     srv.gitlab_stale_oids = a.gitlab_stale_oids
@@ -738,7 +761,7 @@ def main():
         for k in ("root", "profile", "object_info", "no_filter", "github_tree_limit",
                   "github_size_skew", "github_rate_limit", "page_max", "lfs_upstream",
                   "app_public_key", "app_id", "app_installation", "app_token_ttl", "app_repos",
-                  "hostile", "gitlab_root", "gitlab_path_cost", "gitlab_stale_oids"):
+                  "hostile", "gitlab_root", "gitlab_path_cost", "gitlab_stale_oids", "oauth"):
             setattr(api, k, getattr(srv, k))
         api.api_listener, api.api_only = None, True
         srv.api_listener = api

@@ -12,6 +12,7 @@
 //! being served); [`lfs`]; [`names`] (which tree entry names are shown).
 
 mod ahead;
+mod credentials;
 pub mod delta;
 mod errors;
 mod fleet;

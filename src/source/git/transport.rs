@@ -14,7 +14,7 @@ use crate::fetch::{LowSpeed, Policy, speed::Floor};
 use crate::config::{Provider, RepoConfig};
 
 pub use super::errors::RemoteError;
-use super::origin::basic;
+use super::credentials::{Auth, grant_error};
 pub use super::origin::{api_root, origin};
 
 /// The largest answer to a command other than `fetch` (`ls-refs`,
@@ -70,36 +70,7 @@ impl Transport {
         floor: Floor,
     ) -> Result<Transport, String> {
         let clone_url = super::url::clone_url(repo.provider, &repo.url)?;
-        let auth = match (&repo.token, &repo.github_app) {
-            (_, Some(app)) => {
-                let api = api_root(repo.provider, &clone_url, repo.api_url.as_deref())
-                    .unwrap_or_else(|| "https://api.github.com".into());
-                Auth::App(Arc::new(
-                    crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
-                ))
-            }
-            (None, None) => Auth::None,
-            (Some(t), None) => {
-                let secret = t.secret.expose();
-                let value = match (repo.provider, &repo.username) {
-                    (Provider::Github | Provider::GithubEnterprise, _) => {
-                        basic("x-access-token", secret)
-                    }
-                    (Provider::Gitlab | Provider::GitlabEnterprise, _) => basic("oauth2", secret),
-                    (Provider::BitbucketServer, _) => format!("Bearer {secret}"),
-                    (Provider::Git | Provider::S3, Some(user)) => basic(user, secret),
-                    (Provider::Git | Provider::S3, None) => format!("Bearer {secret}"),
-                };
-                let mut v = HeaderValue::from_str(&value).map_err(|_| {
-                    format!(
-                        "the token from {} contains characters that cannot be sent in an HTTP header",
-                        t.origin
-                    )
-                })?;
-                v.set_sensitive(true);
-                Auth::Static(v)
-            }
-        };
+        let auth = Auth::new(repo, &clone_url, timeout)?;
         let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
             connect_timeout,
             read_timeout: timeout,
@@ -118,7 +89,9 @@ impl Transport {
             auth,
             trusted,
             api_token: repo.token.as_ref().map(|t| t.secret.clone()),
-            has_token: repo.token.is_some() || repo.github_app.is_some(),
+            has_token: repo.token.is_some()
+                || repo.github_app.is_some()
+                || repo.gitlab_app.is_some(),
             provider: repo.provider,
             policy: Policy::new(max_attempts),
             floor,
@@ -150,29 +123,18 @@ impl Transport {
             tracing::debug!(url = %crate::redact::url(url), "another origin than the repository's: sent without credentials");
             return Ok(rb);
         }
-        Ok(match &self.auth {
-            Auth::None => rb,
-            Auth::Static(v) => rb.header(reqwest::header::AUTHORIZATION, v.clone()),
-            Auth::App(app) => {
-                let token = app.token().await.map_err(|e| match e {
-                    crate::auth::AppError::Api { .. } => RemoteError::Connect {
-                        url: "GitHub API".into(),
-                        cause: e.to_string(),
-                    },
-                    other => RemoteError::Auth {
-                        url: "GitHub App".into(),
-                        status: 401,
-                        message: other.to_string(),
-                    },
-                })?;
-                let mut v = HeaderValue::from_str(&basic("x-access-token", token.expose()))
-                    .map_err(|_| {
-                        RemoteError::Protocol("the GitHub API issued an unusable token".into())
-                    })?;
-                v.set_sensitive(true);
-                rb.header(reqwest::header::AUTHORIZATION, v)
-            }
+        Ok(match self.auth.git_header().await? {
+            Some(v) => rb.header(reqwest::header::AUTHORIZATION, v),
+            None => rb,
         })
+    }
+
+    /// The GitLab OAuth grant behind this transport, if any.
+    pub fn gitlab_grant(&self) -> Option<&Arc<crate::auth::GitlabGrant>> {
+        match &self.auth {
+            Auth::Gitlab(g) => Some(g),
+            _ => None,
+        }
     }
 
     /// The GitHub App behind this transport, if any.
@@ -260,6 +222,27 @@ impl Transport {
         json_body: Option<Vec<u8>>,
         max_body: usize,
     ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
+        let sent = std::time::Instant::now();
+        let answer = self
+            .api_call_once(method.clone(), url, json_body.clone(), max_body)
+            .await?;
+        // A GitLab access token refused: refreshed at once, asked again once.
+        match self.gitlab_grant() {
+            Some(g) if answer.0 == 401 && self.trusts(url) => {
+                g.after_401(sent).await.map_err(grant_error)?;
+                self.api_call_once(method, url, json_body, max_body).await
+            }
+            _ => Ok(answer),
+        }
+    }
+
+    async fn api_call_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        json_body: Option<Vec<u8>>,
+        max_body: usize,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), RemoteError> {
         let mut rb = self.client.request(method, url).timeout(self.timeout);
         for (k, v) in super::hosts::api_headers(self.provider) {
             rb = rb.header(*k, *v);
@@ -269,27 +252,11 @@ impl Transport {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b);
         }
-        rb = match &self.auth {
-            Auth::None => rb,
-            _ if !self.trusts(url) => rb,
-            Auth::Static(_) | Auth::App(_) => {
-                let token = match (&self.auth, &self.api_token) {
-                    (Auth::App(app), _) => app
-                        .token()
-                        .await
-                        .map_err(|e| RemoteError::Protocol(e.to_string()))?
-                        .expose()
-                        .to_string(),
-                    (_, Some(t)) => t.expose().to_string(),
-                    _ => String::new(),
-                };
-                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    RemoteError::Protocol("the token cannot be sent in an HTTP header".into())
-                })?;
-                v.set_sensitive(true);
-                rb.header(reqwest::header::AUTHORIZATION, v)
-            }
-        };
+        if self.trusts(url)
+            && let Some(v) = self.auth.api_header(self.api_token.as_ref()).await?
+        {
+            rb = rb.header(reqwest::header::AUTHORIZATION, v);
+        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let resp = rb.send().await.map_err(|e| self.classify(e, url))?;
         let status = resp.status().as_u16();
@@ -427,6 +394,11 @@ impl Transport {
                     ),
                 }
             }
+            401 if matches!(self.auth, Auth::Gitlab(_)) => RemoteError::Auth {
+                url,
+                status,
+                message: "GitLab refused the OAuth access token (HTTP 401) even after a refresh: run `repofs check` for the state of the grant".into(),
+            },
             401 => RemoteError::Auth {
                 url,
                 status,
@@ -572,7 +544,26 @@ impl Transport {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, RemoteError>>,
     {
-        self.policy.run("request", None, |_| op()).await
+        // A GitLab access token refused: refreshed at once and asked again
+        // (once; a second refusal is the answer).
+        let refreshed = std::sync::atomic::AtomicBool::new(false);
+        self.policy
+            .run("request", None, |_| async {
+                let sent = std::time::Instant::now();
+                match op().await {
+                    Err(RemoteError::Auth { status: 401, .. })
+                        if self.gitlab_grant().is_some()
+                            && !refreshed.swap(true, Ordering::Relaxed) =>
+                    {
+                        if let Some(g) = self.gitlab_grant() {
+                            g.after_401(sent).await.map_err(grant_error)?;
+                        }
+                        op().await
+                    }
+                    r => r,
+                }
+            })
+            .await
     }
 }
 
@@ -590,11 +581,4 @@ async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Vec<u8> {
         }
     }
     body
-}
-
-/// How requests are authenticated.
-enum Auth {
-    None,
-    Static(HeaderValue),
-    App(Arc<crate::auth::GithubApp>),
 }
