@@ -125,6 +125,10 @@ pub struct RepoConfig {
     /// An LFS endpoint the operator trusts with the repository's
     /// credentials (instead of `<clone url>/info/lfs` or `.lfsconfig`).
     pub lfs_url: Option<String>,
+    /// Whether files are served as `git checkout` writes them (the
+    /// `.gitattributes` conversions: `text`/`eol`, `working-tree-encoding`,
+    /// `ident`) rather than as their raw blobs. Git repositories only.
+    pub checkout_filters: bool,
 }
 
 /// How an S3 repository signs its requests.
@@ -282,6 +286,7 @@ struct RawRepo {
     refresh: Option<String>,
     github_app: Option<RawGithubApp>,
     lfs_url: Option<String>,
+    checkout_filters: Option<bool>,
     bucket: Option<String>,
     prefix: Option<String>,
     region: Option<String>,

@@ -253,6 +253,7 @@ pub(super) fn validate_repo(
     Ok(RepoConfig {
         s3: None,
         lfs_url,
+        checkout_filters: r.checkout_filters.unwrap_or(true),
         github_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
         refresh,
@@ -284,6 +285,7 @@ fn validate_s3(
         ("refresh", r.refresh.is_some()),
         ("github_app", r.github_app.is_some()),
         ("lfs_url", r.lfs_url.is_some()),
+        ("checkout_filters", r.checkout_filters.is_some()),
     ] {
         if set {
             return Err(ctx(
@@ -400,6 +402,7 @@ fn validate_s3(
         refresh: None,
         github_app: None,
         lfs_url: None,
+        checkout_filters: false,
         s3: Some(S3Config {
             bucket,
             prefix,

@@ -83,6 +83,7 @@ fn as_repo(cfg: &SharedCacheConfig) -> RepoConfig {
         s3: Some(cfg.s3.clone()),
         overlay: None,
         lfs_url: None,
+        checkout_filters: false,
     }
 }
 

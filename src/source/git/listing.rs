@@ -10,17 +10,19 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use gix_hash::ObjectId;
 use gix_object::tree::EntryKind;
 
 use super::{
-    GitSource, PREFETCH_DIR_MAX, PREFETCH_FILE_MAX, SUBMODULE_KEY, hosts, lfs, names, objects,
+    GitSource, LFSCONFIG_MAX, PREFETCH_DIR_MAX, PREFETCH_FILE_MAX, SUBMODULE_KEY, hosts, lfs,
+    names, objects,
 };
 use crate::source::{Entry, Node, NodeKind, SourceError, lock};
 
 /// A tree entry: its name, kind and id.
-type Item = (Vec<u8>, EntryKind, ObjectId);
+pub(super) type Item = (Vec<u8>, EntryKind, ObjectId);
 
 impl GitSource {
     pub(super) async fn list_tree(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
@@ -188,6 +190,9 @@ impl GitSource {
         let pointers = self.lfs_pointers(&raw, &sizes).await?;
         snap.lfs
             .note_directory(pointers.values().cloned().collect());
+        let converted = self
+            .checkout_sizes(&snap, tree, &raw, &pointers, &sizes)
+            .await?;
         let mut entries = Vec::with_capacity(raw.len());
         for (name, kind, oid) in raw {
             let size = || {
@@ -202,6 +207,16 @@ impl GitSource {
                         p.key(&oid.to_string()).into(),
                         NodeKind::File {
                             size: p.size,
+                            executable: kind == EntryKind::BlobExecutable,
+                        },
+                    )
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable if converted.contains_key(&name) => {
+                    let (key, size) = &converted[&name];
+                    (
+                        key.clone(),
+                        NodeKind::File {
+                            size: *size,
                             executable: kind == EntryKind::BlobExecutable,
                         },
                     )
@@ -321,6 +336,44 @@ impl GitSource {
             objects::Opened::Memory(_) | objects::Opened::Streaming(..) => return Ok(None),
         };
         Ok((data.len() as u64 <= max).then_some(data))
+    }
+
+    /// The LFS endpoint: the config's `lfs_url`, else a committed
+    /// `.lfsconfig` in the root tree (within the origin rule of
+    /// [`lfs::endpoint`], whose note is logged once per repository), else
+    /// the clone URL's.
+    pub(super) async fn find_lfs_endpoint(
+        &self,
+        trees: &HashMap<ObjectId, Arc<[u8]>>,
+        root: &ObjectId,
+    ) -> String {
+        let clone_url = &self.remote.transport.clone_url;
+        let lfs_url = self.repo.lfs_url.as_deref();
+        let lfsconfig = trees.get(root).and_then(|data| {
+            gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
+                .filter_map(Result::ok)
+                .find(|e| e.filename == ".lfsconfig" && e.mode.is_blob())
+                .map(|e| e.oid.to_owned())
+        });
+        let data = match lfsconfig {
+            Some(oid) if lfs_url.is_none() => {
+                match self.read_small_blob(oid, LFSCONFIG_MAX).await {
+                    Ok(data) => Some(data),
+                    Err(e) => {
+                        tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (endpoint, note) = lfs::endpoint(clone_url, lfs_url, data.as_deref());
+        if let Some(note) = note {
+            if !self.lfs_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(repo = %self.repo.name, "{note}");
+            }
+        }
+        endpoint
     }
 
     /// Fetches the small, not yet cached files of `tree` in one request.
