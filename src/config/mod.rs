@@ -339,6 +339,7 @@ const REPO_KEYS: &[&str] = &[
     "refresh",
     "github_app",
     "lfs_url",
+    "checkout_filters",
     "bucket",
     "prefix",
     "region",
