@@ -161,7 +161,12 @@ fn inventory(root: &Path) -> Vec<(String, &'static str, u64, bool)> {
 }
 
 fn mount(scratch: &Scratch, server: &GitServer, extra: &str) -> (Daemon, PathBuf) {
-    let dir = scratch.dir();
+    mount_in(scratch.dir(), server, extra)
+}
+
+/// A daemon with its own config, cache and mount root under `dir`.
+fn mount_in(dir: &Path, server: &GitServer, extra: &str) -> (Daemon, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
     let cfg = write_config(
         dir,
         &dir.join("mnt"),
@@ -313,4 +318,78 @@ fn a_malformed_gitattributes_does_not_break_the_mount() {
     d.stop();
     let log = d.log_text();
     assert!(log.contains("ignored"), "{log}");
+}
+
+/// `ls -lR` of a fresh mount: the server's (requests, bytes) for it.
+fn listing_cost(dir: &Path, server: &GitServer, extra: &str) -> (u64, u64) {
+    server.reset_stats();
+    let (mut d, m) = mount_in(dir, server, extra);
+    let (code, _, err) = sh(
+        &format!("ls -lR {} >/dev/null", s(&m)),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    d.stop();
+    server.stats("attrs")
+}
+
+#[test]
+fn files_without_conversions_are_listed_as_lazily_as_before() {
+    let scratch = Scratch::new();
+    let work = scratch.work();
+    // Attributes, none of which changes bytes on checkout.
+    std::fs::write(
+        work.join(".gitattributes"),
+        "*.png binary
+*.txt text
+*.md text=auto
+",
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("docs")).unwrap();
+    for i in 0..20 {
+        std::fs::write(work.join(format!("docs/f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::write(work.join("docs/big.txt"), noise(7, 2 << 20)).unwrap();
+    std::fs::write(work.join("README.md"), "# readme\n").unwrap();
+    publish_repo(&scratch.srv(), &work, "attrs");
+    let server = GitServer::start(&scratch.srv(), &[]);
+    let off = listing_cost(
+        &scratch.dir().join("off"),
+        &server,
+        "checkout_filters = false",
+    );
+    let on = listing_cost(&scratch.dir().join("on"), &server, "");
+    // Bytes vary run to run (a size probe stops reading mid-stream); the
+    // requests do not.
+    assert_eq!(
+        on.0, off.0,
+        "requests of ls -lR with checkout filters on and off: {on:?} {off:?}"
+    );
+    assert!(
+        on.1 < 1 << 20,
+        "the large file was downloaded to list it: {on:?}"
+    );
+
+    // With a conversion, only the converted files are fetched: still not the large one.
+    std::fs::write(
+        work.join(".gitattributes"),
+        "*.txt text eol=crlf
+*.dat -text
+",
+    )
+    .unwrap();
+    std::fs::write(work.join("docs/big.dat"), noise(8, 2 << 20)).unwrap();
+    std::fs::remove_file(work.join("docs/big.txt")).unwrap();
+    publish_repo(&scratch.srv(), &work, "attrs");
+    let on = listing_cost(&scratch.dir().join("on2"), &server, "");
+    assert!(
+        on.1 < 1 << 20,
+        "a file without conversion was downloaded to list it: {on:?}"
+    );
+    let (mut d, m) = mount_in(&scratch.dir().join("on3"), &server, "");
+    let md = std::fs::metadata(m.join("docs/f3.txt")).unwrap();
+    assert_eq!(md.len(), "file 3\r\n".len() as u64);
+    assert_eq!(std::fs::read(m.join("docs/f3.txt")).unwrap(), b"file 3\r\n");
+    d.stop();
 }
