@@ -26,7 +26,8 @@ const FILES: &[(&str, &[u8])] = &[
           *.txt text\n\
           [attr]winscript text eol=crlf\n\
           *.cmd winscript\n\
-          /top-only.md ident\n",
+          /top-only.md ident\n\
+          dup1/*.txt eol=crlf\n",
     ),
     ("run.bat", b"@echo off\necho one\necho two\n"),
     ("same-as-run.txt", b"@echo off\necho one\necho two\n"),
@@ -50,6 +51,9 @@ const FILES: &[(&str, &[u8])] = &[
     ("sub/deeper/again.bat", b"crlf\nagain\n"),
     ("sub/deeper/note.md", b"$Id$ inherited\n"),
     ("other/x.bat", b"other\ndir\n"),
+    // One tree at two paths, converted at one of them only.
+    ("dup1/same.txt", b"same\ntree\n"),
+    ("dup2/same.txt", b"same\ntree\n"),
 ];
 
 fn s(p: &Path) -> &str {
@@ -236,6 +240,19 @@ fn a_mount_holds_the_bytes_git_clone_writes() {
                 "{path}"
             );
         }
+    }
+    assert_eq!(
+        std::fs::read(m.join("dup1/same.txt")).unwrap(),
+        b"same\r\ntree\r\n"
+    );
+    assert_eq!(
+        std::fs::read(m.join("dup2/same.txt")).unwrap(),
+        b"same\ntree\n"
+    );
+    let tree = git(&clone, &["rev-parse", "HEAD:dup2"]);
+    assert_eq!(tree, git(&clone, &["rev-parse", "HEAD:dup1"]));
+    for dir in ["dup1", "dup2"] {
+        assert_eq!(xattr_text(&m.join(dir), "user.repofs.oid"), tree, "{dir}");
     }
     // The id is the blob's, not the converted bytes'.
     for path in [

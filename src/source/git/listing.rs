@@ -47,7 +47,7 @@ impl GitSource {
         snap: &super::snapshot::Snapshot,
         tree: ObjectId,
     ) -> Result<(Vec<Item>, Option<String>), SourceError> {
-        let data = snap.trees.get(&tree).ok_or_else(|| {
+        let data = snap.trees.get(&self.real_tree(tree)).ok_or_else(|| {
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) > 1 {
                 // Held from two or more commits ago (see `snapshot_of`).
                 SourceError::NotFound(format!(
@@ -81,14 +81,28 @@ impl GitSource {
         });
         if let Some(p) = &path {
             let mut paths = lock(&self.paths);
-            for (name, kind, oid) in &raw {
+            for (name, kind, oid) in raw.iter_mut() {
                 if *kind == EntryKind::Tree {
                     let child = match (p.is_empty(), std::str::from_utf8(name)) {
                         (_, Err(_)) => continue,
                         (true, Ok(n)) => n.to_string(),
                         (false, Ok(n)) => format!("{p}/{n}"),
                     };
-                    paths.entry(*oid).or_insert(child);
+                    match paths.get(oid) {
+                        None => {
+                            paths.insert(*oid, child);
+                        }
+                        // The same tree at another path: its files may
+                        // convert otherwise (`.gitattributes` above it), so
+                        // it is listed as a directory of its own.
+                        Some(first) if *first != child && self.checkout.enabled => {
+                            let alias = alias_id(oid, &child);
+                            lock(&self.aliases).insert(alias, *oid);
+                            paths.insert(alias, child);
+                            *oid = alias;
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
         }
@@ -109,7 +123,7 @@ impl GitSource {
         // Sizes stored: the sized listing (a listing too large for `dirs`
         // to keep is made again from them), unless it cannot be had now
         // (an LFS pointer to fetch, the server away); the names can.
-        if self.sizes.known(&tree)
+        if self.sizes.known(&self.real_tree(tree))
             && let Ok(e) = self.list_tree(tree).await
         {
             return Ok((e, true));
@@ -157,6 +171,7 @@ impl GitSource {
         tree: ObjectId,
     ) -> Result<Arc<super::snapshot::Snapshot>, SourceError> {
         let snap = self.snapshot().await?;
+        let tree = self.real_tree(tree);
         if !snap.trees.contains_key(&tree)
             && let Some(old) = lock(&self.retired).clone()
             && old.trees.contains_key(&tree)
@@ -181,7 +196,7 @@ impl GitSource {
             .collect();
         let dir = hosts::DirRef {
             commit: snap.commit,
-            tree,
+            tree: self.real_tree(tree),
             path: path.unwrap_or_default(),
             blobs,
             snapshot: Some(snap.clone()),
@@ -376,6 +391,12 @@ impl GitSource {
         endpoint
     }
 
+    /// The tree behind a directory id: itself, or for a tree listed at a
+    /// second path (see `tree_items`), the tree its alias stands for.
+    pub(super) fn real_tree(&self, tree: ObjectId) -> ObjectId {
+        lock(&self.aliases).get(&tree).copied().unwrap_or(tree)
+    }
+
     /// Fetches the small, not yet cached files of `tree` in one request.
     pub(super) async fn prefetch_tree(&self, tree: ObjectId) -> Result<usize, SourceError> {
         let entries = self.list_tree(tree).await?;
@@ -399,6 +420,18 @@ impl GitSource {
         self.objects.ensure(&wants).await?;
         Ok(wants.len())
     }
+}
+
+/// The directory id of tree `oid` listed at `path` when it was listed at
+/// another path first: a hash of both, never a real object's id.
+fn alias_id(oid: &ObjectId, path: &str) -> ObjectId {
+    let text = format!("repofs tree alias\0{oid}\0{path}");
+    gix_object::compute_hash(
+        gix_hash::Kind::Sha1,
+        gix_object::Kind::Blob,
+        text.as_bytes(),
+    )
+    .unwrap_or(*oid)
 }
 
 /// Listings kept in memory, least recently used first out, bounded by the

@@ -104,6 +104,8 @@ pub struct GitSource {
     opens: crate::source::CacheCounts,
     /// The `.gitattributes` conversions ([`convert`]).
     checkout: convert::Checkout,
+    /// Directory ids of trees listed at a second path, and their trees.
+    aliases: Mutex<HashMap<ObjectId, ObjectId>>,
 }
 
 impl GitSource {
@@ -174,6 +176,7 @@ impl GitSource {
             stopped: AtomicBool::new(false),
             opens: crate::source::CacheCounts::default(),
             checkout: convert::Checkout::new(repo.checkout_filters),
+            aliases: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -526,7 +529,7 @@ impl Source for GitSource {
         } else if let Some((oid, _)) = convert::parse_key(&node.key) {
             ids.push(("oid", oid.to_string()));
         } else if let Ok(oid) = node_oid(node) {
-            ids.push(("oid", oid.to_string()));
+            ids.push(("oid", self.real_tree(oid).to_string()));
         }
         if root {
             if let Some(c) = self.current_commit() {
