@@ -13,6 +13,7 @@
 
 mod ahead;
 mod attributes;
+mod checkout;
 mod convert;
 pub mod delta;
 mod fleet;
@@ -102,8 +103,8 @@ pub struct GitSource {
     stopped: AtomicBool,
     /// Opens served from the cache, and opens that fetched.
     opens: crate::source::CacheCounts,
-    /// The `.gitattributes` conversions ([`convert`]).
-    checkout: convert::Checkout,
+    /// The `.gitattributes` conversions ([`checkout`]).
+    checkout: checkout::Checkout,
     /// Directory ids of trees listed at a second path, and their trees.
     aliases: Mutex<HashMap<ObjectId, ObjectId>>,
 }
@@ -175,7 +176,7 @@ impl GitSource {
             generation: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             opens: crate::source::CacheCounts::default(),
-            checkout: convert::Checkout::new(repo.checkout_filters),
+            checkout: checkout::Checkout::new(repo.checkout_filters),
             aliases: Mutex::new(HashMap::new()),
         }))
     }
