@@ -183,7 +183,7 @@ fn mount_in(dir: &Path, server: &GitServer, extra: &str) -> (Daemon, PathBuf) {
         "",
     );
     let m = dir.join("mnt").join("attrs");
-    let d = Daemon::start(&cfg, &[m.clone()], &dir.join("daemon.log"));
+    let d = Daemon::start(&cfg, std::slice::from_ref(&m), &dir.join("daemon.log"));
     (d, m)
 }
 
