@@ -45,6 +45,9 @@ const ATTRIBUTES_MEMORY: u64 = 8 << 20;
 /// Notes remembered as logged (then forgotten all at once).
 const NOTES_MAX: usize = 10_000;
 
+/// The `.gitattributes` (directory, blob id) in force per (commit, directory).
+type InForce = HashMap<(ObjectId, String), Arc<Vec<(String, ObjectId)>>>;
+
 /// The checkout conversions of one repository.
 pub(super) struct Checkout {
     /// `checkout_filters` of the repository.
@@ -55,6 +58,10 @@ pub(super) struct Checkout {
     converted: crate::cache::Memory,
     /// `<blob id>:<spec>` the conversion leaves unchanged.
     unchanged: Mutex<HashSet<String>>,
+    /// The `.gitattributes` in force per directory (by commit and path):
+    /// a directory's are its parent's and its own, so a walk down the tree
+    /// reads each tree once.
+    in_force: Mutex<InForce>,
     /// What was logged already (one warning per file and problem).
     noted: Mutex<HashSet<String>>,
 }
@@ -67,6 +74,7 @@ impl Checkout {
             converted: crate::cache::Memory::new(CONVERTED_MEMORY),
             unchanged: Mutex::new(HashSet::new()),
             noted: Mutex::new(HashSet::new()),
+            in_force: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,43 +89,48 @@ impl Checkout {
 }
 
 impl GitSource {
-    /// The `.gitattributes` in force in directory `path` of `snap`, root
-    /// first, with the directory holding each. One that cannot be fetched
-    /// fails the call (serving the blobs would show other bytes); one too
-    /// large to use is logged and left out.
+    /// The `.gitattributes` in force in directory `path` of `snap` (whose
+    /// entries are `raw`), root first, with the directory holding each and
+    /// its bytes. One that cannot be fetched fails the call (serving the
+    /// blobs would show other bytes); one too large to use is logged and
+    /// left out.
     async fn attribute_files(
         &self,
         snap: &Snapshot,
         path: &str,
+        raw: &[Item],
     ) -> Result<Vec<(String, ObjectId, Arc<[u8]>)>, SourceError> {
+        let own = raw
+            .iter()
+            .find(|(n, k, _)| {
+                n == b".gitattributes" && matches!(k, EntryKind::Blob | EntryKind::BlobExecutable)
+            })
+            .map(|(_, _, o)| (path.to_string(), *o));
+        let mut in_force = if path.is_empty() {
+            Vec::new()
+        } else {
+            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+            let known = lock(&self.checkout.in_force)
+                .get(&(snap.commit, parent.to_string()))
+                .cloned();
+            match known {
+                Some(k) => k.to_vec(),
+                None => in_force_walk(snap, parent),
+            }
+        };
+        in_force.extend(own);
+        {
+            let mut memo = lock(&self.checkout.in_force);
+            if memo.len() >= NOTES_MAX {
+                memo.clear();
+            }
+            memo.insert((snap.commit, path.to_string()), Arc::new(in_force.clone()));
+        }
         let mut files = Vec::new();
-        let mut tree = Some(snap.root_tree);
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        for depth in 0..=parts.len() {
-            let Some(data) = tree.and_then(|t| snap.trees.get(&t)) else {
-                break;
-            };
-            let mut next = None;
-            let mut file = None;
-            for e in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1).flatten() {
-                let name: &[u8] = e.filename.as_ref();
-                if name == b".gitattributes"
-                    && matches!(e.mode.kind(), EntryKind::Blob | EntryKind::BlobExecutable)
-                {
-                    file = Some(e.oid.to_owned());
-                } else if depth < parts.len()
-                    && name == parts[depth].as_bytes()
-                    && e.mode.kind() == EntryKind::Tree
-                {
-                    next = Some(e.oid.to_owned());
-                }
+        for (dir, oid) in in_force {
+            if let Some(bytes) = self.attributes_file(oid).await? {
+                files.push((dir, oid, bytes));
             }
-            if let Some(oid) = file
-                && let Some(bytes) = self.attributes_file(oid).await?
-            {
-                files.push((parts[..depth].join("/"), oid, bytes));
-            }
-            tree = next;
         }
         Ok(files)
     }
@@ -177,7 +190,7 @@ impl GitSource {
         let Some(path) = lock(&self.paths).get(&tree).cloned() else {
             return Ok(out);
         };
-        let files = self.attribute_files(snap, &path).await?;
+        let files = self.attribute_files(snap, &path, raw).await?;
         if files.is_empty() {
             return Ok(out);
         }
@@ -290,18 +303,48 @@ impl GitSource {
         spec: &Spec,
         listed: u64,
     ) -> Result<Option<Arc<dyn FileReader>>, SourceError> {
-        self.opens.record(
-            self.checkout
-                .converted
-                .contains(&format!("{oid}:{}", spec.0)),
-        );
+        // A hit: converted already, or the blob at hand to convert.
+        let hit = self
+            .checkout
+            .converted
+            .contains(&format!("{oid}:{}", spec.0))
+            || self.objects.have(&oid);
         let Some(bytes) = self.block_on(self.converted(oid, spec))? else {
             return Ok(None);
         };
+        self.opens.record(hit);
         if bytes.len() as u64 != listed {
             tracing::warn!(repo = %self.repo.name, %oid, listed, real = bytes.len(), "a listed size disagrees with the converted contents; using the contents' size");
             lock(&self.dirs).clear();
         }
         Ok(Some(Arc::new(MemoryFile(bytes))))
     }
+}
+
+/// The `.gitattributes` in force in directory `dir` of `snap`, found by
+/// walking down from the root (when its parent's are not at hand).
+fn in_force_walk(snap: &Snapshot, dir: &str) -> Vec<(String, ObjectId)> {
+    let mut files = Vec::new();
+    let mut tree = Some(snap.root_tree);
+    let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for depth in 0..=parts.len() {
+        let Some(data) = tree.and_then(|t| snap.trees.get(&t)) else {
+            break;
+        };
+        tree = None;
+        for e in gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1).flatten() {
+            let name: &[u8] = e.filename.as_ref();
+            if name == b".gitattributes"
+                && matches!(e.mode.kind(), EntryKind::Blob | EntryKind::BlobExecutable)
+            {
+                files.push((parts[..depth].join("/"), e.oid.to_owned()));
+            } else if depth < parts.len()
+                && name == parts[depth].as_bytes()
+                && e.mode.kind() == EntryKind::Tree
+            {
+                tree = Some(e.oid.to_owned());
+            }
+        }
+    }
+    files
 }
