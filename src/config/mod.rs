@@ -137,6 +137,10 @@ pub struct RepoConfig {
     /// clone URL (GHE.com, GitLab under a relative URL root, Bitbucket
     /// behind a proxy); it gets the repository's credentials.
     pub api_url: Option<String>,
+    /// Whether files are served as `git checkout` writes them (the
+    /// `.gitattributes` conversions: `text`/`eol`, `working-tree-encoding`,
+    /// `ident`) rather than as their raw blobs. Git repositories only.
+    pub checkout_filters: bool,
 }
 
 /// How an S3 repository signs its requests.
@@ -303,6 +307,7 @@ struct RawRepo {
     gitlab_app: Option<RawGitlabApp>,
     lfs_url: Option<String>,
     api_url: Option<String>,
+    checkout_filters: Option<bool>,
     bucket: Option<String>,
     prefix: Option<String>,
     region: Option<String>,
@@ -367,6 +372,7 @@ const REPO_KEYS: &[&str] = &[
     "gitlab_app",
     "lfs_url",
     "api_url",
+    "checkout_filters",
     "bucket",
     "prefix",
     "region",

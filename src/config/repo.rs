@@ -302,6 +302,7 @@ pub(super) fn validate_repo(
         s3: None,
         lfs_url,
         api_url,
+        checkout_filters: r.checkout_filters.unwrap_or(true),
         github_app,
         gitlab_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
@@ -336,6 +337,7 @@ fn validate_s3(
         ("gitlab_app", r.gitlab_app.is_some()),
         ("lfs_url", r.lfs_url.is_some()),
         ("api_url", r.api_url.is_some()),
+        ("checkout_filters", r.checkout_filters.is_some()),
     ] {
         if set {
             return Err(ctx(
@@ -454,6 +456,7 @@ fn validate_s3(
         gitlab_app: None,
         lfs_url: None,
         api_url: None,
+        checkout_filters: false,
         s3: Some(S3Config {
             bucket,
             prefix,

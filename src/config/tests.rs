@@ -460,3 +460,24 @@ fn only_the_secrets_a_command_needs_are_resolved() {
         .to_string();
     assert!(e.contains("/nonexistent/token"), "{e}");
 }
+
+#[test]
+fn checkout_filters_default_to_what_git_clone_does() {
+    let entry = |extra: &str| {
+        parse(&format!(
+            "{BASE}[[repository]]\nname = \"r\"\nprovider = \"git\"\nurl = \"https://h/r.git\"\n{extra}"
+        ))
+    };
+    assert!(entry("").unwrap().repositories[0].checkout_filters);
+    assert!(!entry("checkout_filters = false\n").unwrap().repositories[0].checkout_filters);
+    let e = entry("checkout_filters = \"no\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkout_filters"), "{e}");
+    let e = parse(&format!(
+        "{BASE}[[repository]]\nname = \"s\"\nprovider = \"s3\"\nbucket = \"b\"\ncheckout_filters = true\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`checkout_filters`"), "{e}");
+}

@@ -85,6 +85,7 @@ fn as_repo(cfg: &SharedCacheConfig) -> RepoConfig {
         overlay: None,
         lfs_url: None,
         api_url: None,
+        checkout_filters: false,
     }
 }
 

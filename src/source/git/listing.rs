@@ -10,17 +10,19 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use gix_hash::ObjectId;
 use gix_object::tree::EntryKind;
 
 use super::{
-    GitSource, PREFETCH_DIR_MAX, PREFETCH_FILE_MAX, SUBMODULE_KEY, hosts, lfs, names, objects,
+    GitSource, LFSCONFIG_MAX, PREFETCH_DIR_MAX, PREFETCH_FILE_MAX, SUBMODULE_KEY, hosts, lfs,
+    names, objects,
 };
 use crate::source::{Entry, Node, NodeKind, SourceError, lock};
 
 /// A tree entry: its name, kind and id.
-type Item = (Vec<u8>, EntryKind, ObjectId);
+pub(super) type Item = (Vec<u8>, EntryKind, ObjectId);
 
 impl GitSource {
     pub(super) async fn list_tree(&self, tree: ObjectId) -> Result<Arc<Vec<Entry>>, SourceError> {
@@ -45,7 +47,7 @@ impl GitSource {
         snap: &super::snapshot::Snapshot,
         tree: ObjectId,
     ) -> Result<(Vec<Item>, Option<String>), SourceError> {
-        let data = snap.trees.get(&tree).ok_or_else(|| {
+        let data = snap.trees.get(&self.real_tree(tree)).ok_or_else(|| {
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) > 1 {
                 // Held from two or more commits ago (see `snapshot_of`).
                 SourceError::NotFound(format!(
@@ -79,14 +81,28 @@ impl GitSource {
         });
         if let Some(p) = &path {
             let mut paths = lock(&self.paths);
-            for (name, kind, oid) in &raw {
+            for (name, kind, oid) in raw.iter_mut() {
                 if *kind == EntryKind::Tree {
                     let child = match (p.is_empty(), std::str::from_utf8(name)) {
                         (_, Err(_)) => continue,
                         (true, Ok(n)) => n.to_string(),
                         (false, Ok(n)) => format!("{p}/{n}"),
                     };
-                    paths.entry(*oid).or_insert(child);
+                    match paths.get(oid) {
+                        None => {
+                            paths.insert(*oid, child);
+                        }
+                        // The same tree at another path: its files may
+                        // convert otherwise (`.gitattributes` above it), so
+                        // it is listed as a directory of its own.
+                        Some(first) if *first != child && self.checkout.enabled => {
+                            let alias = alias_id(oid, &child);
+                            lock(&self.aliases).insert(alias, *oid);
+                            paths.insert(alias, child);
+                            *oid = alias;
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
         }
@@ -107,7 +123,7 @@ impl GitSource {
         // Sizes stored: the sized listing (a listing too large for `dirs`
         // to keep is made again from them), unless it cannot be had now
         // (an LFS pointer to fetch, the server away); the names can.
-        if self.sizes.known(&tree)
+        if self.sizes.known(&self.real_tree(tree))
             && let Ok(e) = self.list_tree(tree).await
         {
             return Ok((e, true));
@@ -155,6 +171,7 @@ impl GitSource {
         tree: ObjectId,
     ) -> Result<Arc<super::snapshot::Snapshot>, SourceError> {
         let snap = self.snapshot().await?;
+        let tree = self.real_tree(tree);
         if !snap.trees.contains_key(&tree)
             && let Some(old) = lock(&self.retired).clone()
             && old.trees.contains_key(&tree)
@@ -179,7 +196,7 @@ impl GitSource {
             .collect();
         let dir = hosts::DirRef {
             commit: snap.commit,
-            tree,
+            tree: self.real_tree(tree),
             path: path.unwrap_or_default(),
             blobs,
             snapshot: Some(snap.clone()),
@@ -188,6 +205,9 @@ impl GitSource {
         let pointers = self.lfs_pointers(&raw, &sizes).await?;
         snap.lfs
             .note_directory(pointers.values().cloned().collect());
+        let converted = self
+            .checkout_sizes(&snap, tree, &raw, &pointers, &sizes)
+            .await?;
         let mut entries = Vec::with_capacity(raw.len());
         for (name, kind, oid) in raw {
             let size = || {
@@ -202,6 +222,16 @@ impl GitSource {
                         p.key(&oid.to_string()).into(),
                         NodeKind::File {
                             size: p.size,
+                            executable: kind == EntryKind::BlobExecutable,
+                        },
+                    )
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable if converted.contains_key(&name) => {
+                    let (key, size) = &converted[&name];
+                    (
+                        key.clone(),
+                        NodeKind::File {
+                            size: *size,
                             executable: kind == EntryKind::BlobExecutable,
                         },
                     )
@@ -323,6 +353,50 @@ impl GitSource {
         Ok((data.len() as u64 <= max).then_some(data))
     }
 
+    /// The LFS endpoint: the config's `lfs_url`, else a committed
+    /// `.lfsconfig` in the root tree (within the origin rule of
+    /// [`lfs::endpoint`], whose note is logged once per repository), else
+    /// the clone URL's.
+    pub(super) async fn find_lfs_endpoint(
+        &self,
+        trees: &HashMap<ObjectId, Arc<[u8]>>,
+        root: &ObjectId,
+    ) -> String {
+        let clone_url = &self.remote.transport.clone_url;
+        let lfs_url = self.repo.lfs_url.as_deref();
+        let lfsconfig = trees.get(root).and_then(|data| {
+            gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
+                .filter_map(Result::ok)
+                .find(|e| e.filename == ".lfsconfig" && e.mode.is_blob())
+                .map(|e| e.oid.to_owned())
+        });
+        let data = match lfsconfig {
+            Some(oid) if lfs_url.is_none() => {
+                match self.read_small_blob(oid, LFSCONFIG_MAX).await {
+                    Ok(data) => Some(data),
+                    Err(e) => {
+                        tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (endpoint, note) = lfs::endpoint(clone_url, lfs_url, data.as_deref());
+        if let Some(note) = note {
+            if !self.lfs_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(repo = %self.repo.name, "{note}");
+            }
+        }
+        endpoint
+    }
+
+    /// The tree behind a directory id: itself, or for a tree listed at a
+    /// second path (see `tree_items`), the tree its alias stands for.
+    pub(super) fn real_tree(&self, tree: ObjectId) -> ObjectId {
+        lock(&self.aliases).get(&tree).copied().unwrap_or(tree)
+    }
+
     /// Fetches the small, not yet cached files of `tree` in one request.
     pub(super) async fn prefetch_tree(&self, tree: ObjectId) -> Result<usize, SourceError> {
         let entries = self.list_tree(tree).await?;
@@ -346,6 +420,18 @@ impl GitSource {
         self.objects.ensure(&wants).await?;
         Ok(wants.len())
     }
+}
+
+/// The directory id of tree `oid` listed at `path` when it was listed at
+/// another path first: a hash of both, never a real object's id.
+fn alias_id(oid: &ObjectId, path: &str) -> ObjectId {
+    let text = format!("repofs tree alias\0{oid}\0{path}");
+    gix_object::compute_hash(
+        gix_hash::Kind::Sha1,
+        gix_object::Kind::Blob,
+        text.as_bytes(),
+    )
+    .unwrap_or(*oid)
 }
 
 /// Listings kept in memory, least recently used first out, bounded by the

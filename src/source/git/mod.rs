@@ -13,6 +13,9 @@
 
 mod ahead;
 mod credentials;
+mod attributes;
+mod checkout;
+mod convert;
 pub mod delta;
 mod errors;
 mod fleet;
@@ -104,6 +107,10 @@ pub struct GitSource {
     stopped: AtomicBool,
     /// Opens served from the cache, and opens that fetched.
     opens: crate::source::CacheCounts,
+    /// The `.gitattributes` conversions ([`checkout`]).
+    checkout: checkout::Checkout,
+    /// Directory ids of trees listed at a second path, and their trees.
+    aliases: Mutex<HashMap<ObjectId, ObjectId>>,
 }
 
 impl GitSource {
@@ -178,6 +185,8 @@ impl GitSource {
             generation: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             opens: crate::source::CacheCounts::default(),
+            checkout: checkout::Checkout::new(repo.checkout_filters),
+            aliases: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -360,44 +369,6 @@ impl GitSource {
         }
     }
 
-    /// The LFS endpoint: the config's `lfs_url`, else a committed
-    /// `.lfsconfig` in the root tree (within the origin rule of
-    /// [`lfs::endpoint`], whose note is logged once per repository), else
-    /// the clone URL's.
-    async fn find_lfs_endpoint(
-        &self,
-        trees: &HashMap<ObjectId, Arc<[u8]>>,
-        root: &ObjectId,
-    ) -> String {
-        let clone_url = &self.remote.transport.clone_url;
-        let lfs_url = self.repo.lfs_url.as_deref();
-        let lfsconfig = trees.get(root).and_then(|data| {
-            gix_object::TreeRefIter::from_bytes(data, gix_hash::Kind::Sha1)
-                .filter_map(Result::ok)
-                .find(|e| e.filename == ".lfsconfig" && e.mode.is_blob())
-                .map(|e| e.oid.to_owned())
-        });
-        let data = match lfsconfig {
-            Some(oid) if lfs_url.is_none() => {
-                match self.read_small_blob(oid, LFSCONFIG_MAX).await {
-                    Ok(data) => Some(data),
-                    Err(e) => {
-                        tracing::warn!(repo = %self.repo.name, "cannot read .lfsconfig ({e}); using the default LFS endpoint");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let (endpoint, note) = lfs::endpoint(clone_url, lfs_url, data.as_deref());
-        if let Some(note) = note {
-            if !self.lfs_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(repo = %self.repo.name, "{note}");
-            }
-        }
-        endpoint
-    }
-
     fn open_lfs(&self, p: &lfs::Pointer) -> Result<Arc<dyn FileReader>, SourceError> {
         let snap = self.block_on(self.snapshot())?;
         snap.lfs.open(
@@ -463,12 +434,18 @@ impl Source for GitSource {
             self.opens.record(snap_has_lfs(&self.cache, &p));
             return self.open_lfs(&p);
         }
-        let oid = node_oid(file)?;
-        self.opens.record(self.objects.have(&oid));
         let listed = match file.kind {
             NodeKind::File { size, .. } | NodeKind::Symlink { size } => size,
             NodeKind::Dir => 0,
         };
+        let oid = match convert::parse_key(&file.key) {
+            Some((oid, spec)) => match self.open_converted(oid, &spec, listed)? {
+                Some(reader) => return Ok(reader),
+                None => oid,
+            },
+            None => node_oid(file)?,
+        };
+        self.opens.record(self.objects.have(&oid));
         let reader: Arc<dyn FileReader> = match self.block_on(self.objects.open(oid, listed))? {
             objects::Opened::File(file) => {
                 let size = file
@@ -566,8 +543,10 @@ impl Source for GitSource {
         if let Some((p, blob)) = lfs::Pointer::from_key(&node.key) {
             ids.push(("oid", blob));
             ids.push(("lfs_oid", p.oid));
-        } else if let Ok(oid) = node_oid(node) {
+        } else if let Some((oid, _)) = convert::parse_key(&node.key) {
             ids.push(("oid", oid.to_string()));
+        } else if let Ok(oid) = node_oid(node) {
+            ids.push(("oid", self.real_tree(oid).to_string()));
         }
         if root {
             if let Some(c) = self.current_commit() {
