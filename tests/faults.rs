@@ -14,16 +14,17 @@ use std::time::{Duration, Instant};
 use common::faults::*;
 use common::*;
 
-/// The fault profile of the issue, per 16 KiB of answer, with short stalls.
+/// The fault profile of the issue (a 25 % chance of a fault per MB of
+/// answer: 0.45 % per 16 KiB), with short stalls.
 const PROFILE: &[&str] = &[
     "--cut",
-    "0.02",
+    "0.0025",
     "--stall",
-    "0.01",
+    "0.001",
     "--stall-secs",
     "3",
     "--flip",
-    "0.01",
+    "0.001",
 ];
 /// The longest a single read may take under the profile.
 const READ_BOUND: Duration = Duration::from_secs(150);

@@ -65,8 +65,9 @@ impl Auth {
                 Auth::Gitlab(grant)
             }
             (_, Some(app)) => {
-                let api = super::origin::api_root(repo.provider, clone_url, repo.api_url.as_deref())
-                    .unwrap_or_else(|| "https://api.github.com".into());
+                let api =
+                    super::origin::api_root(repo.provider, clone_url, repo.api_url.as_deref())
+                        .unwrap_or_else(|| "https://api.github.com".into());
                 Auth::App(Arc::new(
                     crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
                 ))

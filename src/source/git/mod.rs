@@ -12,10 +12,10 @@
 //! being served); [`lfs`]; [`names`] (which tree entry names are shown).
 
 mod ahead;
-mod credentials;
 mod attributes;
 mod checkout;
 mod convert;
+mod credentials;
 pub mod delta;
 mod errors;
 mod fleet;

@@ -477,7 +477,6 @@ impl Objects {
             "blob {oid} could not be stored in the cache"
         )))
     }
-
 }
 
 /// Whether a cache file's contents hash to `oid`.

@@ -188,6 +188,9 @@ pub(super) struct StreamSink<'a> {
     pub(super) differs: bool,
     /// The most readers were told they may read ([`HOLD`] behind `flushed`).
     pub(super) published: u64,
+    /// Two attempts disagreed: nothing more is published until the blob
+    /// is verified whole (which attempt was damaged is known only then).
+    pub(super) frozen: bool,
     /// The blob, once the disk could not take more of it (small ones only).
     pub(super) mem: Option<Vec<u8>>,
 }
@@ -249,7 +252,12 @@ impl StreamSink<'_> {
             (None, None) => return Err(PackError("no file to compare with".into())),
         };
         if seen != data[..n] {
-            let at = self.pos + seen.iter().zip(&data[..n]).take_while(|(a, b)| a == b).count() as u64;
+            let at = self.pos
+                + seen
+                    .iter()
+                    .zip(&data[..n])
+                    .take_while(|(a, b)| a == b)
+                    .count() as u64;
             match (&mut self.writer, &self.mem) {
                 // The earlier attempt went wrong where no reader was
                 // given its bytes: those are dropped and written again.
@@ -257,12 +265,16 @@ impl StreamSink<'_> {
                     tracing::warn!(repo = %self.objects.repo, oid = %self.want, at, "a blob's bytes from the attempt before were damaged past what readers were given; rewriting them");
                     w.truncate_to(at).map_err(cache_err)?;
                     self.flushed = at;
+                    self.frozen = true;
                     let skip = (at - self.pos) as usize;
                     self.pos = at;
                     return Ok(&data[skip..]);
                 }
+                // Readers may have read the earlier bytes: this attempt is
+                // given up (it may be the damaged one); another decides,
+                // within the retry policy's attempts.
                 _ => {
-                    self.differs = true;
+                    self.frozen = true;
                     return Err(PackError(format!(
                         "blob {}: the server sent other bytes when asked again, where readers may have read the earlier ones",
                         self.want
@@ -318,7 +330,9 @@ impl ObjectSink for StreamSink<'_> {
             return self.to_memory(data, e);
         }
         self.flushed = w.written();
-        self.published = self.published.max(self.flushed.saturating_sub(HOLD));
+        if !self.frozen {
+            self.published = self.published.max(self.flushed.saturating_sub(HOLD));
+        }
         let _ = self.tx.send(TransferState::Progress(self.published));
         Ok(())
     }

@@ -13,8 +13,8 @@ use crate::fetch::{LowSpeed, Policy, speed::Floor};
 
 use crate::config::{Provider, RepoConfig};
 
-pub use super::errors::RemoteError;
 use super::credentials::{Auth, grant_error};
+pub use super::errors::RemoteError;
 pub use super::origin::{api_root, origin};
 
 /// The largest answer to a command other than `fetch` (`ls-refs`,

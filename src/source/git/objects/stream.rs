@@ -3,6 +3,11 @@
 //! complete (and the end only once its id matched). A fetch cut on the way
 //! starts over (git cannot fetch part of a blob): the bytes readers may
 //! have seen are compared, never rewritten, and the file grows on.
+//!
+//! Readers follow the download only over https, where TLS guarantees the
+//! bytes are the server's; over plain http a blob is served once its id
+//! matched, since a byte damaged on the way can inflate to wrong bytes long
+//! before the id check at the end could object.
 
 use std::sync::Arc;
 
@@ -43,6 +48,11 @@ impl Objects {
             pos: 0,
             differs: false,
             published: 0,
+            // Over plain http nothing protects the bytes on the way (a
+            // damaged byte may inflate to wrong bytes long before the id
+            // check at the end): readers get them once verified whole.
+            // Over https, TLS does, and readers follow the download.
+            frozen: !self.remote.transport.clone_url.starts_with("https://"),
             mem: None,
         };
         let mut failed = 0u32;
@@ -97,5 +107,4 @@ impl Objects {
         };
         self.land(&oid, &tx, state);
     }
-
 }
