@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::faults::*;
 use common::*;
 
-/// The first request after `cut` for the same path that has a Range:
+/// The first request after `cut` for the same path whose Range starts
+/// within what had arrived:
 /// (its start, the cut request's start); panics naming what was asked.
 fn resumed_after(proxy: &FaultProxy, cut: &Cut) -> (u64, u64) {
     let path = |line: &str| {
@@ -27,7 +28,13 @@ fn resumed_after(proxy: &FaultProxy, cut: &Cut) -> (u64, u64) {
     let ranges = proxy.ranges();
     let next = ranges
         .iter()
-        .find(|(seq, line, _)| *seq > cut.seq && path(line) == path(&cut.request));
+        // A resume starts within what had arrived; a later range (a
+        // read-ahead asked before the cut) is not one.
+        .find(|(seq, line, range)| {
+            *seq > cut.seq
+                && path(line) == path(&cut.request)
+                && range_start(range).is_some_and(|r| r <= cut_start + cut.body)
+        });
     let Some((_, _, range)) = next else {
         let st = proxy.stats();
         panic!(

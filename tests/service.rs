@@ -184,8 +184,11 @@ fn a_hundred_reloads_leak_no_descriptors() {
         "{}",
         d.log_text()
     );
+    // The daemon's one HTTP client pool keeps up to 8 idle connections per
+    // server (src/fetch/http.rs) whatever the number of repositories and
+    // reloads: a leak would grow with the 90 reloads, the pool cannot.
     assert!(
-        after.0 <= before.0 + 4,
+        after.0 <= before.0 + 4 + 8,
         "descriptors grew from {} to {} over 90 reloads",
         before.0,
         after.0

@@ -79,6 +79,7 @@ impl GithubApp {
         let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
             connect_timeout: timeout,
             read_timeout: timeout,
+            redirects: true,
         })
         .map_err(|cause| AppError::Api {
             api: api.clone(),

@@ -29,14 +29,29 @@ pub(crate) fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The daemon's pooled client for token endpoints (no redirects: the
+/// forms hold secrets).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .timeout(timeout * 2)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("repofs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    crate::fetch::http::client(crate::fetch::http::ClientOptions {
+        connect_timeout: timeout,
+        read_timeout: timeout,
+        redirects: false,
+    })
+}
+
+/// A failed token request, and whether trying again may help.
+struct FormError(String, bool);
+
+impl std::fmt::Display for FormError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl crate::fetch::Retryable for FormError {
+    fn retryable(&self) -> bool {
+        self.1
+    }
 }
 
 /// POSTs a form to `<gitlab>/oauth/<endpoint>` and reads the JSON answer
@@ -47,19 +62,14 @@ pub(crate) async fn post_form(
     url: &str,
     form: &[(&str, &str)],
 ) -> Result<(u16, serde_json::Value), String> {
-    let mut attempt = 1;
-    loop {
-        let result = post_once(client, url, form).await;
-        match result {
-            Err((e, true)) if attempt < ATTEMPTS => {
-                tracing::warn!(attempt, url, error = %e, "token request failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err((e, _)) => return Err(e),
-            Ok(v) => return Ok(v),
-        }
-    }
+    crate::fetch::Policy::new(ATTEMPTS)
+        .run(&format!("token request to {url}"), None, |_| async {
+            post_once(client, url, form)
+                .await
+                .map_err(|(e, again)| FormError(e, again))
+        })
+        .await
+        .map_err(|e| e.0)
 }
 
 async fn post_once(

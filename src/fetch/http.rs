@@ -20,6 +20,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// The longest silence within a response (reqwest's read timeout).
     pub read_timeout: Duration,
+    /// Whether redirects are followed (at most 5). Token endpoints are
+    /// asked with `false`: their forms hold secrets.
+    pub redirects: bool,
 }
 
 /// The shared client for `opts` (made on first use).
@@ -39,7 +42,15 @@ pub fn client(opts: ClientOptions) -> Result<reqwest::Client, String> {
         .default_headers(headers)
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.read_timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        // Idle connections kept per server: bounded whatever the number
+        // of repositories (and reloads), dropped after 30 s unused.
+        .pool_max_idle_per_host(8)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .redirect(if opts.redirects {
+            reqwest::redirect::Policy::limited(5)
+        } else {
+            reqwest::redirect::Policy::none()
+        })
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     pool.insert(opts, c.clone());

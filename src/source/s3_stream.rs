@@ -89,8 +89,14 @@ impl S3Reader {
                     };
                     tracing::warn!(repo = %self.src.name, key = ?self.key, at = pos, "reading from the bucket: {why}; resuming in {pause:?}");
                     std::thread::sleep(pause);
+                    // The rest of this range only: the range after it may
+                    // be on its way already (read-ahead).
                     st.stream = None;
-                    self.open_stream(st, pos)?;
+                    let body = self
+                        .src
+                        .block_on(self.src.get_stream(&self.key, &self.etag, pos, end))?;
+                    st.stream = Some((pos, end, body));
+                    st.speed = LowSpeed::new(self.src.floor);
                     continue;
                 }
             };

@@ -74,6 +74,7 @@ impl Transport {
         let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
             connect_timeout,
             read_timeout: timeout,
+            redirects: true,
         })?;
         let mut trusted: Vec<String> = [Some(clone_url.as_str()), repo.lfs_url.as_deref()]
             .into_iter()
