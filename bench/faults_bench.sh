@@ -8,8 +8,9 @@
 # Generates a repository of FILES incompressible files totalling MEGABYTES
 # (bench/gen_tree.py, directories of 100) plus large/ with four files of 1.5
 # to 4 MB (streamed reads), publishes it twice (clean.git, faulty.git) on
-# tests/support/git_http_server.py, and mounts both with one daemon (default
-# settings), each through its own tests/support/fault_proxy.py:
+# tests/support/git_http_server.py, and mounts each with a daemon and cache
+# of its own (default settings),
+# each through its own tests/support/fault_proxy.py:
 #   - clean: the proxy passes everything (same path, no faults);
 #   - faulty: per 16 KiB of answer, cut 0.25 %, stalled 3 s then cut 0.1 %,
 #     one byte flipped 0.1 % (CUT, STALL, FLIP override; seeded: SEED
@@ -33,9 +34,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/repofs-bench.XXXXXX)
 . "$ROOT/bench/lib.sh"
 SERVER_PIDS=()
-DAEMON_PID=""
+DAEMON_PIDS=()
 cleanup() {
-  [ -n "$DAEMON_PID" ] && kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+  for p in "${DAEMON_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   for m in clean faulty; do fusermount3 -u -z "$W/mnt/$m" 2>/dev/null || true; done
   for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$W"
@@ -61,21 +62,22 @@ start_py "$ROOT/tests/support/fault_proxy.py" --target "$GIT_PORT" --seed "$SEED
   --cut "$CUT" --stall "$STALL" --stall-secs 3 --flip "$FLIP"
 FAULTY_PORT=$PORT
 
-cat > "$W/config.toml" <<EOF
+# One daemon per mount, each with its own cache: blobs are cached by id,
+# and both repositories hold the same blobs.
+for m in clean faulty; do
+  port=$CLEAN_PORT; [ "$m" = faulty ] && port=$FAULTY_PORT
+  cat > "$W/$m.toml" <<EOF
 mount_root = "$W/mnt"
-cache_dir = "$W/cache"
+cache_dir = "$W/cache-$m"
 cache_size = "4GiB"
 [[repository]]
-name = "clean"
+name = "$m"
 provider = "git"
-url = "http://127.0.0.1:$CLEAN_PORT/clean.git"
-[[repository]]
-name = "faulty"
-provider = "git"
-url = "http://127.0.0.1:$FAULTY_PORT/faulty.git"
+url = "http://127.0.0.1:$port/$m.git"
 EOF
-"$BIN" --config "$W/config.toml" mount 2> "$W/daemon.log" &
-DAEMON_PID=$!
+  "$BIN" --config "$W/$m.toml" mount 2> "$W/daemon-$m.log" &
+  DAEMON_PIDS+=($!)
+done
 for _ in $(seq 600); do
   grep -q " $W/mnt/clean " /proc/self/mountinfo && grep -q " $W/mnt/faulty " /proc/self/mountinfo && break
   sleep 0.05
@@ -135,6 +137,7 @@ run_walk clean
 echo "== 16-reader walk, faulty network (seed $SEED)"
 run_walk faulty
 sleep 0.3 # the proxies' stats files are written every 0.1 s
+cat "$W"/daemon-*.log > "$W/daemon.log"
 
 python3 - "$W" "$FILES" "$MB" "$SEED" "$(grep -c ' WARN \| ERROR ' "$W/daemon.log" || true)" <<'PY'
 import json, sys
