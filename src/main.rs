@@ -107,6 +107,10 @@ enum LoginHost {
         /// `gitlab_app = { client_id, grant_file }`.
         #[arg(long)]
         grant_file: PathBuf,
+        /// A PEM file of certificate authorities to trust beside the
+        /// system's (a GitLab behind a private CA).
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -328,6 +332,7 @@ fn login(host: LoginHost) -> ExitCode {
         client_id,
         scope,
         grant_file,
+        ca_bundle,
     } = host;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -344,6 +349,7 @@ fn login(host: LoginHost) -> ExitCode {
         client_id,
         scope,
         grant_file,
+        ca_bundle,
         timeout: std::time::Duration::from_secs(30),
     };
     match rt.block_on(repofs::auth::gitlab_login::login(

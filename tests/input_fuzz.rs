@@ -391,7 +391,12 @@ fn github_app_key_files_never_panic() {
         };
         std::fs::write(&key, &v).unwrap();
         let r = guarded("GithubApp::new", seed, &v, |_| {
-            GithubApp::new(&cfg, "http://127.0.0.1:1".into(), Duration::from_secs(1))
+            GithubApp::new(
+                &cfg,
+                "http://127.0.0.1:1".into(),
+                Duration::from_secs(1),
+                None,
+            )
         });
         // None of these is a usable key: each is refused, naming the file.
         let e = r.err().map(|e| e.to_string()).unwrap_or_default();

@@ -20,6 +20,8 @@ pub struct LoginArgs {
     pub scope: String,
     pub grant_file: PathBuf,
     pub timeout: Duration,
+    /// Certificate authorities trusted beside the system's (`--ca-bundle`).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The device grant's polling interval when the server names none (RFC 8628 §3.2).
@@ -46,7 +48,7 @@ pub async fn login(args: &LoginArgs, out: &mut dyn Write) -> Result<Grant, Strin
             dir.display()
         ));
     }
-    let client = http_client(args.timeout)?;
+    let client = http_client(args.timeout, args.ca_bundle.clone())?;
     let device_url = format!("{base}/oauth/authorize_device");
     let (status, body) = post_form(
         &client,

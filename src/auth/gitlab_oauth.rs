@@ -228,7 +228,11 @@ static GRANTS: Mutex<Option<HashMap<PathBuf, Weak<GitlabGrant>>>> = Mutex::new(N
 impl GitlabGrant {
     /// The grant for `config.grant_file`, shared with every other
     /// repository naming that file. The file is read now.
-    pub fn shared(config: &GitlabAppConfig, timeout: Duration) -> Result<Arc<Self>, GrantError> {
+    pub fn shared(
+        config: &GitlabAppConfig,
+        timeout: Duration,
+        ca_bundle: Option<std::path::PathBuf>,
+    ) -> Result<Arc<Self>, GrantError> {
         let mut map = GRANTS.lock().unwrap_or_else(|e| e.into_inner());
         let map = map.get_or_insert_with(HashMap::new);
         map.retain(|_, w| w.strong_count() > 0);
@@ -245,7 +249,7 @@ impl GitlabGrant {
             return Ok(g);
         }
         let (grant, stamp) = read_grant(&config.grant_file, &config.client_id)?;
-        let client = http_client(timeout).map_err(|cause| GrantError::Server {
+        let client = http_client(timeout, ca_bundle).map_err(|cause| GrantError::Server {
             url: grant.gitlab_url.clone(),
             cause,
         })?;

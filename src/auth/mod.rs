@@ -74,12 +74,14 @@ impl GithubApp {
         config: &GithubAppConfig,
         api: String,
         timeout: Duration,
+        ca_bundle: Option<std::path::PathBuf>,
     ) -> Result<GithubApp, AppError> {
         let key = load_key(&config.private_key_file)?;
         let client = crate::fetch::http::client(crate::fetch::http::ClientOptions {
             connect_timeout: timeout,
             read_timeout: timeout,
             redirects: true,
+            ca_bundle,
         })
         .map_err(|cause| AppError::Api {
             api: api.clone(),
@@ -277,8 +279,13 @@ mod tests {
             installation_id: 7,
             private_key_file: key.clone(),
         };
-        let app =
-            GithubApp::new(&cfg, "http://127.0.0.1:1".into(), Duration::from_secs(1)).unwrap();
+        let app = GithubApp::new(
+            &cfg,
+            "http://127.0.0.1:1".into(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
         let jwt = app.jwt().unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -326,7 +333,7 @@ mod tests {
             installation_id: 1,
             private_key_file: key,
         };
-        let e = GithubApp::new(&cfg, "x".into(), Duration::from_secs(1))
+        let e = GithubApp::new(&cfg, "x".into(), Duration::from_secs(1), None)
             .err()
             .unwrap()
             .to_string();
@@ -339,7 +346,7 @@ mod tests {
             installation_id: 1,
             private_key_file: dir.path().join("missing"),
         };
-        assert!(GithubApp::new(&cfg, "x".into(), Duration::from_secs(1)).is_err());
+        assert!(GithubApp::new(&cfg, "x".into(), Duration::from_secs(1), None).is_err());
     }
 
     #[test]
@@ -364,7 +371,7 @@ mod tests {
                 installation_id: 1,
                 private_key_file: key,
             };
-            let e = GithubApp::new(&cfg, "x".into(), Duration::from_secs(1))
+            let e = GithubApp::new(&cfg, "x".into(), Duration::from_secs(1), None)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

@@ -31,11 +31,15 @@ pub(crate) fn now() -> u64 {
 
 /// The daemon's pooled client for token endpoints (no redirects: the
 /// forms hold secrets).
-pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub(crate) fn http_client(
+    timeout: Duration,
+    ca_bundle: Option<std::path::PathBuf>,
+) -> Result<reqwest::Client, String> {
     crate::fetch::http::client(crate::fetch::http::ClientOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
         redirects: false,
+        ca_bundle,
     })
 }
 

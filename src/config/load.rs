@@ -186,6 +186,12 @@ impl Config {
             }
             None => None,
         };
+        let ca_bundle = match raw.ca_bundle {
+            None => None,
+            Some(p) => Some(
+                super::tls::ca_bundle_of(&p).map_err(|m| err(format!("key `ca_bundle`: {m}")))?,
+            ),
+        };
         let mut names = HashSet::new();
         let mut mount_points = HashSet::new();
         let mut repositories = Vec::new();
@@ -204,6 +210,10 @@ impl Config {
                     repo.name,
                     repo.mount_point.display()
                 )));
+            }
+            let mut repo = repo;
+            if repo.provider != super::Provider::S3 && repo.ca_bundle.is_none() {
+                repo.ca_bundle = ca_bundle.clone();
             }
             repositories.push(repo);
         }
@@ -246,6 +256,7 @@ impl Config {
             },
             call_timeout,
             max_tree_bytes,
+            ca_bundle,
             metrics_listen,
             shared_cache,
             repositories,

@@ -14,6 +14,7 @@ mod load;
 mod repo;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod values;
 
 pub use values::{parse_duration, parse_size};
@@ -141,6 +142,10 @@ pub struct RepoConfig {
     /// `.gitattributes` conversions: `text`/`eol`, `working-tree-encoding`,
     /// `ident`) rather than as their raw blobs. Git repositories only.
     pub checkout_filters: bool,
+    /// Certificate authorities trusted beside the system's for this
+    /// repository's git, LFS and API requests (`ca_bundle`, else the
+    /// top-level one).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// How an S3 repository signs its requests.
@@ -203,6 +208,9 @@ pub struct Config {
     pub call_timeout: Duration,
     /// The most bytes of trees one commit fetch may hold in memory.
     pub max_tree_bytes: u64,
+    /// Certificate authorities trusted beside the system's, for every git
+    /// repository without a `ca_bundle` of its own.
+    pub ca_bundle: Option<PathBuf>,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Whether the mounts answer extended attribute calls (`user.repofs.*`).
@@ -247,6 +255,7 @@ struct RawConfig {
     low_speed_time: Option<String>,
     call_timeout: Option<String>,
     max_tree_bytes: Option<toml::Value>,
+    ca_bundle: Option<PathBuf>,
     metrics_listen: Option<String>,
     xattrs: Option<bool>,
     file_reads: Option<FileReads>,
@@ -308,6 +317,7 @@ struct RawRepo {
     lfs_url: Option<String>,
     api_url: Option<String>,
     checkout_filters: Option<bool>,
+    ca_bundle: Option<PathBuf>,
     bucket: Option<String>,
     prefix: Option<String>,
     region: Option<String>,
@@ -349,6 +359,7 @@ const TOP_KEYS: &[&str] = &[
     "low_speed_time",
     "call_timeout",
     "max_tree_bytes",
+    "ca_bundle",
     "metrics_listen",
     "xattrs",
     "file_reads",
@@ -373,6 +384,7 @@ const REPO_KEYS: &[&str] = &[
     "lfs_url",
     "api_url",
     "checkout_filters",
+    "ca_bundle",
     "bucket",
     "prefix",
     "region",

@@ -303,6 +303,10 @@ pub(super) fn validate_repo(
         lfs_url,
         api_url,
         checkout_filters: r.checkout_filters.unwrap_or(true),
+        ca_bundle: match r.ca_bundle {
+            None => None,
+            Some(p) => Some(super::tls::ca_bundle_of(&p).map_err(|m| ctx("ca_bundle", m))?),
+        },
         github_app,
         gitlab_app,
         overlay: overlay_of(r.overlay, &mount_point).map_err(|m| ctx("overlay", m))?,
@@ -338,6 +342,7 @@ fn validate_s3(
         ("lfs_url", r.lfs_url.is_some()),
         ("api_url", r.api_url.is_some()),
         ("checkout_filters", r.checkout_filters.is_some()),
+        ("ca_bundle", r.ca_bundle.is_some()),
     ] {
         if set {
             return Err(ctx(
@@ -457,6 +462,7 @@ fn validate_s3(
         lfs_url: None,
         api_url: None,
         checkout_filters: false,
+        ca_bundle: None,
         s3: Some(S3Config {
             bucket,
             prefix,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 /// What tells one pooled client from another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// The longest silence within a response (reqwest's read timeout).
@@ -23,10 +23,23 @@ pub struct ClientOptions {
     /// Whether redirects are followed (at most 5). Token endpoints are
     /// asked with `false`: their forms hold secrets.
     pub redirects: bool,
+    /// A PEM file of certificate authorities trusted beside the system's
+    /// (`ca_bundle`; checked when the config was read).
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// The shared client for `opts` (made on first use).
 pub fn client(opts: ClientOptions) -> Result<reqwest::Client, String> {
+    // Read before the pool's lock is taken: no lock across I/O.
+    let extra = match &opts.ca_bundle {
+        None => Vec::new(),
+        Some(p) => std::fs::read(p)
+            .map_err(|e| format!("ca_bundle {}: {e}", p.display()))
+            .and_then(|pem| {
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("ca_bundle {}: {e}", p.display()))
+            })?,
+    };
     static POOL: OnceLock<Mutex<HashMap<ClientOptions, reqwest::Client>>> = OnceLock::new();
     let pool = POOL.get_or_init(|| Mutex::new(HashMap::new()));
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -38,7 +51,12 @@ pub fn client(opts: ClientOptions) -> Result<reqwest::Client, String> {
         reqwest::header::USER_AGENT,
         HeaderValue::from_static(concat!("git/2.0 (repofs/", env!("CARGO_PKG_VERSION"), ")")),
     );
-    let c = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if !extra.is_empty() {
+        // Beside the system's store, not instead of it.
+        builder = builder.tls_certs_merge(extra);
+    }
+    let c = builder
         .default_headers(headers)
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.read_timeout)
@@ -53,6 +71,6 @@ pub fn client(opts: ClientOptions) -> Result<reqwest::Client, String> {
         })
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    pool.insert(opts, c.clone());
+    pool.insert(opts.clone(), c.clone());
     Ok(c)
 }

@@ -86,6 +86,7 @@ fn as_repo(cfg: &SharedCacheConfig) -> RepoConfig {
         lfs_url: None,
         api_url: None,
         checkout_filters: false,
+        ca_bundle: None,
     }
 }
 

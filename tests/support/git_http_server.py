@@ -722,6 +722,8 @@ def main():
     ap.add_argument("--app-repos", default="")
     ap.add_argument("--hostile", action="store_true", help="enable /_hostile (tests only)")
     ap.add_argument("--oauth", action="store_true", help="GitLab OAuth provider (oauth_server.py)")
+    ap.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", default="", help="the key of --tls-cert (PEM)")
     ap.add_argument("--oauth-client-id", default="repofs-test")
     ap.add_argument("--oauth-access-ttl", type=int, default=7200)
     ap.add_argument("--oauth-device-ttl", type=int, default=300)
@@ -766,6 +768,11 @@ def main():
         api.api_listener, api.api_only = None, True
         srv.api_listener = api
         threading.Thread(target=api.serve_forever, daemon=True).start()
+    if a.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 

@@ -51,8 +51,8 @@ impl Auth {
         Ok(match (&repo.token, &repo.github_app) {
             _ if repo.gitlab_app.is_some() => {
                 let app = repo.gitlab_app.as_ref().ok_or("no gitlab_app")?;
-                let grant =
-                    crate::auth::GitlabGrant::shared(app, timeout).map_err(|e| e.to_string())?;
+                let grant = crate::auth::GitlabGrant::shared(app, timeout, repo.ca_bundle.clone())
+                    .map_err(|e| e.to_string())?;
                 // The grant's credentials go only to its own GitLab.
                 if origin(&grant.gitlab_url()) != origin(clone_url) {
                     return Err(format!(
@@ -69,7 +69,8 @@ impl Auth {
                     super::origin::api_root(repo.provider, clone_url, repo.api_url.as_deref())
                         .unwrap_or_else(|| "https://api.github.com".into());
                 Auth::App(Arc::new(
-                    crate::auth::GithubApp::new(app, api, timeout).map_err(|e| e.to_string())?,
+                    crate::auth::GithubApp::new(app, api, timeout, repo.ca_bundle.clone())
+                        .map_err(|e| e.to_string())?,
                 ))
             }
             (None, None) => Auth::None,

@@ -11,6 +11,9 @@ pub enum RemoteError {
     Connect { url: String, cause: String },
     #[error("no answer from {url} within {secs}s (timed out); the server is slow or hanging")]
     Timeout { url: String, secs: u64 },
+    /// The server's TLS certificate was refused: asking again cannot help.
+    #[error("{url}: {cause}")]
+    Certificate { url: String, cause: String },
     /// The answer came slower than the speed floor: dropped, to be asked
     /// again on a fresh connection.
     #[error("{url}: {cause}")]
@@ -90,5 +93,54 @@ impl crate::fetch::Retryable for RemoteError {
             RemoteError::Http { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+/// What to do about a TLS certificate the client refused, from the root
+/// cause's text (rustls and the platform verifier name the problem).
+pub fn certificate_hint(cause: &str) -> Option<&'static str> {
+    let c = cause.to_ascii_lowercase();
+    if !(c.contains("certificate") || c.contains("unknownissuer") || c.contains("notvalidforname"))
+    {
+        return None;
+    }
+    Some(if c.contains("expired") {
+        "the server's TLS certificate has expired (or this machine's clock is wrong)"
+    } else if c.contains("notvalidforname")
+        || c.contains("not valid for name")
+        || c.contains("hostname")
+    {
+        "the server's TLS certificate is not valid for this host name: check the url's host against the certificate"
+    } else if c.contains("unknownissuer")
+        || c.contains("unknown issuer")
+        || c.contains("not trusted")
+        || c.contains("self-signed")
+        || c.contains("self signed")
+    {
+        "the server's TLS certificate is signed by an authority this machine does not trust: if it is a private CA, set `ca_bundle` (at the top level or on this repository) to that CA's PEM file"
+    } else {
+        "the server's TLS certificate was refused: if it comes from a private CA, set `ca_bundle` to that CA's PEM file"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_hint;
+
+    #[test]
+    fn certificate_problems_are_named_with_the_key_that_fixes_them() {
+        let h = certificate_hint("invalid peer certificate: UnknownIssuer").unwrap();
+        assert!(h.contains("ca_bundle"), "{h}");
+        assert!(
+            certificate_hint("invalid peer certificate: Expired")
+                .unwrap()
+                .contains("expired")
+        );
+        assert!(
+            certificate_hint("invalid peer certificate: NotValidForName")
+                .unwrap()
+                .contains("host name")
+        );
+        assert!(certificate_hint("connection refused").is_none());
     }
 }

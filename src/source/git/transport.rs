@@ -75,6 +75,7 @@ impl Transport {
             connect_timeout,
             read_timeout: timeout,
             redirects: true,
+            ca_bundle: repo.ca_bundle.clone(),
         })?;
         let mut trusted: Vec<String> = [Some(clone_url.as_str()), repo.lfs_url.as_deref()]
             .into_iter()
@@ -482,6 +483,12 @@ impl Transport {
         while let Some(s) = src {
             cause = s.to_string();
             src = s.source();
+        }
+        if let Some(hint) = super::errors::certificate_hint(&cause) {
+            return RemoteError::Certificate {
+                url,
+                cause: format!("{cause}: {hint}"),
+            };
         }
         if e.is_connect() || e.is_request() {
             RemoteError::Connect { url, cause }
