@@ -105,3 +105,121 @@ fn a_ca_bundle_that_is_not_pem_is_refused_when_the_config_is_read() {
         "{out}"
     );
 }
+
+/// A real CONNECT proxy (tinyproxy, from the distribution) on a free port,
+/// logging every connection it makes; stopped on drop.
+struct Proxy {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &std::path::Path) -> Proxy {
+        let port = free_port();
+        let log = dir.join("tinyproxy.log");
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 20\nAllow 127.0.0.1\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .args(["-d", "-c", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tinyproxy is not installed (scripts/install-deps.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tinyproxy did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Proxy { child, port, log }
+    }
+
+    /// How many CONNECT tunnels it opened to `port`.
+    fn tunnels_to(&self, port: u16) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("CONNECT") && l.contains(&format!("127.0.0.1:{port}")))
+            .count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `repofs ARGS` with `vars` set (and the proxy variables otherwise unset).
+fn run_with(args: &[&str], vars: &[(&str, String)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(repofs_bin());
+    cmd.args(args);
+    for v in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run repofs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn https_proxy_tunnels_and_no_proxy_bypasses() {
+    let t = https_server();
+    let proxy = Proxy::start(t.s.dir());
+    let cfg = t.config("", &format!("ca_bundle = \"{}\"", t.ca()));
+    let c = cfg.to_str().unwrap();
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    // Through the proxy: a CONNECT tunnel to the git server, and TLS (with
+    // the private CA) inside it.
+    let (ok, out) = run_with(
+        &["--config", c, "check", "secure"],
+        &[("HTTPS_PROXY", via.clone())],
+    );
+    assert!(ok, "check through the proxy failed:\n{out}");
+    let tunnels = proxy.tunnels_to(t.server.port);
+    assert!(
+        tunnels >= 1,
+        "the proxy opened no tunnel to the server:\n{}",
+        std::fs::read_to_string(&proxy.log).unwrap_or_default()
+    );
+    // NO_PROXY names the host: straight to the server, the proxy unused.
+    let (ok, out) = run_with(
+        &["--config", c, "check", "secure"],
+        &[("HTTPS_PROXY", via), ("NO_PROXY", "127.0.0.1".into())],
+    );
+    assert!(ok, "check with NO_PROXY failed:\n{out}");
+    assert_eq!(
+        proxy.tunnels_to(t.server.port),
+        tunnels,
+        "NO_PROXY was not honoured"
+    );
+}
