@@ -2,7 +2,9 @@
 //! file its readers follow, so they get the first bytes before the blob is
 //! complete (and the end only once its id matched). A fetch cut on the way
 //! starts over (git cannot fetch part of a blob): the bytes readers may
-//! have seen are compared, never rewritten, and the file grows on.
+//! have seen are compared, never rewritten, and the file grows on. Each
+//! attempt that brings bytes earns a fresh set of attempts, until the blob
+//! has cost 16 times its size (at least 64 MiB) in all.
 //!
 //! Readers follow the download only over https, where TLS guarantees the
 //! bytes are the server's; over plain http a blob is served once its id
@@ -19,6 +21,11 @@ use crate::source::SourceError;
 use crate::source::git::protocol;
 use crate::source::git::sinks::StreamSink;
 use crate::source::transfer::{Transfer, TransferSender, TransferState};
+
+/// A streamed blob may cost this many times its size in restarts...
+const RESTART_BUDGET: u64 = 16;
+/// ...and at least this many bytes.
+const RESTART_MIN: u64 = 64 << 20;
 
 impl Objects {
     /// Fetches one large blob alone, streaming it into `writer` so readers
@@ -56,8 +63,11 @@ impl Objects {
             mem: None,
         };
         let mut failed = 0u32;
+        // Bytes of this blob received in all attempts: the bound on what a
+        // bad network may cost (see `RESTART_BUDGET`).
+        let mut spent = 0u64;
         let r = loop {
-            let before = sink.flushed;
+            sink.pos = 0;
             let e = match self
                 .remote
                 .fetch(
@@ -73,7 +83,13 @@ impl Objects {
             if sink.local_error.is_some() || sink.differs || sink.done {
                 break Err(e);
             }
-            if sink.flushed > before {
+            // An attempt that brought bytes earns a fresh set of attempts
+            // (git restarts a blob from its start, so on a network that
+            // cuts every few MB a large blob needs several), until the
+            // blob has cost RESTART_BUDGET times its size.
+            spent = spent.saturating_add(sink.pos);
+            let size = transfer.size.get().copied().unwrap_or(0);
+            if sink.pos > 0 && spent < size.saturating_mul(RESTART_BUDGET).max(RESTART_MIN) {
                 failed = 0;
             }
             failed += 1;
