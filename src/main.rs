@@ -334,15 +334,8 @@ fn login(host: LoginHost) -> ExitCode {
         grant_file,
         ca_bundle,
     } = host;
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("repofs: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let args = repofs::auth::gitlab_login::LoginArgs {
         url,
@@ -364,16 +357,21 @@ fn login(host: LoginHost) -> ExitCode {
     }
 }
 
-fn check(config: &Config, names: &[String]) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+/// A runtime for a command that talks to servers; `None` (said on
+/// stderr) when it cannot be made.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("repofs: cannot start: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn check(config: &Config, names: &[String]) -> ExitCode {
+    let Some(rt) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(repofs::check::check_all(config, names)) {
         Ok(lines) => {
